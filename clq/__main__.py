@@ -1,0 +1,5 @@
+"""`python -m clq` is `clq-run`."""
+
+from clq.run import main
+
+main()

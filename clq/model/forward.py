@@ -1,0 +1,192 @@
+"""Pure-function forward pass of a layer-spec list, with and without batch norm.
+
+Parameters are a tuple aligned with the spec tuple, one dict per layer:
+
+* BN form (training the whole network on the first experience): conv/dw/pw layers hold
+  ``{'w', 'gamma', 'beta'}`` and a separate BN-statistics tuple holds ``{'mean', 'var'}``;
+  the classifier holds ``{'w', 'b'}``; pooling holds ``{}``.
+* Folded form (after the first experience): every layer with parameters holds ``{'w', 'b'}`` with the
+  batch norm folded in, ``w' = w * gamma / sqrt(var + eps)``, ``b' = beta - mean * gamma / sqrt(var + eps)``.
+  The frozen stage and the adaptive stage are slices of this tuple; gradients are only ever taken with
+  respect to the adaptive slice.
+
+Activations are NHWC float32. Padding is TF 'SAME' so that TF-slim ImageNet weights apply unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clq.model.specs import LayerSpec
+
+__all__ = [
+    "BN_EPS",
+    "init_params",
+    "linear_op",
+    "activation",
+    "same_padding",
+    "forward_bn",
+    "forward",
+    "fold_batch_norm",
+]
+
+#: Batch-norm epsilon (TF-slim MobileNet-V1 uses 1e-3).
+BN_EPS = 1e-3
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF 'SAME' padding (before, after) of one spatial axis."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def init_params(specs: Sequence[LayerSpec], key: jax.Array) -> tuple[tuple[dict, ...], tuple[dict, ...]]:
+    """He-normal initialised parameters in BN form, and unit BN statistics.
+
+    Returns:
+      (params, bn_stats): tuples aligned with `specs`. Weights float32 of `spec.weight_shape`;
+      gamma/beta/mean/var float32 of shape (C_out,).
+    """
+    params, stats = [], []
+    for spec, k in zip(specs, jax.random.split(key, len(specs))):
+        if not spec.has_params:
+            params.append({})
+            stats.append({})
+            continue
+        shape = spec.weight_shape
+        fan_in = int(np.prod(shape[:-1])) if spec.kind != "dw" else spec.kernel * spec.kernel
+        w = jax.random.normal(k, shape, jnp.float32) * np.sqrt(2.0 / fan_in)
+        c = spec.out_channels
+        if spec.batch_norm:
+            params.append({"w": w, "gamma": jnp.ones(c), "beta": jnp.zeros(c)})
+            stats.append({"mean": jnp.zeros(c), "var": jnp.ones(c)})
+        else:
+            params.append({"w": w * np.sqrt(0.5), "b": jnp.zeros(c)})
+            stats.append({})
+    return tuple(params), tuple(stats)
+
+
+def _depthwise(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """KxK depthwise conv as K*K shifted multiply-adds over the padded input.
+
+    XLA's CPU backend runs a grouped convolution (`feature_group_count=C`) ~10x slower than this
+    formulation (../shared/reference/perf-notes.md), and the backward pass of shifted slices is cheap.
+    """
+    _, h, wd, _ = x.shape
+    k = w.shape[0]
+    ph, pw_ = same_padding(h, k, stride), same_padding(wd, k, stride)
+    xp = jnp.pad(x, ((0, 0), ph, pw_, (0, 0)))
+    ho, wo = -(-h // stride), -(-wd // stride)
+    out = None
+    for i in range(k):
+        for j in range(k):
+            sl = xp[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride, :]
+            term = sl * w[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+def linear_op(spec: LayerSpec, w: jax.Array | None, x: jax.Array) -> jax.Array:
+    """The linear part of a layer (no bias, no activation).
+
+    Args:
+      spec: the layer.
+      w: weights of shape `spec.weight_shape` (ignored for pooling).
+      x: input, float32 [B, H, W, C_in] (the classifier also accepts [B, C_in]).
+    Returns:
+      float32 [B, H', W', C_out] (classifier: [B, num_classes]).
+    """
+    if spec.kind == "conv":
+        h, wd = x.shape[1], x.shape[2]
+        pads = (same_padding(h, spec.kernel, spec.stride), same_padding(wd, spec.kernel, spec.stride))
+        return jax.lax.conv_general_dilated(
+            x, w, (spec.stride, spec.stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+    if spec.kind == "dw":
+        return _depthwise(x, w, spec.stride)
+    if spec.kind == "pw":
+        return jnp.einsum("bhwc,cd->bhwd", x, w)
+    if spec.kind == "pool":
+        return jnp.mean(x, axis=(1, 2), keepdims=True)
+    if spec.kind == "linear":
+        return x.reshape(x.shape[0], -1) @ w
+    raise ValueError(f"unknown layer kind {spec.kind!r}")
+
+
+def activation(spec: LayerSpec, y: jax.Array) -> jax.Array:
+    if spec.activation == "relu":
+        return jax.nn.relu(y)
+    if spec.activation == "relu6":
+        return jnp.clip(y, 0.0, 6.0)
+    return y
+
+
+def forward_bn(
+    specs: Sequence[LayerSpec],
+    params: Sequence[dict],
+    bn_stats: Sequence[dict],
+    x: jax.Array,
+    train: bool,
+) -> tuple[jax.Array, tuple[dict, ...]]:
+    """Forward pass in BN form.
+
+    Args:
+      train: use batch statistics (and return them) instead of `bn_stats`.
+    Returns:
+      (output of the last layer of `specs`, per-layer batch statistics {'mean','var'} ({} where no BN)).
+    """
+    batch_stats = []
+    for spec, p, s in zip(specs, params, bn_stats):
+        y = linear_op(spec, p.get("w"), x)
+        if spec.batch_norm:
+            if train:
+                mean = jnp.mean(y, axis=(0, 1, 2))
+                var = jnp.var(y, axis=(0, 1, 2))
+                batch_stats.append({"mean": mean, "var": var})
+            else:
+                mean, var = s["mean"], s["var"]
+                batch_stats.append({})
+            y = (y - mean) * (p["gamma"] * jax.lax.rsqrt(var + BN_EPS)) + p["beta"]
+        else:
+            if "b" in p:
+                y = y + p["b"]
+            batch_stats.append({})
+        x = activation(spec, y)
+    return x, tuple(batch_stats)
+
+
+def forward(specs: Sequence[LayerSpec], params: Sequence[dict], x: jax.Array) -> jax.Array:
+    """Forward pass in folded form (FP32): the output of the last layer of `specs`.
+
+    Args:
+      specs: a contiguous slice of the network (whole net, frozen stage or adaptive stage).
+      params: folded parameters aligned with `specs`.
+      x: float32 input of shape [B, *specs[0].in_shape].
+    """
+    for spec, p in zip(specs, params):
+        y = linear_op(spec, p.get("w"), x)
+        if "b" in p:
+            y = y + p["b"]
+        x = activation(spec, y)
+    return x
+
+
+def fold_batch_norm(
+    specs: Sequence[LayerSpec], params: Sequence[dict], bn_stats: Sequence[dict], eps: float = BN_EPS
+) -> tuple[dict, ...]:
+    """Fold BN into the preceding convolution: returns folded params ``{'w', 'b'}`` per layer."""
+    out = []
+    for spec, p, s in zip(specs, params, bn_stats):
+        if not spec.has_params:
+            out.append({})
+        elif spec.batch_norm:
+            g = p["gamma"] * jax.lax.rsqrt(s["var"] + eps)  # [C_out], broadcasts over the last axis
+            out.append({"w": p["w"] * g, "b": p["beta"] - s["mean"] * g})
+        else:
+            out.append({"w": p["w"], "b": p["b"]})
+    return tuple(out)

@@ -1,0 +1,164 @@
+"""`clq-run` (also `python -m clq`): the Hydra entry point, and the only place that turns config into objects.
+
+    clq-run                                  # the default experiment on the offline Fashion-MNIST stream
+    clq-run latent_layer=23 replay.bits=6 replay.size=750 seed=1
+    clq-run replay=reservoir quant=fp32 tracking=none
+    clq-run -m replay.bits=8,7,6 seed=0,1,2   # Hydra multirun
+
+Each run writes, in its run dir (``outputs/<date>/<time>`` or the multirun subdir): ``results.json`` (the
+resolved config, accuracy after each event, final accuracy, accuracy matrices, forgetting, the memory
+breakdown and cost report, timings), ``events.jsonl`` (one line per event, written as the run goes) and, by
+default, an offline wandb run under ``wandb/``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from clq.config import ConfigError, ExperimentConfig, experiment_config
+from clq.tracking import make_tracker, write_json_atomic
+
+__all__ = ["main", "run_experiment", "load_stream"]
+
+
+def load_stream(exp: ExperimentConfig):
+    """Load the configured dataset and arrange it into the NICv2-style stream."""
+    from clq.data import build_nic_stream, load_arrays, load_fashion_mnist
+
+    d = exp.data
+    x, y, xt, yt = load_fashion_mnist(d.path) if d.name == "fashion_mnist" else load_arrays(d.path)
+    try:
+        return build_nic_stream(
+            x, y, xt, yt, d.num_classes, d.sessions, d.initial_classes, d.initial_images_per_class,
+            d.images_per_event, d.test_size, exp.model.input_size, exp.seed,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _memory_report(exp: ExperimentConfig, specs) -> dict:
+    from clq.cost import cost_report, load_target
+
+    return cost_report(
+        specs, exp.latent_layer, exp.replay.size, exp.replay.bits, exp.data.images_per_event, exp.train.epochs,
+        exp.train.batch_size, load_target(exp.target), None if exp.quant is None else exp.quant.bits,
+    )
+
+
+def _summary_table(results: dict) -> str:
+    mem = results.get("memory_bytes", {})
+    rows = [
+        ("learning events", f"{len(results['accuracy_per_event'])}"),
+        ("final accuracy", f"{100 * results['final_accuracy']:.2f} %"),
+        ("average accuracy", f"{100 * results['average_accuracy']:.2f} %"),
+        ("forgetting (per class)", f"{100 * results['forgetting']['per_class']:.2f} points"),
+    ]
+    if "joint_accuracy" in results:
+        rows.append(("joint upper bound", f"{100 * results['joint_accuracy']:.2f} %"))
+    lat = results["latent"]
+    bits = "FP32" if lat["lr_bits"] is None else f"UINT-{lat['lr_bits']}"
+    rows.append(("latent replays", f"{results['buffer']['size']} x {lat['elements']} elements ({bits}) at layer {lat['layer']}"))
+    if "lr_buffer" in mem:
+        rows.append(("replay buffer memory", f"{mem['lr_buffer']:,} B ({mem['lr_buffer'] / 1e6:.3f} MB)"))
+    if "total" in mem:
+        rows.append(("total memory (cost model)", f"{mem['total']:,} B"))
+    cost = results.get("cost", {})
+    if "latency_s" in cost:
+        rows.append((f"latency / event on {cost.get('target', {}).get('name', 'target')}",
+                     f"{cost['latency_s']['total']:.3g} s, {cost['energy_j']['total']:.3g} J"))
+    rows.append(("wall time", f"{results['wall_time_s']:.1f} s"))
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)
+
+
+def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
+    """Run one experiment; write results.json (also on failure, with the events completed so far)."""
+    from tqdm.auto import tqdm
+
+    from clq.train.loop import run_continual
+
+    t0 = time.perf_counter()
+    specs = exp.model.specs()
+    memory = _memory_report(exp, specs)  # cheap, and a bad target fails before any compute
+    stream = load_stream(exp)
+    tracker = make_tracker(run_dir, exp.tracking.backend, resolved, exp.tracking.project, exp.tracking.mode,
+                           exp.tracking.group)
+    events: list[dict] = []
+    bar = tqdm(total=stream.num_events, desc="learning events", unit="event", disable=not exp.progress,
+               dynamic_ncols=True)
+
+    def on_event(i, row):
+        events.append(row)
+        tracker.log_event(i, row)
+        bar.set_postfix(acc=f"{row['accuracy']:.3f}", loss=f"{row['train_loss']:.3f}")
+        bar.update(1)
+
+    base = {"config": resolved, "run_dir": run_dir, "stream": stream.summary()}
+    ok = False
+    try:
+        results = run_continual(
+            stream, specs, exp.latent_layer, exp.train, exp.replay, exp.quant, exp.seed, exp.joint_upper_bound,
+            on_event=on_event, log=(lambda m: bar.write(m)) if exp.progress else (lambda m: None),
+        )
+        bar.close()
+        results = {**base, "status": "completed", **results, "memory_bytes": memory["memory_bytes"],
+                   "cost": memory, "wall_time_s": round(time.perf_counter() - t0, 3)}
+        write_json_atomic(os.path.join(run_dir, "results.json"), results)
+        tracker.log_summary({k: results[k] for k in ("final_accuracy", "average_accuracy", "wall_time_s")}
+                            | {"forgetting": results["forgetting"]["per_class"],
+                               "memory_lr_buffer": memory["memory_bytes"]["lr_buffer"],
+                               "memory_total": memory["memory_bytes"]["total"],
+                               "latency_s": memory["latency_s"]["total"], "energy_j": memory["energy_j"]["total"]}
+                            | ({"joint_accuracy": results["joint_accuracy"]} if "joint_accuracy" in results else {}))
+        ok = True
+        return results
+    except BaseException as e:
+        bar.close()
+        write_json_atomic(os.path.join(run_dir, "results.json"), {
+            **base, "status": "failed", "error": f"{type(e).__name__}: {e}", "events": events,
+            "accuracy_per_event": [r["accuracy"] for r in events], "memory_bytes": memory["memory_bytes"],
+            "wall_time_s": round(time.perf_counter() - t0, 3)})
+        raise
+    finally:
+        tracker.finish(ok)
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def _app(cfg: DictConfig) -> float | None:
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        exp = experiment_config(resolved)
+    except OmegaConfBaseException as e:
+        print(f"clq-run: config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except ConfigError as e:
+        print(f"clq-run: config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        results = run_experiment(exp, resolved, run_dir)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"clq-run: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except FloatingPointError as e:
+        print(f"clq-run: numerical error: {e} (events so far are in {run_dir}/results.json)", file=sys.stderr)
+        sys.exit(3)
+    print(f"\nclq-run finished: {run_dir}/results.json")
+    print(_summary_table(results))
+    return results["final_accuracy"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Adaptive-stage training, the learning-event loop, evaluation and metrics."""
+
+from clq.train.evaluate import evaluate, make_predict
+from clq.train.event import (
+    Composition,
+    EventMetrics,
+    cross_entropy,
+    make_learning_event,
+    make_optimizer,
+    minibatch_composition,
+    set_learning_rate,
+)
+from clq.train.first_event import population_bn_stats, train_first_event
+from clq.train.frozen_stage import FrozenStage, make_frozen_stage
+from clq.train.loop import ReplayConfig, TrainConfig, run_continual
+from clq.train.metrics import average_accuracy, forgetting
+
+__all__ = [
+    "evaluate", "make_predict", "Composition", "EventMetrics", "cross_entropy", "make_learning_event",
+    "make_optimizer", "minibatch_composition", "set_learning_rate", "population_bn_stats", "train_first_event",
+    "FrozenStage", "make_frozen_stage", "ReplayConfig", "TrainConfig", "run_continual", "average_accuracy",
+    "forgetting",
+]

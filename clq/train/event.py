@@ -1,0 +1,151 @@
+"""Adaptive-stage training: optimizer, mini-batch composition and one compiled learning event.
+
+A learning event trains the adaptive stage (layers l+1..28) for `epochs` epochs on the event's new latents
+mixed with latent replays (paper.md §3):
+
+    new per mini-batch  a = round(B * n_new / (n_new + N_LR))     (300 new, 1500 LRs, B=128 -> 21)
+    replays per batch   b = B - a                                  (-> 107)
+    iterations / epoch  ceil(n_new / a)                            (-> 15)
+
+Each epoch visits the new latents in a fresh random order and walks through the buffer's filled slots in
+a fresh random order (wrapping around when the buffer holds fewer than b * iterations latents), so that new
+data and replays are each seen about once per epoch. The whole event (epochs x iterations SGD steps) is one
+`lax.scan` inside one `jax.jit`, compiled once per (n_max, a, b, iterations, epochs) and reused by every
+event of that shape; parameters and optimizer state are donated.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from clq.model.forward import forward
+from clq.model.specs import LayerSpec
+from clq.replay.buffer import BufferState, ReplayBuffer
+
+__all__ = [
+    "Composition",
+    "minibatch_composition",
+    "make_optimizer",
+    "set_learning_rate",
+    "cross_entropy",
+    "make_learning_event",
+    "EventMetrics",
+]
+
+
+class Composition(NamedTuple):
+    """Static mini-batch composition of a learning event."""
+
+    new_per_batch: int
+    replays_per_batch: int
+    iterations_per_epoch: int
+
+
+def minibatch_composition(n_new: int, buffer_size: int, batch_size: int) -> Composition:
+    """The paper's rule: new = round(B * n_new / (n_new + N_LR)), at least 1; the rest from the buffer.
+
+    Raises:
+      ValueError naming the field when the rule leaves no room for a new sample.
+    """
+    if n_new < 1:
+        raise ValueError(f"a learning event needs at least one new image, got n_new={n_new}")
+    if batch_size < 1:
+        raise ValueError(f"train.batch_size must be >= 1, got {batch_size}")
+    if buffer_size == 0:
+        new = batch_size
+    else:
+        # Python's round() is banker's rounding; the paper's figures use round-half-up.
+        new = math.floor(batch_size * n_new / (n_new + buffer_size) + 0.5)
+        new = min(max(new, 1), batch_size)
+    return Composition(new, batch_size - new, math.ceil(n_new / new))
+
+
+def _sgd(learning_rate, momentum, weight_decay):
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate, momentum=momentum))
+
+
+def make_optimizer(lr: float, momentum: float, weight_decay: float) -> optax.GradientTransformation:
+    """SGD with momentum and L2 weight decay (ar1-pytorch); the learning rate is a traced hyper-parameter
+    so that changing it between events does not recompile."""
+    return optax.inject_hyperparams(_sgd)(learning_rate=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def set_learning_rate(opt_state, lr):
+    """Return `opt_state` with its injected learning rate replaced (dtype preserved)."""
+    hp = dict(opt_state.hyperparams)
+    hp["learning_rate"] = jnp.asarray(lr, hp["learning_rate"].dtype)
+    return opt_state._replace(hyperparams=hp)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy. logits float32 [B, K], labels int32 [B]."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+class EventMetrics(NamedTuple):
+    """Per-step training metrics of one event: loss float32 [steps], accuracy float32 [steps]."""
+
+    loss: jax.Array
+    accuracy: jax.Array
+
+
+def make_learning_event(
+    adaptive_specs: Sequence[LayerSpec],
+    optimizer: optax.GradientTransformation,
+    buffer: ReplayBuffer,
+    composition: Composition,
+    epochs: int,
+) -> Callable:
+    """Build the jitted learning event.
+
+    Returns:
+      ``train_event(params, opt_state, new_latents, new_labels, n_new, buffer_state, key) ->
+      (params, opt_state, EventMetrics)`` where new_latents is float32 [n_max, *latent_shape] (rows
+      n_new.. are padding), new_labels int32 [n_max], n_new int32 (). params/opt_state are donated.
+    """
+    if epochs < 1:
+        raise ValueError(f"train.epochs must be >= 1, got {epochs}")
+    a, b, iters = composition
+    use_replay = buffer.size > 0 and b > 0
+
+    def loss_fn(params, x, y):
+        logits = forward(adaptive_specs, params, x).reshape(x.shape[0], -1)
+        return cross_entropy(logits, y), jnp.mean(jnp.argmax(logits, -1) == y)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_event(params, opt_state, new_latents, new_labels, n_new, buffer_state: BufferState, key):
+        n_max = new_latents.shape[0]
+        n_new = jnp.maximum(n_new, 1)
+        k_new, k_rep = jax.random.split(key)
+        # Per-epoch visiting orders: valid new rows first in random order; filled slots first in random order.
+        new_orders = jax.vmap(
+            lambda k: jnp.argsort(jnp.where(jnp.arange(n_max) < n_new, jax.random.uniform(k, (n_max,)), 2.0))
+        )(jax.random.split(k_new, epochs))
+        if use_replay:
+            rep_orders = jax.vmap(lambda k: buffer.order(buffer_state, k))(jax.random.split(k_rep, epochs))
+            n_filled = jnp.maximum(jnp.sum(buffer_state.filled, dtype=jnp.int32), 1)
+
+        def step(carry, t):
+            params, opt_state = carry
+            epoch, it = t // iters, t % iters
+            rows = new_orders[epoch][(it * a + jnp.arange(a)) % n_new]
+            x, y = new_latents[rows], new_labels[rows]
+            if use_replay:
+                slots = rep_orders[epoch][(it * b + jnp.arange(b)) % n_filled]
+                xr, yr = buffer.read(buffer_state, slots)
+                x, y = jnp.concatenate([x, xr]), jnp.concatenate([y, yr])
+            (loss, acc), grads = grad_fn(params, x, y)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            return (params, opt_state), (loss, acc)
+
+        (params, opt_state), (loss, acc) = jax.lax.scan(step, (params, opt_state), jnp.arange(epochs * iters))
+        return params, opt_state, EventMetrics(loss, acc)
+
+    return jax.jit(train_event, donate_argnums=(0, 1))

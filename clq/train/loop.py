@@ -1,0 +1,269 @@
+"""The learning-event loop of QLR-CL (paper.md §1, §3).
+
+1. Event 0: train the whole network on the first experience, fold batch norm.
+2. Calibrate and quantize the frozen stage (layers 0..l) on the first experience's images.
+3. Compute test latents once; compute each training image's latent once, when its event arrives (the
+   frozen stage never changes again, so nothing is recomputed).
+4. Fill the replay buffer with event 0's latents; then for every later event: train the adaptive stage
+   (one compiled call), update the buffer, evaluate on the cached test latents.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clq.data.stream import Stream
+from clq.model.specs import LayerSpec, split_specs
+from clq.quant.frozen import QuantConfig
+from clq.quant.latent import make_latent_codec
+from clq.replay.buffer import make_replay_buffer
+from clq.train.evaluate import evaluate, make_predict
+from clq.train.event import make_learning_event, make_optimizer, minibatch_composition, set_learning_rate
+from clq.train.first_event import train_first_event
+from clq.train.frozen_stage import make_frozen_stage
+from clq.train.metrics import average_accuracy, forgetting
+
+__all__ = ["TrainConfig", "ReplayConfig", "run_continual"]
+
+
+def _positive(name, value, kind=int, allow_zero=False):
+    ok = isinstance(value, kind) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and (
+            value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} "
+                         f"{'integer' if kind is int else 'number'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters (paper.md §3 names). `first_*` apply to event 0 (whole network)."""
+
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 5e-5
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    first_epochs: int = 12
+    first_lr: float = 0.05
+    first_batch_size: int = 64
+    eval_batch_size: int = 1000
+    joint_epochs: int = 10
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "first_epochs", "first_batch_size", "eval_batch_size", "joint_epochs"):
+            _positive(f"train.{name}".replace("train.first_", "train.first_event."), getattr(self, name))
+        for name in ("lr", "first_lr"):
+            _positive(f"train.{name}".replace("train.first_", "train.first_event."), getattr(self, name), float)
+        for name in ("momentum", "weight_decay"):
+            _positive(f"train.{name}", getattr(self, name), float, allow_zero=True)
+        if self.momentum >= 1:
+            raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Latent replay buffer: `size` N_LR (>= 0), `bits` Q_LR (1..16 or None = FP32), `policy`."""
+
+    size: int = 1500
+    bits: int | None = 8
+    policy: str = "ar1"
+
+
+@dataclass
+class _Timer:
+    totals: dict = field(default_factory=dict)
+
+    def __call__(self, name):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.totals[name] = timer.totals.get(name, 0.0) + time.perf_counter() - self.t
+
+        return _Ctx()
+
+
+def run_continual(
+    stream: Stream,
+    specs: Sequence[LayerSpec],
+    latent_layer: int,
+    train: TrainConfig,
+    replay: ReplayConfig,
+    quant: QuantConfig | None,
+    seed: int,
+    joint_upper_bound: bool = False,
+    on_event: Callable[[int, dict], None] | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    """Run one QLR-CL experiment over `stream`.
+
+    Args:
+      specs: the whole network's layer specs (input shape must match the stream's images).
+      latent_layer: l; layers 0..l frozen after event 0.
+      quant: frozen-stage quantization, or None for an FP32 frozen stage.
+      on_event: called after every event with its index and that event's metrics row.
+    Returns:
+      a JSON-able dict: accuracy_per_event, final_accuracy, accuracy matrices (per class, per session),
+      forgetting, per-event training metrics, latent facts, timing (seconds per phase).
+    """
+    frozen_specs, adaptive_specs = split_specs(specs, latent_layer)
+    if tuple(specs[0].in_shape) != tuple(stream.train_images.shape[1:]):
+        raise ValueError(f"model input {specs[0].in_shape} does not match the stream's images "
+                         f"{stream.train_images.shape[1:]} (model.input_size vs data)")
+    timer = _Timer()
+    key = jax.random.PRNGKey(seed)
+    k_first, k_train, k_buf = jax.random.split(key, 3)
+    K, S = stream.num_classes, len(stream.session_names)
+
+    # 1. Event 0: the whole network learns the first experience.
+    exp0 = stream.experiences[0]
+    with timer("first_event_s"):
+        folded, history = train_first_event(
+            specs, stream.train_images[exp0], stream.train_labels[exp0], k_first, train.first_epochs,
+            train.first_batch_size, train.first_lr, train.momentum, train.weight_decay,
+            progress=lambda e, l, a: log(f"event 0 epoch {e + 1}/{train.first_epochs}: loss {l:.4f} acc {a:.3f}"),
+        )
+
+    # 2. Freeze + quantize layers 0..l, calibrated on the first experience.
+    with timer("frozen_calibration_s"):
+        frozen = make_frozen_stage(frozen_specs, folded[: latent_layer + 1], stream.train_images[exp0], quant)
+    # A copy: the learning event donates its parameters, and the joint bound restarts from these.
+    adaptive_params = jax.tree.map(jnp.array, folded[latent_layer + 1 :])
+    latent_shape = tuple(frozen_specs[-1].out_shape)
+
+    # 3. Test latents once.
+    with timer("frozen_pass_s"):
+        test_codes = frozen.latents(stream.test_images)
+    predict = make_predict(adaptive_specs)
+
+    def run_eval(params):
+        with timer("eval_s"):
+            return evaluate(predict, params, test_codes, frozen.scale, stream.test_labels, stream.test_sessions,
+                            K, S, train.eval_batch_size)
+
+    codec = make_latent_codec(replay.bits, frozen.a_max)
+    buffer = make_replay_buffer(replay.size, latent_shape, codec, replay.policy, K)
+    buffer_add = jax.jit(buffer.add, donate_argnums=0)
+    buf_state = buffer.init()
+
+    later = stream.experiences[1:]
+    n_max = max((len(e) for e in later), default=1)
+    optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
+    opt_state = optimizer.init(adaptive_params)
+    events_cache: dict = {}
+
+    def event_fn(n_new):
+        comp = minibatch_composition(n_new, replay.size, train.batch_size)
+        if comp not in events_cache:
+            events_cache[comp] = make_learning_event(adaptive_specs, optimizer, buffer, comp, train.epochs)
+        return events_cache[comp], comp
+
+    def decode(codes):
+        return jnp.asarray(codes, jnp.float32) * frozen.scale
+
+    acc_rows, class_rows, session_rows, event_rows = [], [], [], []
+    seen_cls = np.zeros((stream.num_events, K), bool)
+    seen_sess = np.zeros((stream.num_events, S), bool)
+
+    def record(i, ev, row):
+        acc_rows.append(ev["accuracy"])
+        class_rows.append(ev["per_class"])
+        session_rows.append(ev["per_session"])
+        seen_cls[i:, stream.experience_classes[i]] = True
+        seen_sess[i:, stream.experience_sessions[i]] = True
+        row = {"event": i, "classes": stream.experience_classes[i].tolist(),
+               "session": int(stream.experience_sessions[i]), "accuracy": ev["accuracy"], **row}
+        event_rows.append(row)
+        if on_event is not None:
+            on_event(i, row)
+
+    # Event 0's latents fill the buffer.
+    with timer("frozen_pass_s"):
+        codes0 = frozen.latents(stream.train_images[exp0])
+    with timer("buffer_s"):
+        buf_state = buffer_add(buf_state, decode(codes0), jnp.asarray(stream.train_labels[exp0]),
+                               jnp.ones(len(exp0), bool), jax.random.fold_in(k_buf, 0))
+    record(0, run_eval(adaptive_params),
+           {"n_new": len(exp0), "train_loss": history[-1][0], "train_accuracy": history[-1][1]})
+
+    # 4. Learning events 1.. .
+    for i, idx in enumerate(later, start=1):
+        with timer("frozen_pass_s"):
+            codes = frozen.latents(stream.train_images[idx])
+        n_new = len(idx)
+        pad = n_max - n_new
+        new_x = np.concatenate([codes, np.zeros((pad, *latent_shape), codes.dtype)]) if pad else codes
+        new_y = np.concatenate([stream.train_labels[idx], np.zeros(pad, np.int32)])
+        fn, comp = event_fn(n_new)
+        opt_state = set_learning_rate(opt_state, train.lr)
+        with timer("train_s"):
+            adaptive_params, opt_state, m = fn(adaptive_params, opt_state, decode(new_x), jnp.asarray(new_y),
+                                               jnp.int32(n_new), buf_state, jax.random.fold_in(k_train, i))
+            loss = np.asarray(m.loss)
+        if not np.all(np.isfinite(loss)):
+            step = int(np.argmin(np.isfinite(loss)))
+            raise FloatingPointError(f"non-finite training loss in learning event {i}, step {step}; "
+                                     f"lower train.lr ({train.lr})")
+        with timer("buffer_s"):
+            buf_state = buffer_add(buf_state, decode(new_x), jnp.asarray(new_y), jnp.arange(n_max) < n_new,
+                                   jax.random.fold_in(k_buf, i))
+        record(i, run_eval(adaptive_params),
+               {"n_new": n_new, "train_loss": float(loss[-1]), "train_accuracy": float(np.asarray(m.accuracy)[-1]),
+                "new_per_batch": comp.new_per_batch, "replays_per_batch": comp.replays_per_batch,
+                "iterations": comp.iterations_per_epoch * train.epochs})
+
+    class_m, sess_m = np.asarray(class_rows), np.asarray(session_rows)
+    results = {
+        "accuracy_per_event": [float(a) for a in acc_rows],
+        "final_accuracy": float(acc_rows[-1]),
+        "average_accuracy": average_accuracy(acc_rows),
+        "accuracy_matrix": {"per_class": _nan_to_none(class_m), "per_session": _nan_to_none(sess_m)},
+        "forgetting": {"per_class": forgetting(class_m, seen_cls), "per_session": forgetting(sess_m, seen_sess)},
+        "final_accuracy_per_class": _nan_to_none(class_m[-1]),
+        "final_accuracy_per_session": dict(zip(stream.session_names, _nan_to_none(sess_m[-1]))),
+        "events": event_rows,
+        "first_event_history": [{"loss": l, "accuracy": a} for l, a in history],
+        "latent": {"layer": latent_layer, "shape": list(latent_shape), "elements": int(np.prod(latent_shape)),
+                   "a_max": float(frozen.a_max), "frozen_scale": float(frozen.scale),
+                   "lr_scale": float(codec.scale), "lr_bits": replay.bits, "frozen_bits": frozen.bits},
+        "buffer": {"filled": int(np.asarray(buf_state.filled).sum()), "size": replay.size,
+                   "class_histogram": np.bincount(np.asarray(buf_state.labels)[np.asarray(buf_state.filled)],
+                                                  minlength=K).tolist()},
+        "compiled_event_shapes": len(events_cache),
+    }
+    if joint_upper_bound:
+        with timer("joint_s"):
+            results["joint_accuracy"] = _joint(stream, frozen, folded[latent_layer + 1 :], adaptive_specs, train,
+                                               run_eval, jax.random.fold_in(key, 7))
+    results["timing_s"] = {k: round(v, 3) for k, v in timer.totals.items()}
+    return results
+
+
+def _nan_to_none(a: np.ndarray):
+    return np.where(np.isnan(a), None, np.round(a, 6)).tolist()
+
+
+def _joint(stream, frozen, params, adaptive_specs, train: TrainConfig, run_eval, key) -> float:
+    """Upper bound: the same frozen stage; the adaptive stage (from its post-event-0 state) trained i.i.d.
+    on the latents of the whole stream for `train.joint_epochs` epochs, no replay."""
+    idx = np.concatenate(stream.experiences)
+    x = jnp.asarray(frozen.latents(stream.train_images[idx]), jnp.float32) * frozen.scale
+    y = jnp.asarray(stream.train_labels[idx])
+    empty = make_replay_buffer(0, tuple(x.shape[1:]), make_latent_codec(None, 1.0), "ar1", stream.num_classes)
+    optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
+    comp = minibatch_composition(len(idx), 0, train.batch_size)
+    fn = make_learning_event(adaptive_specs, optimizer, empty, comp, train.joint_epochs)
+    params = jax.tree.map(jnp.array, params)
+    params, _, _ = fn(params, optimizer.init(params), x, y, jnp.int32(len(idx)), empty.init(), key)
+    return run_eval(params)["accuracy"]

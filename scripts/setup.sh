@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up everything clq needs on a fresh Debian machine with Python 3.11 (root, package registries reachable):
+#   - Debian package dataset-fashion-mnist (the offline default data),
+#   - a virtual environment .venv with clq and its pinned dependencies (pyproject.toml),
+#   - with --dev, the test dependencies too.
+# Idempotent: re-running skips what is already in place (the venv is keyed by a hash of pyproject.toml).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[[ "${1:-}" == "--dev" ]] && extras="[dev]"
+
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+  echo "setup: installing Debian package dataset-fashion-mnist"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+
+stamp=".venv/.clq-install-$(sha256sum pyproject.toml | cut -c1-16)${extras:+-dev}"
+if [[ ! -f "$stamp" ]]; then
+  echo "setup: installing clq${extras} and its pinned dependencies into .venv (a few minutes the first time)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip>=24" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import clq, jax, flax, optax, hydra, wandb" # fail here, not later, if the install broke
+  touch "$stamp"
+fi
+echo "setup: ready"

@@ -1,0 +1,66 @@
+"""Every config group composes and validates; bad values fail before any compute, naming the field."""
+
+import os
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from clq.config import ConfigError, experiment_config
+
+CONF = os.path.join(os.path.dirname(__file__), "..", "conf")
+GROUPS = {g: sorted(f[:-5] for f in os.listdir(os.path.join(CONF, g)) if f.endswith(".yaml"))
+          for g in ("model", "data", "quant", "replay", "train", "tracking", "target")}
+
+
+def _compose(overrides=()):
+    with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _resolve(overrides=()):
+    with initialize_config_dir(config_dir=os.path.abspath(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_group_option_composes_and_builds(group, option):
+    extra = ["data.path=/tmp/x.npz", "data.num_classes=10"] if (group, option) == ("data", "arrays") else []
+    exp = experiment_config(_resolve([f"{group}={option}", *extra]))
+    assert exp.model.specs()[exp.latent_layer].index == exp.latent_layer
+
+
+def test_defaults_are_the_documented_ones():
+    exp = experiment_config(_resolve())
+    assert (exp.latent_layer, exp.replay.size, exp.replay.bits, exp.replay.policy) == (19, 1500, 8, "ar1")
+    assert exp.quant.bits == 8 and exp.tracking.backend == "wandb" and exp.tracking.mode == "offline"
+    assert exp.train.epochs == 4 and exp.train.batch_size == 128 and exp.target == "vega"
+    assert experiment_config(_resolve(["replay.bits=null"])).replay.bits is None
+    assert experiment_config(_resolve(["quant=fp32"])).quant is None
+
+
+@pytest.mark.parametrize("override,field", [
+    ("latent_layer=28", "latent_layer"),
+    ("latent_layer=-1", "latent_layer"),
+    ("replay.bits=0", "replay.bits"),
+    ("replay.bits=17", "replay.bits"),
+    ("replay.size=-5", "replay.size"),
+    ("replay.policy=lifo", "replay.policy"),
+    ("train.epochs=0", "train.epochs"),
+    ("train.lr=-0.1", "train.lr"),
+    ("train.momentum=1.5", "train.momentum"),
+    ("model.width=0", "model.width"),
+    ("quant.frozen_bits=9", "quant.frozen_bits"),
+    ("quant.weight_mode=fancy", "quant.weight_mode"),
+    ("data.sessions=[clean,underwater]", "data.sessions"),
+    ("data.initial_classes=11", "data.initial_classes"),
+    ("tracking.mode=cloud", "tracking.mode"),
+    ("seed=-3", "seed"),
+    ("train.batch_size=1", "train.batch_size"),
+])
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ConfigError) as e:
+        experiment_config(_resolve([override]))
+    assert field in str(e.value)
