@@ -130,7 +130,11 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
         tracker.finish(ok)
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+#: conf/ at the repository root (the package is installed editable); absolute so `python -m clq` finds it too.
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> float | None:
     run_dir = HydraConfig.get().runtime.output_dir
     try:

@@ -1,0 +1,74 @@
+"""Accuracy of the default experiment over seeds: FP32 vs UINT-8 latents, and the joint upper bound.
+
+    .venv/bin/python bench/accuracy.py --seeds 0 1 2        # ~4 min per seed on the 2-core CPU machine
+
+Runs the default configuration (conf/config.yaml) through `clq.run.run_experiment`-equivalent library
+calls for three precisions, "frozen stage + latent replays" as in paper.md §4: FP32+FP32, FP32+U8, U8+U8,
+and the joint (i.i.d.) upper bound of the same model. Writes bench/results/accuracy.json and prints a
+markdown table (mean +- std over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from clq.config import experiment_config
+from clq.run import load_stream
+from clq.tracking import write_json_atomic
+from clq.train.loop import ReplayConfig, run_continual
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = {  # name: (frozen quantized?, lr_bits)
+    "FP32 + FP32": (False, None),
+    "FP32 + U8": (False, 8),
+    "U8 + U8": (True, 8),
+}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--overrides", nargs="*", default=[])
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "accuracy.json"))
+    args = ap.parse_args(argv)
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("config", overrides=args.overrides), resolve=True)
+    base = experiment_config(cfg)
+    rows = {k: [] for k in [*VARIANTS, "joint upper bound"]}
+    t0 = time.time()
+    for seed in args.seeds:
+        exp = experiment_config({**cfg, "seed": seed})
+        stream = load_stream(exp)
+        for name, (quantized, bits) in VARIANTS.items():
+            r = run_continual(stream, exp.model.specs(), exp.latent_layer, exp.train,
+                              ReplayConfig(exp.replay.size, bits, exp.replay.policy),
+                              exp.quant if quantized else None, seed, joint_upper_bound=(name == "U8 + U8"))
+            rows[name].append(r["final_accuracy"])
+            if "joint_accuracy" in r:
+                rows["joint upper bound"].append(r["joint_accuracy"])
+            print(f"seed {seed} {name}: final {r['final_accuracy']:.4f} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    summary = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": v} for k, v in rows.items()}
+    u8, fp, joint = summary["U8 + U8"]["mean"], summary["FP32 + FP32"]["mean"], summary["joint upper bound"]["mean"]
+    out = {"config": {"latent_layer": base.latent_layer, "replay_size": base.replay.size, "policy": base.replay.policy,
+                      "model": vars(base.model), "overrides": args.overrides},
+           "seeds": args.seeds, "final_accuracy": summary,
+           "u8_minus_fp32_points": 100 * (u8 - fp), "continual_over_joint": u8 / joint,
+           "wall_time_s": time.time() - t0}
+    write_json_atomic(args.out, out)
+    print("| frozen + LR precision | final accuracy (mean ± std over seeds) |\n|---|---|")
+    for k, v in summary.items():
+        print(f"| {k} | {100 * v['mean']:.2f} ± {100 * v['std']:.2f} % |")
+    print(f"\nU8+U8 minus FP32+FP32: {out['u8_minus_fp32_points']:+.2f} points; "
+          f"U8+U8 / joint: {100 * out['continual_over_joint']:.1f} %")
+
+
+if __name__ == "__main__":
+    main()

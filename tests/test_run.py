@@ -1,0 +1,66 @@
+"""The Hydra app end to end: a tiny real run through `clq-run`, and clean config errors."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from clq.data.fashion_mnist import DEFAULT_PATH, FILES
+
+HAVE_FMNIST = all(os.path.exists(os.path.join(DEFAULT_PATH, f)) for f in FILES)
+TINY = [
+    "model.width=0.25", "model.input_size=16", "latent_layer=23",
+    "data.sessions=[clean,dim]", "data.initial_images_per_class=20", "data.images_per_event=12",
+    "data.test_size=200", "train.first_event.epochs=1", "train.first_event.batch_size=20", "train.epochs=2",
+    "train.batch_size=16", "train.eval_batch_size=100", "replay.size=40", "progress=false",
+]
+
+
+def _run(args, cwd):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run([sys.executable, "-m", "clq", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed (scripts/setup.sh installs it)")
+def test_tiny_run_through_hydra_app(tmp_path):
+    run_dir = tmp_path / "run"
+    p = _run([*TINY, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((run_dir / "results.json").read_text())
+    assert res["status"] == "completed"
+    n_events = 1 + 10 * 2 - 5
+    assert len(res["accuracy_per_event"]) == n_events == len(res["events"])
+    assert 0.0 <= res["final_accuracy"] <= 1.0 and res["final_accuracy"] == res["accuracy_per_event"][-1]
+    assert res["config"]["latent_layer"] == 23 and res["config"]["replay"]["size"] == 40
+    elements = 1 * 1 * 128  # l=23 (dw, 512 x 0.25 channels) at 16 px: 1x1 spatial
+    assert res["latent"]["elements"] == elements
+    assert res["memory_bytes"]["lr_buffer"] >= 40 * elements  # 40 UINT-8 latents (+ scale)
+    assert len(res["accuracy_matrix"]["per_class"]) == n_events
+    assert res["compiled_event_shapes"] == 1  # every later event reused one compiled learning event
+    assert "wall_time_s" in res and "forgetting" in res
+    lines = (run_dir / "events.jsonl").read_text().splitlines()
+    assert len(lines) == n_events
+    assert glob.glob(str(run_dir / "wandb" / "offline-run-*"))  # a real offline wandb run
+    assert "final accuracy" in p.stdout and "replay buffer memory" in p.stdout
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("latent_layer=40", "latent_layer must be in 0..27"),
+    ("replay.bits=20", "replay.bits must be"),
+    ("replay.policy=fifo", "replay.policy must be one of"),
+    ("replay.size=-1", "replay.size must be"),
+])
+def test_bad_config_fails_cleanly_before_compute(tmp_path, override, needle):
+    p = _run([override, f"hydra.run.dir={tmp_path / 'r'}", "progress=false"], tmp_path)
+    assert p.returncode == 2
+    assert needle in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_unknown_key_is_rejected(tmp_path):
+    p = _run(["replay.sz=3", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
+    assert p.returncode != 0 and "replay.sz" in p.stderr
