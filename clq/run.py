@@ -13,6 +13,7 @@ default, an offline wandb run under ``wandb/``.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -71,7 +72,7 @@ def _summary_table(results: dict) -> str:
         rows.append(("total memory (cost model)", f"{mem['total']:,} B"))
     cost = results.get("cost", {})
     if "latency_s" in cost:
-        rows.append((f"latency / event on {cost.get('target', {}).get('name', 'target')}",
+        rows.append((f"latency / event on {cost.get('config', {}).get('target', 'target')} (cost model)",
                      f"{cost['latency_s']['total']:.3g} s, {cost['energy_j']['total']:.3g} J"))
     rows.append(("wall time", f"{results['wall_time_s']:.1f} s"))
     w = max(len(k) for k, _ in rows)
@@ -136,6 +137,8 @@ CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> float | None:
+    # JAX logs its accelerator probing at INFO through Hydra's root logger; it is noise on a CPU machine.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
