@@ -73,6 +73,8 @@ class ExperimentConfig:
     joint_upper_bound: bool = False
     progress: bool = True
     target: str = "vega"
+    resume: bool = True
+    checkpoint_every: int = 1
 
 
 def _get(m: Mapping, key: str, default=None):
@@ -218,5 +220,9 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
         raise ConfigError(f"joint_upper_bound must be true or false, got {joint!r}")
     target = cfg.get("target") or {}
     target = target.get("name", "vega") if isinstance(target, Mapping) else str(target)
+    resume = cfg.get("resume", True)
+    if not isinstance(resume, bool):
+        raise ConfigError(f"resume must be true or false, got {resume!r}")
+    every = _int(cfg.get("checkpoint_every", 1), "checkpoint_every", 0)
     return ExperimentConfig(model, data, quant, replay, train, tracking, latent_layer, seed, joint,
-                            bool(cfg.get("progress", True)), target)
+                            bool(cfg.get("progress", True)), target, resume, every)

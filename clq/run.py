@@ -13,6 +13,8 @@ default, an offline wandb run under ``wandb/``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -24,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from clq.config import ConfigError, ExperimentConfig, experiment_config
+from clq.train.checkpoint import CheckpointError
 from clq.tracking import make_tracker, write_json_atomic
 
 __all__ = ["main", "run_experiment", "load_stream"]
@@ -102,11 +105,17 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
         bar.update(1)
 
     base = {"config": resolved, "run_dir": run_dir, "stream": stream.summary()}
+    # What must match for a checkpoint to be resumed: everything but how the run is watched.
+    watched = ("resume", "progress", "tracking", "checkpoint_every")
+    fingerprint = hashlib.sha256(json.dumps({k: v for k, v in resolved.items() if k not in watched},
+                                            sort_keys=True, default=str).encode()).hexdigest()
     ok = False
     try:
         results = run_continual(
             stream, specs, exp.latent_layer, exp.train, exp.replay, exp.quant, exp.seed, exp.joint_upper_bound,
             on_event=on_event, log=(lambda m: bar.write(m)) if exp.progress else (lambda m: None),
+            checkpoint_dir=os.path.join(run_dir, "checkpoints") if exp.checkpoint_every else None,
+            checkpoint_every=max(exp.checkpoint_every, 1), resume=exp.resume, fingerprint=fingerprint,
         )
         bar.close()
         results = {**base, "status": "completed", **results, "memory_bytes": memory["memory_bytes"],
@@ -151,7 +160,7 @@ def _app(cfg: DictConfig) -> float | None:
         sys.exit(2)
     try:
         results = run_experiment(exp, resolved, run_dir)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, CheckpointError) as e:
         print(f"clq-run: error: {e}", file=sys.stderr)
         sys.exit(2)
     except FloatingPointError as e:

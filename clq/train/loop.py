@@ -19,17 +19,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from clq.data.stream import Stream
+from clq.model.forward import fold_batch_norm, init_params
 from clq.model.specs import LayerSpec, split_specs
 from clq.quant.frozen import QuantConfig
 from clq.quant.latent import make_latent_codec
 from clq.replay.buffer import make_replay_buffer
+from clq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from clq.train.evaluate import evaluate, make_predict
 from clq.train.event import make_learning_event, make_optimizer, minibatch_composition, set_learning_rate
 from clq.train.first_event import train_first_event
 from clq.train.frozen_stage import make_frozen_stage
 from clq.train.metrics import average_accuracy, forgetting
 
-__all__ = ["TrainConfig", "ReplayConfig", "run_continual"]
+__all__ = ["TrainConfig", "ReplayConfig", "run_continual", "NonFiniteError"]
 
 
 def _positive(name, value, kind=int, allow_zero=False):
@@ -105,6 +107,10 @@ def run_continual(
     joint_upper_bound: bool = False,
     on_event: Callable[[int, dict], None] | None = None,
     log: Callable[[str], None] = lambda msg: None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = True,
+    fingerprint: str = "",
 ) -> dict:
     """Run one QLR-CL experiment over `stream`.
 
@@ -112,35 +118,64 @@ def run_continual(
       specs: the whole network's layer specs (input shape must match the stream's images).
       latent_layer: l; layers 0..l frozen after event 0.
       quant: frozen-stage quantization, or None for an FP32 frozen stage.
-      on_event: called after every event with its index and that event's metrics row.
+      on_event: called after every event with its index and that event's metrics row (also for the events
+        restored from a checkpoint, so sinks can rebuild their history).
+      checkpoint_dir: where to write atomic checkpoints (None: no checkpoints).
+      checkpoint_every: checkpoint after every k-th event (and always after event 0 and the last one).
+      resume: continue from the newest complete checkpoint in `checkpoint_dir` if there is one.
+      fingerprint: identifies the configuration; a checkpoint written under another one is refused.
     Returns:
       a JSON-able dict: accuracy_per_event, final_accuracy, accuracy matrices (per class, per session),
       forgetting, per-event training metrics, latent facts, timing (seconds per phase).
+
+    Every random draw derives from `seed` by `fold_in(key, event)`, so a run resumed from a checkpoint
+    produces bit-identical numbers to an uninterrupted one.
     """
     frozen_specs, adaptive_specs = split_specs(specs, latent_layer)
     if tuple(specs[0].in_shape) != tuple(stream.train_images.shape[1:]):
         raise ValueError(f"model input {specs[0].in_shape} does not match the stream's images "
                          f"{stream.train_images.shape[1:]} (model.input_size vs data)")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     timer = _Timer()
     key = jax.random.PRNGKey(seed)
     k_first, k_train, k_buf = jax.random.split(key, 3)
     K, S = stream.num_classes, len(stream.session_names)
-
-    # 1. Event 0: the whole network learns the first experience.
     exp0 = stream.experiences[0]
-    with timer("first_event_s"):
-        folded, history = train_first_event(
-            specs, stream.train_images[exp0], stream.train_labels[exp0], k_first, train.first_epochs,
-            train.first_batch_size, train.first_lr, train.momentum, train.weight_decay,
-            progress=lambda e, l, a: log(f"event 0 epoch {e + 1}/{train.first_epochs}: loss {l:.4f} acc {a:.3f}"),
-        )
+    latent_shape = tuple(frozen_specs[-1].out_shape)
+    optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
 
-    # 2. Freeze + quantize layers 0..l, calibrated on the first experience.
+    # Shapes of everything a checkpoint holds, to restore onto without deserialising objects.
+    folded_t = jax.eval_shape(lambda: fold_batch_norm(specs, *init_params(specs, k_first)))
+    shape_buffer = make_replay_buffer(replay.size, latent_shape, make_latent_codec(replay.bits, 1.0),
+                                      replay.policy, K)
+    templates = {
+        "folded": folded_t,
+        "opt_state": jax.eval_shape(optimizer.init, folded_t[latent_layer + 1 :]),
+        "adaptive": folded_t[latent_layer + 1 :],
+        "buffer": jax.eval_shape(shape_buffer.init),
+    }
+    restored = load_checkpoint(checkpoint_dir, templates) if (checkpoint_dir and resume) else None
+    if restored is not None and restored[2].get("fingerprint") != fingerprint:
+        raise CheckpointError(f"{checkpoint_dir} holds a checkpoint of a different configuration; use a new run "
+                              "dir or resume=false to start over")
+
+    if restored is None:
+        # 1. Event 0: the whole network learns the first experience.
+        with timer("first_event_s"):
+            folded, history = train_first_event(
+                specs, stream.train_images[exp0], stream.train_labels[exp0], k_first, train.first_epochs,
+                train.first_batch_size, train.first_lr, train.momentum, train.weight_decay,
+                progress=lambda e, l, a: log(f"event 0 epoch {e + 1}/{train.first_epochs}: loss {l:.4f} acc {a:.3f}"),
+            )
+    else:
+        done, trees, meta = restored
+        folded, history = trees["folded"], [tuple(h) for h in meta["history"]]
+        log(f"resuming from the checkpoint of event {done} in {checkpoint_dir}")
+
+    # 2. Freeze + quantize layers 0..l, calibrated on the first experience (deterministic: redone on resume).
     with timer("frozen_calibration_s"):
         frozen = make_frozen_stage(frozen_specs, folded[: latent_layer + 1], stream.train_images[exp0], quant)
-    # A copy: the learning event donates its parameters, and the joint bound restarts from these.
-    adaptive_params = jax.tree.map(jnp.array, folded[latent_layer + 1 :])
-    latent_shape = tuple(frozen_specs[-1].out_shape)
 
     # 3. Test latents once.
     with timer("frozen_pass_s"):
@@ -155,12 +190,8 @@ def run_continual(
     codec = make_latent_codec(replay.bits, frozen.a_max)
     buffer = make_replay_buffer(replay.size, latent_shape, codec, replay.policy, K)
     buffer_add = jax.jit(buffer.add, donate_argnums=0)
-    buf_state = buffer.init()
-
     later = stream.experiences[1:]
     n_max = max((len(e) for e in later), default=1)
-    optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
-    opt_state = optimizer.init(adaptive_params)
     events_cache: dict = {}
 
     def event_fn(n_new):
@@ -172,33 +203,50 @@ def run_continual(
     def decode(codes):
         return jnp.asarray(codes, jnp.float32) * frozen.scale
 
-    acc_rows, class_rows, session_rows, event_rows = [], [], [], []
+    rows: list[dict] = []  # per event: {"eval": Evaluation as lists, "row": metrics row}
     seen_cls = np.zeros((stream.num_events, K), bool)
     seen_sess = np.zeros((stream.num_events, S), bool)
 
     def record(i, ev, row):
-        acc_rows.append(ev["accuracy"])
-        class_rows.append(ev["per_class"])
-        session_rows.append(ev["per_session"])
-        seen_cls[i:, stream.experience_classes[i]] = True
-        seen_sess[i:, stream.experience_sessions[i]] = True
         row = {"event": i, "classes": stream.experience_classes[i].tolist(),
                "session": int(stream.experience_sessions[i]), "accuracy": ev["accuracy"], **row}
-        event_rows.append(row)
+        rows.append({"per_class": _nan_to_none(np.asarray(ev["per_class"], float)),
+                     "per_session": _nan_to_none(np.asarray(ev["per_session"], float)), "row": row})
         if on_event is not None:
             on_event(i, row)
 
-    # Event 0's latents fill the buffer.
-    with timer("frozen_pass_s"):
-        codes0 = frozen.latents(stream.train_images[exp0])
-    with timer("buffer_s"):
-        buf_state = buffer_add(buf_state, decode(codes0), jnp.asarray(stream.train_labels[exp0]),
-                               jnp.ones(len(exp0), bool), jax.random.fold_in(k_buf, 0))
-    record(0, run_eval(adaptive_params),
-           {"n_new": len(exp0), "train_loss": history[-1][0], "train_accuracy": history[-1][1]})
+    def checkpoint(i):
+        if checkpoint_dir and (i % checkpoint_every == 0 or i == stream.num_events - 1):
+            with timer("checkpoint_s"):
+                save_checkpoint(checkpoint_dir, i, {"folded": folded, "opt_state": opt_state,
+                                                   "adaptive": adaptive_params, "buffer": buf_state},
+                                {"fingerprint": fingerprint, "history": history, "rows": rows})
+
+    if restored is None:
+        # A copy: the learning event donates its parameters, and the joint bound restarts from `folded`.
+        adaptive_params = jax.tree.map(jnp.array, folded[latent_layer + 1 :])
+        opt_state = optimizer.init(adaptive_params)
+        # Event 0's latents fill the buffer.
+        with timer("frozen_pass_s"):
+            codes0 = frozen.latents(stream.train_images[exp0])
+        with timer("buffer_s"):
+            buf_state = buffer_add(buffer.init(), decode(codes0), jnp.asarray(stream.train_labels[exp0]),
+                                   jnp.ones(len(exp0), bool), jax.random.fold_in(k_buf, 0))
+        record(0, run_eval(adaptive_params),
+               {"n_new": len(exp0), "train_loss": history[-1][0], "train_accuracy": history[-1][1]})
+        checkpoint(0)
+        first = 1
+    else:
+        adaptive_params, opt_state, buf_state = trees["adaptive"], trees["opt_state"], trees["buffer"]
+        for r in meta["rows"]:
+            rows.append(r)
+            if on_event is not None:
+                on_event(r["row"]["event"], r["row"])
+        first = done + 1
 
     # 4. Learning events 1.. .
-    for i, idx in enumerate(later, start=1):
+    for i in range(first, stream.num_events):
+        idx = stream.experiences[i]
         with timer("frozen_pass_s"):
             codes = frozen.latents(stream.train_images[idx])
         n_new = len(idx)
@@ -211,10 +259,10 @@ def run_continual(
             adaptive_params, opt_state, m = fn(adaptive_params, opt_state, decode(new_x), jnp.asarray(new_y),
                                                jnp.int32(n_new), buf_state, jax.random.fold_in(k_train, i))
             loss = np.asarray(m.loss)
-        if not np.all(np.isfinite(loss)):
-            step = int(np.argmin(np.isfinite(loss)))
-            raise FloatingPointError(f"non-finite training loss in learning event {i}, step {step}; "
-                                     f"lower train.lr ({train.lr})")
+        if not np.all(np.isfinite(loss)) or not _finite_tree(adaptive_params):
+            step = int(np.argmin(np.isfinite(loss))) if not np.all(np.isfinite(loss)) else len(loss) - 1
+            raise NonFiniteError(f"non-finite loss or parameters in learning event {i}, step {step} of "
+                                 f"{len(loss)}; lower train.lr ({train.lr})", completed=[r["row"] for r in rows])
         with timer("buffer_s"):
             buf_state = buffer_add(buf_state, decode(new_x), jnp.asarray(new_y), jnp.arange(n_max) < n_new,
                                    jax.random.fold_in(k_buf, i))
@@ -222,17 +270,23 @@ def run_continual(
                {"n_new": n_new, "train_loss": float(loss[-1]), "train_accuracy": float(np.asarray(m.accuracy)[-1]),
                 "new_per_batch": comp.new_per_batch, "replays_per_batch": comp.replays_per_batch,
                 "iterations": comp.iterations_per_epoch * train.epochs})
+        checkpoint(i)
 
-    class_m, sess_m = np.asarray(class_rows), np.asarray(session_rows)
+    for i in range(stream.num_events):
+        seen_cls[i:, stream.experience_classes[i]] = True
+        seen_sess[i:, stream.experience_sessions[i]] = True
+    acc = [r["row"]["accuracy"] for r in rows]
+    class_m = np.asarray([r["per_class"] for r in rows], dtype=float)
+    sess_m = np.asarray([r["per_session"] for r in rows], dtype=float)
     results = {
-        "accuracy_per_event": [float(a) for a in acc_rows],
-        "final_accuracy": float(acc_rows[-1]),
-        "average_accuracy": average_accuracy(acc_rows),
+        "accuracy_per_event": [float(a) for a in acc],
+        "final_accuracy": float(acc[-1]),
+        "average_accuracy": average_accuracy(acc),
         "accuracy_matrix": {"per_class": _nan_to_none(class_m), "per_session": _nan_to_none(sess_m)},
         "forgetting": {"per_class": forgetting(class_m, seen_cls), "per_session": forgetting(sess_m, seen_sess)},
         "final_accuracy_per_class": _nan_to_none(class_m[-1]),
         "final_accuracy_per_session": dict(zip(stream.session_names, _nan_to_none(sess_m[-1]))),
-        "events": event_rows,
+        "events": [r["row"] for r in rows],
         "first_event_history": [{"loss": l, "accuracy": a} for l, a in history],
         "latent": {"layer": latent_layer, "shape": list(latent_shape), "elements": int(np.prod(latent_shape)),
                    "a_max": float(frozen.a_max), "frozen_scale": float(frozen.scale),
@@ -241,6 +295,7 @@ def run_continual(
                    "class_histogram": np.bincount(np.asarray(buf_state.labels)[np.asarray(buf_state.filled)],
                                                   minlength=K).tolist()},
         "compiled_event_shapes": len(events_cache),
+        "resumed_from_event": None if restored is None else restored[0],
     }
     if joint_upper_bound:
         with timer("joint_s"):
@@ -250,7 +305,20 @@ def run_continual(
     return results
 
 
+class NonFiniteError(FloatingPointError):
+    """Training produced a non-finite loss or parameter; `completed` holds the metrics rows finished before."""
+
+    def __init__(self, message: str, completed: list):
+        super().__init__(message)
+        self.completed = completed
+
+
+def _finite_tree(tree) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+
+
 def _nan_to_none(a: np.ndarray):
+    a = np.asarray(a, dtype=float)
     return np.where(np.isnan(a), None, np.round(a, 6)).tolist()
 
 

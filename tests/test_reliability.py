@@ -1,0 +1,131 @@
+"""Checkpoint/resume (in-process crash and real SIGKILL), determinism, and the numerical guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from clq.data import build_nic_stream, load_fashion_mnist
+from clq.data.fashion_mnist import DEFAULT_PATH, FILES
+from clq.model import mobilenet_v1_specs
+from clq.quant import QuantConfig
+from clq.train import ReplayConfig, TrainConfig, run_continual
+from clq.train.loop import NonFiniteError
+
+HAVE_FMNIST = all(os.path.exists(os.path.join(DEFAULT_PATH, f)) for f in FILES)
+pytestmark = pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed (scripts/setup.sh)")
+
+NUMBERS = ("accuracy_per_event", "final_accuracy", "accuracy_matrix", "forgetting", "buffer")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    x, y, xt, yt = load_fashion_mnist()
+    stream = build_nic_stream(x, y, xt, yt, 10, sessions=("clean", "dim"), initial_classes=5,
+                              initial_images_per_class=20, images_per_event=12, test_size=200, image_size=16, seed=0)
+    specs = mobilenet_v1_specs(0.25, 16, 10)
+    train = TrainConfig(epochs=2, batch_size=16, lr=0.01, first_epochs=1, first_batch_size=20, eval_batch_size=100)
+    return stream, specs, train
+
+
+def _run(tiny, **kw):
+    stream, specs, train = tiny
+    return run_continual(stream, specs, 23, kw.pop("train", train), ReplayConfig(40, 8, "ar1"), QuantConfig(), 0, **kw)
+
+
+def test_same_seed_same_numbers(tiny):
+    a, b = _run(tiny), _run(tiny)
+    for k in NUMBERS:
+        assert a[k] == b[k], k
+
+
+def test_crash_and_resume_is_bit_identical(tiny, tmp_path):
+    ref = _run(tiny)
+    ck = str(tmp_path / "ck")
+
+    class Crash(Exception):
+        pass
+
+    def crash_at(k):
+        def on_event(i, row):
+            if i == k:
+                raise Crash()
+        return on_event
+
+    with pytest.raises(Crash):
+        _run(tiny, checkpoint_dir=ck, on_event=crash_at(6), fingerprint="f")
+    assert sorted(os.listdir(ck)) == ["ckpt-000005.json", "ckpt-000005.npz"]  # the last complete one only
+    seen = []
+    res = _run(tiny, checkpoint_dir=ck, fingerprint="f", on_event=lambda i, r: seen.append(i))
+    assert res["resumed_from_event"] == 5 and seen == list(range(len(ref["accuracy_per_event"])))
+    for k in NUMBERS:
+        assert res[k] == ref[k], k
+    with pytest.raises(Exception, match="different configuration"):
+        _run(tiny, checkpoint_dir=ck, fingerprint="other")
+
+
+def test_torn_checkpoint_is_never_read(tiny, tmp_path):
+    from clq.train.checkpoint import load_checkpoint, save_checkpoint
+    import jax.numpy as jnp
+    save_checkpoint(str(tmp_path), 1, {"a": {"w": jnp.ones(3)}}, {"x": 1}, keep=2)
+    save_checkpoint(str(tmp_path), 2, {"a": {"w": jnp.full(3, 2.0)}}, {"x": 2}, keep=2)
+    npz = tmp_path / "ckpt-000002.npz"
+    npz.write_bytes(npz.read_bytes()[:-20])  # torn write of the newest
+    ev, trees, meta = load_checkpoint(str(tmp_path), {"a": {"w": jnp.zeros(3)}})
+    assert ev == 1 and meta == {"x": 1} and float(trees["a"]["w"][0]) == 1.0
+
+
+def test_non_finite_loss_stops_naming_event_and_step(tiny):
+    stream, specs, train = tiny
+    bad = TrainConfig(epochs=2, batch_size=16, lr=1e30, first_epochs=1, first_batch_size=20, eval_batch_size=100)
+    with pytest.raises(NonFiniteError, match=r"learning event 1, step \d+") as e:
+        _run(tiny, train=bad)
+    assert [r["event"] for r in e.value.completed] == [0]
+
+
+TINY = ["model.width=0.25", "model.input_size=16", "latent_layer=23", "data.sessions=[clean,dim]",
+        "data.initial_images_per_class=20", "data.images_per_event=12", "data.test_size=200",
+        "train.first_event.epochs=1", "train.first_event.batch_size=20", "train.epochs=2", "train.batch_size=16",
+        "train.eval_batch_size=100", "replay.size=40", "progress=false", "tracking=none"]
+
+
+def _clq(run_dir, extra=()):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen([sys.executable, "-m", "clq", *TINY, *extra, f"hydra.run.dir={run_dir}"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _numbers(run_dir):
+    r = json.loads((run_dir / "results.json").read_text())
+    return {k: r[k] for k in NUMBERS}
+
+
+def test_sigkill_at_several_points_then_resume(tmp_path):
+    ref_dir = tmp_path / "ref"
+    p = _clq(ref_dir)
+    assert p.wait(timeout=600) == 0, p.stderr.read()[-2000:]
+    ref = _numbers(ref_dir)
+    run_dir = tmp_path / "killed"
+    for kill_after in (3, 9):  # events completed before the SIGKILL lands
+        p = _clq(run_dir)
+        events = run_dir / "events.jsonl"
+        deadline = time.time() + 600
+        while time.time() < deadline and p.poll() is None:
+            if events.exists() and len(events.read_text().splitlines()) >= kill_after:
+                break
+            time.sleep(0.05)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        assert not (run_dir / "results.json").exists()
+    p = _clq(run_dir)  # the same command in the same run dir resumes
+    assert p.wait(timeout=600) == 0, p.stderr.read()[-2000:]
+    res = json.loads((run_dir / "results.json").read_text())
+    # The kill lands after event 8 was logged, before or after its checkpoint committed.
+    assert res["resumed_from_event"] in (7, 8)
+    assert _numbers(run_dir) == ref
+    assert len((run_dir / "events.jsonl").read_text().splitlines()) == len(ref["accuracy_per_event"])
