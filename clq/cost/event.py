@@ -1,0 +1,92 @@
+"""One learning event: how many samples the adaptive stage sees (paper.md §3).
+
+A learning event brings ``n_new`` new images. Each mini-batch of ``B`` samples holds
+
+    new_per_batch     = round(B * n_new / (n_new + N_LR))      (at least 1, at most min(B, n_new))
+    replays_per_batch = B - new_per_batch                       (0 when N_LR = 0: all B are new)
+    iterations/epoch  = ceil(n_new / new_per_batch)
+
+so that every new image is used once per epoch (300 new + 1500 LRs, B = 128 -> 21 new + 107 replays, 15
+iterations). The last iteration of an epoch holds the leftover new images (300 - 14 * 21 = 6) plus the usual
+107 replays; the cost model counts exactly those samples (an MCU does not pad), so an epoch is
+``n_new + iterations * replays_per_batch`` samples (1905 here) and the event ``epochs`` times that.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["LearningEvent", "learning_event", "event_arrays"]
+
+
+class LearningEvent(NamedTuple):
+    """Sample counts of one learning event (all plain ints).
+
+    Attributes:
+      new_images: new images of the event (n_new).
+      buffer_size: latent replays in the buffer (N_LR).
+      epochs: passes over the new images.
+      batch_size: samples per mini-batch (B).
+      new_per_batch: new samples in a mini-batch.
+      replays_per_batch: replays in a mini-batch.
+      iterations_per_epoch: mini-batches (optimizer steps) per epoch.
+      iterations: optimizer steps per event (epochs x iterations_per_epoch).
+      samples: samples through the adaptive stage per event (forward + backward each).
+      replays_drawn: replay samples per event (replays are drawn with replacement across mini-batches).
+    """
+
+    new_images: int
+    buffer_size: int
+    epochs: int
+    batch_size: int
+    new_per_batch: int
+    replays_per_batch: int
+    iterations_per_epoch: int
+    iterations: int
+    samples: int
+    replays_drawn: int
+
+
+def event_arrays(new_images, buffer_size, epochs, batch_size) -> dict[str, np.ndarray]:
+    """Vectorized `learning_event`: every argument broadcasts; returns float64 arrays keyed like the fields."""
+    n = np.asarray(new_images, dtype=np.float64)
+    nlr = np.asarray(buffer_size, dtype=np.float64)
+    e = np.asarray(epochs, dtype=np.float64)
+    b = np.asarray(batch_size, dtype=np.float64)
+    cap = np.minimum(b, n)
+    # floor(x + 0.5): round half up, not Python's banker's rounding (21.33 -> 21 either way).
+    mixed = np.clip(np.floor(b * n / np.maximum(n + nlr, 1.0) + 0.5), 1.0, cap)
+    new_pb = np.where(nlr > 0, mixed, cap)
+    rep_pb = np.where(nlr > 0, b - new_pb, 0.0)
+    iters_pe = np.ceil(n / new_pb)
+    samples = e * (n + iters_pe * rep_pb)
+    return {
+        "new_images": n,
+        "buffer_size": nlr,
+        "epochs": e,
+        "batch_size": b,
+        "new_per_batch": new_pb,
+        "replays_per_batch": rep_pb,
+        "iterations_per_epoch": iters_pe,
+        "iterations": e * iters_pe,
+        "samples": samples,
+        "replays_drawn": e * iters_pe * rep_pb,
+    }
+
+
+def learning_event(new_images: int, buffer_size: int, epochs: int, batch_size: int) -> LearningEvent:
+    """Mini-batch composition and sample counts of one learning event (see the module docstring).
+
+    Args:
+      new_images: n_new >= 1.
+      buffer_size: N_LR >= 0.
+      epochs: >= 1.
+      batch_size: B >= 1.
+    """
+    from clq.cost.validate import check_event
+
+    check_event(new_images, buffer_size, epochs, batch_size)
+    a = event_arrays(new_images, buffer_size, epochs, batch_size)
+    return LearningEvent(**{k: int(v) for k, v in a.items()})
