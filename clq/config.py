@@ -197,6 +197,7 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
             first_batch_size=_int(_get(fe, "batch_size", 64), "train.first_event.batch_size", 1),
             eval_batch_size=_int(_get(t, "eval_batch_size", 1000), "train.eval_batch_size", 1),
             joint_epochs=_int(_get(t, "joint_epochs", 10), "train.joint_epochs", 1),
+            strategy=_choice(_get(t, "strategy", "qlr"), "train.strategy", TrainConfig.STRATEGIES),
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None

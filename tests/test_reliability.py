@@ -129,3 +129,23 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
     assert res["resumed_from_event"] in (7, 8)
     assert _numbers(run_dir) == ref
     assert len((run_dir / "events.jsonl").read_text().splitlines()) == len(ref["accuracy_per_event"])
+
+
+def test_ar1star_strategy_resumes_bit_identical(tiny, tmp_path):
+    stream, specs, train = tiny
+    star = TrainConfig(**{**train.__dict__, "strategy": "ar1star"})
+    ref = _run(tiny, train=star)
+    assert ref["final_accuracy"] > 0.12  # CWR* keeps a working classifier (chance is 0.1)
+    assert ref["accuracy_per_event"] != _run(tiny)["accuracy_per_event"]  # and it is not plain QLR
+    ck = str(tmp_path / "ck")
+
+    def crash(i, row):
+        if i == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny, train=star, checkpoint_dir=ck, on_event=crash, fingerprint="s")
+    res = _run(tiny, train=star, checkpoint_dir=ck, fingerprint="s")
+    assert res["resumed_from_event"] == 3
+    for k in NUMBERS:
+        assert res[k] == ref[k], k

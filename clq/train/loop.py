@@ -25,6 +25,7 @@ from clq.quant.frozen import QuantConfig
 from clq.quant.latent import make_latent_codec
 from clq.replay.buffer import make_replay_buffer
 from clq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from clq.train.cwr import CWRState, cwr_apply, cwr_consolidate, cwr_init, cwr_reset
 from clq.train.evaluate import evaluate, make_predict
 from clq.train.event import make_learning_event, make_optimizer, minibatch_composition, set_learning_rate
 from clq.train.first_event import train_first_event
@@ -46,7 +47,11 @@ def _positive(name, value, kind=int, allow_zero=False):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training hyper-parameters (paper.md §3 names). `first_*` apply to event 0 (whole network)."""
+    """Training hyper-parameters (paper.md §3 names). `first_*` apply to event 0 (whole network).
+
+    strategy: 'qlr' (plain quantized latent replay, the paper's QLR-CL) or 'ar1star' (latent replay plus
+    CWR* consolidation of the classifier, `clq.train.cwr`).
+    """
 
     epochs: int = 4
     batch_size: int = 128
@@ -58,6 +63,9 @@ class TrainConfig:
     first_batch_size: int = 64
     eval_batch_size: int = 1000
     joint_epochs: int = 10
+    strategy: str = "qlr"
+
+    STRATEGIES = ("qlr", "ar1star")
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "first_epochs", "first_batch_size", "eval_batch_size", "joint_epochs"):
@@ -66,6 +74,8 @@ class TrainConfig:
             _positive(f"train.{name}".replace("train.first_", "train.first_event."), getattr(self, name), float)
         for name in ("momentum", "weight_decay"):
             _positive(f"train.{name}", getattr(self, name), float, allow_zero=True)
+        if self.strategy not in self.STRATEGIES:
+            raise ValueError(f"train.strategy must be one of {list(self.STRATEGIES)}, got {self.strategy!r}")
         if self.momentum >= 1:
             raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
 
@@ -154,7 +164,9 @@ def run_continual(
         "opt_state": jax.eval_shape(optimizer.init, folded_t[latent_layer + 1 :]),
         "adaptive": folded_t[latent_layer + 1 :],
         "buffer": jax.eval_shape(shape_buffer.init),
+        "cwr": jax.eval_shape(cwr_init, folded_t[-1]),
     }
+    use_cwr = train.strategy == "ar1star"
     restored = load_checkpoint(checkpoint_dir, templates) if (checkpoint_dir and resume) else None
     if restored is not None and restored[2].get("fingerprint") != fingerprint:
         raise CheckpointError(f"{checkpoint_dir} holds a checkpoint of a different configuration; use a new run "
@@ -219,13 +231,19 @@ def run_continual(
         if checkpoint_dir and (i % checkpoint_every == 0 or i == stream.num_events - 1):
             with timer("checkpoint_s"):
                 save_checkpoint(checkpoint_dir, i, {"folded": folded, "opt_state": opt_state,
-                                                   "adaptive": adaptive_params, "buffer": buf_state},
+                                                   "adaptive": adaptive_params, "buffer": buf_state, "cwr": cwr},
                                 {"fingerprint": fingerprint, "history": history, "rows": rows})
 
     if restored is None:
         # A copy: the learning event donates its parameters, and the joint bound restarts from `folded`.
         adaptive_params = jax.tree.map(jnp.array, folded[latent_layer + 1 :])
         opt_state = optimizer.init(adaptive_params)
+        cwr = cwr_init(adaptive_params[-1])
+        if use_cwr:
+            labels0 = stream.train_labels[exp0]
+            cwr = cwr_consolidate(adaptive_params[-1], cwr, np.unique(labels0),
+                                  np.bincount(labels0, minlength=K).astype(np.float32))
+            adaptive_params = adaptive_params[:-1] + (cwr_apply(adaptive_params[-1], cwr),)
         # Event 0's latents fill the buffer.
         with timer("frozen_pass_s"):
             codes0 = frozen.latents(stream.train_images[exp0])
@@ -238,6 +256,7 @@ def run_continual(
         first = 1
     else:
         adaptive_params, opt_state, buf_state = trees["adaptive"], trees["opt_state"], trees["buffer"]
+        cwr = CWRState(*(np.asarray(a) for a in trees["cwr"]))
         for r in meta["rows"]:
             rows.append(r)
             if on_event is not None:
@@ -255,6 +274,11 @@ def run_continual(
         new_y = np.concatenate([stream.train_labels[idx], np.zeros(pad, np.int32)])
         fn, comp = event_fn(n_new)
         opt_state = set_learning_rate(opt_state, train.lr)
+        if use_cwr:
+            labels_all = np.concatenate([stream.train_labels[idx],
+                                         np.asarray(buf_state.labels)[np.asarray(buf_state.filled)]])
+            present, counts = np.unique(labels_all), np.bincount(labels_all, minlength=K).astype(np.float32)
+            adaptive_params = adaptive_params[:-1] + (cwr_reset(adaptive_params[-1], cwr, present),)
         with timer("train_s"):
             adaptive_params, opt_state, m = fn(adaptive_params, opt_state, decode(new_x), jnp.asarray(new_y),
                                                jnp.int32(n_new), buf_state, jax.random.fold_in(k_train, i))
@@ -263,6 +287,9 @@ def run_continual(
             step = int(np.argmin(np.isfinite(loss))) if not np.all(np.isfinite(loss)) else len(loss) - 1
             raise NonFiniteError(f"non-finite loss or parameters in learning event {i}, step {step} of "
                                  f"{len(loss)}; lower train.lr ({train.lr})", completed=[r["row"] for r in rows])
+        if use_cwr:
+            cwr = cwr_consolidate(adaptive_params[-1], cwr, present, counts)
+            adaptive_params = adaptive_params[:-1] + (cwr_apply(adaptive_params[-1], cwr),)
         with timer("buffer_s"):
             buf_state = buffer_add(buf_state, decode(new_x), jnp.asarray(new_y), jnp.arange(n_max) < n_new,
                                    jax.random.fold_in(k_buf, i))
