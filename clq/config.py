@@ -75,6 +75,7 @@ class ExperimentConfig:
     target: str = "vega"
     resume: bool = True
     checkpoint_every: int = 1
+    enforce_memory: bool = False
 
 
 def _get(m: Mapping, key: str, default=None):
@@ -219,11 +220,14 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
     joint = cfg.get("joint_upper_bound", False)
     if not isinstance(joint, bool):
         raise ConfigError(f"joint_upper_bound must be true or false, got {joint!r}")
-    target = cfg.get("target") or {}
-    target = target.get("name", "vega") if isinstance(target, Mapping) else str(target)
+    target_cfg = cfg.get("target") or {}
+    target = target_cfg.get("name", "vega") if isinstance(target_cfg, Mapping) else str(target_cfg)
+    enforce = target_cfg.get("enforce_memory", False) if isinstance(target_cfg, Mapping) else False
+    if not isinstance(enforce, bool):
+        raise ConfigError(f"target.enforce_memory must be true or false, got {enforce!r}")
     resume = cfg.get("resume", True)
     if not isinstance(resume, bool):
         raise ConfigError(f"resume must be true or false, got {resume!r}")
     every = _int(cfg.get("checkpoint_every", 1), "checkpoint_every", 0)
     return ExperimentConfig(model, data, quant, replay, train, tracking, latent_layer, seed, joint,
-                            bool(cfg.get("progress", True)), target, resume, every)
+                            bool(cfg.get("progress", True)), target, resume, every, enforce)

@@ -48,12 +48,24 @@ def load_stream(exp: ExperimentConfig):
 
 
 def _memory_report(exp: ExperimentConfig, specs) -> dict:
+    """The cost model's report for this configuration; with target.enforce_memory, refuse what does not fit."""
     from clq.cost import cost_report, load_target
 
-    return cost_report(
-        specs, exp.latent_layer, exp.replay.size, exp.replay.bits, exp.data.images_per_event, exp.train.epochs,
-        exp.train.batch_size, load_target(exp.target), None if exp.quant is None else exp.quant.bits,
-    )
+    try:
+        report = cost_report(
+            specs, exp.latent_layer, exp.replay.size, exp.replay.bits, exp.data.images_per_event,
+            exp.train.epochs, exp.train.batch_size, load_target(exp.target),
+            None if exp.quant is None else exp.quant.bits,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if exp.enforce_memory and not report["fits"]:
+        over = ", ".join(f"{tier} by {b:,} B" for tier, b in report["overflow"].items())
+        raise ConfigError(
+            f"the configuration does not fit target {exp.target!r} (target.enforce_memory=true): {over}; "
+            f"the replay buffer alone is {report['memory_bytes']['lr_buffer']:,} B (replay.size={exp.replay.size}, "
+            f"replay.bits={exp.replay.bits}, latent_layer={exp.latent_layer})")
+    return report
 
 
 def _summary_table(results: dict) -> str:

@@ -64,3 +64,10 @@ def test_bad_config_fails_cleanly_before_compute(tmp_path, override, needle):
 def test_unknown_key_is_rejected(tmp_path):
     p = _run(["replay.sz=3", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
     assert p.returncode != 0 and "replay.sz" in p.stderr
+
+
+def test_memory_enforcement_refuses_before_compute(tmp_path):
+    # The paper configuration at l=19 overflows VEGA's 64 MB external memory (cost model placement).
+    p = _run(["model=mobilenet_v1_paper", "target.enforce_memory=true", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
+    assert p.returncode == 2 and "does not fit target 'vega'" in p.stderr and "ext by" in p.stderr
+    assert not (tmp_path / "r" / "results.json").exists()
