@@ -35,6 +35,8 @@ class ModelConfig:
     input_size: int = 32
     num_classes: int = 10
     activation: str = "relu"
+    weights: str | None = None  # None: event 0 trains from scratch; 'imagenet': TF-slim ImageNet weights
+    weights_path: str | None = None
 
     def specs(self):
         return mobilenet_v1_specs(self.width, self.input_size, self.num_classes, 3, self.activation)
@@ -133,7 +135,12 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
         input_size=_int(_get(m, "input_size", 128), "model.input_size", 8, 1024),
         num_classes=_int(_get(m, "num_classes", 10), "model.num_classes", 2),
         activation=_choice(_get(m, "activation", "relu"), "model.activation", ("relu", "relu6")),
+        weights=_choice(m.get("weights"), "model.weights", (None, "imagenet")),
+        weights_path=m.get("weights_path"),
     )
+    if model.weights == "imagenet" and (model.width != 1.0 or model.activation != "relu6"):
+        raise ConfigError("model.weights=imagenet needs model.width=1.0 and model.activation=relu6 "
+                          f"(the TF-slim MobileNet-V1 1.0), got width={model.width}, activation={model.activation}")
     specs = model.specs()
     try:
         latent_layer = validate_latent_layer(specs, cfg.get("latent_layer", 19))

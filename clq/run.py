@@ -116,6 +116,15 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
         bar.set_postfix(acc=f"{row['accuracy']:.3f}", loss=f"{row['train_loss']:.3f}")
         bar.update(1)
 
+    initial = None
+    if exp.model.weights == "imagenet":
+        import jax
+
+        from clq.model.imagenet import load_imagenet_mobilenet_v1
+
+        _, params, stats = load_imagenet_mobilenet_v1(exp.model.weights_path, exp.model.input_size,
+                                                      exp.model.num_classes, key=jax.random.PRNGKey(exp.seed))
+        initial = (params, stats)
     base = {"config": resolved, "run_dir": run_dir, "stream": stream.summary()}
     # What must match for a checkpoint to be resumed: everything but how the run is watched.
     watched = ("resume", "progress", "tracking", "checkpoint_every")
@@ -128,6 +137,7 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
             on_event=on_event, log=(lambda m: bar.write(m)) if exp.progress else (lambda m: None),
             checkpoint_dir=os.path.join(run_dir, "checkpoints") if exp.checkpoint_every else None,
             checkpoint_every=max(exp.checkpoint_every, 1), resume=exp.resume, fingerprint=fingerprint,
+            initial_params=initial,
         )
         bar.close()
         results = {**base, "status": "completed", **results, "memory_bytes": memory["memory_bytes"],

@@ -63,11 +63,14 @@ def train_first_event(
     momentum: float,
     weight_decay: float,
     progress=None,
+    init=None,
 ):
-    """Train the whole network from scratch on the first experience and fold its batch norm.
+    """Train the whole network on the first experience (from scratch or from `init`) and fold its BN.
 
     Args:
       images: uint8 [N, H, W, C]; labels: int32 [N].
+      init: optional (params, bn_stats) in BN form to start from, e.g. ImageNet weights with a fresh
+        classifier (`clq.model.imagenet.load_imagenet_mobilenet_v1`); None initialises from `key`.
       progress: optional callable(epoch, loss, accuracy) called after every epoch.
     Returns:
       (folded params tuple aligned with `specs`, list of (loss, accuracy) per epoch)
@@ -76,7 +79,7 @@ def train_first_event(
     bs = min(batch_size, n)
     steps = n // bs
     k_init, k_data = jax.random.split(key)
-    params, bn_stats = init_params(specs, k_init)
+    params, bn_stats = init if init is not None else init_params(specs, k_init)
     # Cosine decay over the whole fine-tuning: from-scratch training needs a large step early, a small one late.
     sched = optax.cosine_decay_schedule(lr, max(1, epochs * steps))
     optimizer = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(sched, momentum=momentum))

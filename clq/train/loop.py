@@ -121,6 +121,7 @@ def run_continual(
     checkpoint_every: int = 1,
     resume: bool = True,
     fingerprint: str = "",
+    initial_params=None,
 ) -> dict:
     """Run one QLR-CL experiment over `stream`.
 
@@ -134,6 +135,7 @@ def run_continual(
       checkpoint_every: checkpoint after every k-th event (and always after event 0 and the last one).
       resume: continue from the newest complete checkpoint in `checkpoint_dir` if there is one.
       fingerprint: identifies the configuration; a checkpoint written under another one is refused.
+      initial_params: optional (params, bn_stats) in BN form that event 0 starts from (pretrained weights).
     Returns:
       a JSON-able dict: accuracy_per_event, final_accuracy, accuracy matrices (per class, per session),
       forgetting, per-event training metrics, latent facts, timing (seconds per phase).
@@ -179,6 +181,7 @@ def run_continual(
                 specs, stream.train_images[exp0], stream.train_labels[exp0], k_first, train.first_epochs,
                 train.first_batch_size, train.first_lr, train.momentum, train.weight_decay,
                 progress=lambda e, l, a: log(f"event 0 epoch {e + 1}/{train.first_epochs}: loss {l:.4f} acc {a:.3f}"),
+                init=initial_params,
             )
     else:
         done, trees, meta = restored
