@@ -52,6 +52,14 @@ class DataConfig:
     initial_images_per_class: int = 600
     images_per_event: int = 300
     test_size: int = 10000
+    # CORe50 only (data=core50): the official protocol, its run and test list.
+    scenario: str = "nicv2_391"
+    run: int = 0
+    test_list: str = "test_filelist_20.txt"
+    filelists: str | None = None
+    labels: str = "object"
+    strict: bool = True
+    max_events: int | None = None
 
 
 @dataclass(frozen=True)
@@ -161,8 +169,26 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
     path = d.get("path")
     if not isinstance(path, str) or not path:
         raise ConfigError(f"data.path must be a file or folder path, got {path!r}")
+    name = _choice(_get(d, "name", "fashion_mnist"), "data.name", DATASETS)
+    core50 = {}
+    if name == "core50":
+        from clq.data.core50 import LABELS, SCENARIOS
+
+        core50 = dict(
+            scenario=_choice(_get(d, "scenario", "nicv2_391"), "data.scenario", SCENARIOS),
+            run=_int(_get(d, "run", 0), "data.run", 0, 9),
+            test_list=str(_get(d, "test_list", "test_filelist_20.txt")),
+            filelists=d.get("filelists"),
+            labels=_choice(_get(d, "labels", "object"), "data.labels", LABELS),
+            strict=bool(_get(d, "strict", True)),
+            max_events=None if d.get("max_events") is None else _int(d["max_events"], "data.max_events", 1),
+        )
+        need = 50 if core50["labels"] == "object" else 10
+        if num_classes != need:
+            raise ConfigError(f"data.num_classes must be {need} for CORe50 with data.labels={core50['labels']}, "
+                              f"got {num_classes}")
     data = DataConfig(
-        name=_choice(_get(d, "name", "fashion_mnist"), "data.name", DATASETS),
+        name=name,
         path=path,
         num_classes=num_classes,
         sessions=sessions,
@@ -170,6 +196,7 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
         initial_images_per_class=_int(_get(d, "initial_images_per_class", 600), "data.initial_images_per_class", 1),
         images_per_event=_int(_get(d, "images_per_event", 300), "data.images_per_event", 1),
         test_size=_int(_get(d, "test_size", 10000), "data.test_size", 1),
+        **core50,
     )
 
     frozen_bits = _bits(q.get("frozen_bits", 8), "quant.frozen_bits", 2, 8)

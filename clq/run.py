@@ -37,6 +37,14 @@ def load_stream(exp: ExperimentConfig):
     from clq.data import build_nic_stream, load_arrays, load_fashion_mnist
 
     d = exp.data
+    if d.name == "core50":
+        from clq.data.core50 import load_core50_stream
+
+        try:
+            return load_core50_stream(d.path, d.scenario, d.run, exp.model.input_size, d.test_list, d.filelists,
+                                      d.labels, strict=d.strict, max_events=d.max_events)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     x, y, xt, yt = load_fashion_mnist(d.path) if d.name == "fashion_mnist" else load_arrays(d.path)
     try:
         return build_nic_stream(

@@ -8,4 +8,4 @@ from clq.data.stream import Stream, build_nic_stream
 __all__ = ["load_arrays", "load_fashion_mnist", "SESSIONS", "render_session", "Stream", "build_nic_stream", "DATASETS"]
 
 #: Names accepted by `data.name`.
-DATASETS = ("fashion_mnist", "arrays")
+DATASETS = ("fashion_mnist", "arrays", "core50")

@@ -32,7 +32,10 @@ from clq.train.first_event import train_first_event
 from clq.train.frozen_stage import make_frozen_stage
 from clq.train.metrics import average_accuracy, forgetting
 
-__all__ = ["TrainConfig", "ReplayConfig", "run_continual", "NonFiniteError"]
+__all__ = ["TrainConfig", "ReplayConfig", "run_continual", "NonFiniteError", "JOINT_MAX_BYTES"]
+
+#: Largest FP32 latent set the joint upper bound trains on in memory.
+JOINT_MAX_BYTES = 8e9
 
 
 def _positive(name, value, kind=int, allow_zero=False):
@@ -302,9 +305,11 @@ def run_continual(
                 "iterations": comp.iterations_per_epoch * train.epochs})
         checkpoint(i)
 
+    # CORe50's NICv2-79/196, NI and NC batches mix sessions: count every session of an experience as seen.
+    sess_sets = getattr(stream, "experience_session_sets", None) or [[s] for s in stream.experience_sessions]
     for i in range(stream.num_events):
         seen_cls[i:, stream.experience_classes[i]] = True
-        seen_sess[i:, stream.experience_sessions[i]] = True
+        seen_sess[i:, np.asarray(sess_sets[i], int)] = True
     acc = [r["row"]["accuracy"] for r in rows]
     class_m = np.asarray([r["per_class"] for r in rows], dtype=float)
     sess_m = np.asarray([r["per_session"] for r in rows], dtype=float)
@@ -354,9 +359,18 @@ def _nan_to_none(a: np.ndarray):
 
 def _joint(stream, frozen, params, adaptive_specs, train: TrainConfig, run_eval, key) -> float:
     """Upper bound: the same frozen stage; the adaptive stage (from its post-event-0 state) trained i.i.d.
-    on the latents of the whole stream for `train.joint_epochs` epochs, no replay."""
+    on the latents of the whole stream for `train.joint_epochs` epochs, no replay.
+
+    Latents are computed one experience at a time (lazy image sources are never decoded whole) and kept in
+    the frozen stage's dtype; the FP32 copy the compiled training needs must fit in memory.
+    """
     idx = np.concatenate(stream.experiences)
-    x = jnp.asarray(frozen.latents(stream.train_images[idx]), jnp.float32) * frozen.scale
+    need = len(idx) * int(np.prod(adaptive_specs[0].in_shape)) * 4
+    if need > JOINT_MAX_BYTES:
+        raise ValueError(f"joint_upper_bound needs {need / 1e9:.1f} GB of FP32 latents for {len(idx)} images, "
+                         f"more than {JOINT_MAX_BYTES / 1e9:.0f} GB; set joint_upper_bound=false or cut later")
+    codes = np.concatenate([frozen.latents(stream.train_images[e]) for e in stream.experiences])
+    x = jnp.asarray(codes, jnp.float32) * frozen.scale
     y = jnp.asarray(stream.train_labels[idx])
     empty = make_replay_buffer(0, tuple(x.shape[1:]), make_latent_codec(None, 1.0), "ar1", stream.num_classes)
     optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
