@@ -86,6 +86,7 @@ class ExperimentConfig:
     resume: bool = True
     checkpoint_every: int = 1
     enforce_memory: bool = False
+    latent_cache_dir: str | None = None
 
 
 def _get(m: Mapping, key: str, default=None):
@@ -264,4 +265,5 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
         raise ConfigError(f"resume must be true or false, got {resume!r}")
     every = _int(cfg.get("checkpoint_every", 1), "checkpoint_every", 0)
     return ExperimentConfig(model, data, quant, replay, train, tracking, latent_layer, seed, joint,
-                            bool(cfg.get("progress", True)), target, resume, every, enforce)
+                            bool(cfg.get("progress", True)), target, resume, every, enforce,
+                            cfg.get("latent_cache_dir") or None)

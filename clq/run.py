@@ -135,7 +135,7 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
         initial = (params, stats)
     base = {"config": resolved, "run_dir": run_dir, "stream": stream.summary()}
     # What must match for a checkpoint to be resumed: everything but how the run is watched.
-    watched = ("resume", "progress", "tracking", "checkpoint_every")
+    watched = ("resume", "progress", "tracking", "checkpoint_every", "latent_cache_dir")
     fingerprint = hashlib.sha256(json.dumps({k: v for k, v in resolved.items() if k not in watched},
                                             sort_keys=True, default=str).encode()).hexdigest()
     ok = False
@@ -145,7 +145,7 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
             on_event=on_event, log=(lambda m: bar.write(m)) if exp.progress else (lambda m: None),
             checkpoint_dir=os.path.join(run_dir, "checkpoints") if exp.checkpoint_every else None,
             checkpoint_every=max(exp.checkpoint_every, 1), resume=exp.resume, fingerprint=fingerprint,
-            initial_params=initial,
+            initial_params=initial, latent_cache_dir=exp.latent_cache_dir,
         )
         bar.close()
         results = {**base, "status": "completed", **results, "memory_bytes": memory["memory_bytes"],

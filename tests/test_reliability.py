@@ -149,3 +149,13 @@ def test_ar1star_strategy_resumes_bit_identical(tiny, tmp_path):
     assert res["resumed_from_event"] == 3
     for k in NUMBERS:
         assert res[k] == ref[k], k
+
+
+def test_shared_latent_cache_gives_same_numbers_and_hits(tiny, tmp_path):
+    ref = _run(tiny)
+    first = _run(tiny, latent_cache_dir=str(tmp_path / "lc"))
+    second = _run(tiny, latent_cache_dir=str(tmp_path / "lc"))
+    for k in NUMBERS:
+        assert first[k] == ref[k] == second[k], k
+    assert first["latent_cache"]["misses"] > 0 and first["latent_cache"]["hits"] == 0
+    assert second["latent_cache"]["misses"] == 0 and second["latent_cache"]["hits"] == first["latent_cache"]["misses"]

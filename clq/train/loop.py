@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -27,6 +28,7 @@ from clq.replay.buffer import make_replay_buffer
 from clq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from clq.train.cwr import CWRState, cwr_apply, cwr_consolidate, cwr_init, cwr_reset
 from clq.train.evaluate import evaluate, make_predict
+from clq.train.latent_cache import with_latent_cache
 from clq.train.event import make_learning_event, make_optimizer, minibatch_composition, set_learning_rate
 from clq.train.first_event import train_first_event
 from clq.train.frozen_stage import make_frozen_stage
@@ -125,6 +127,7 @@ def run_continual(
     resume: bool = True,
     fingerprint: str = "",
     initial_params=None,
+    latent_cache_dir: str | None = None,
 ) -> dict:
     """Run one QLR-CL experiment over `stream`.
 
@@ -139,6 +142,8 @@ def run_continual(
       resume: continue from the newest complete checkpoint in `checkpoint_dir` if there is one.
       fingerprint: identifies the configuration; a checkpoint written under another one is refused.
       initial_params: optional (params, bn_stats) in BN form that event 0 starts from (pretrained weights).
+      latent_cache_dir: shared on-disk latent cache (`clq.train.latent_cache`): runs with the same frozen
+        stage (a sweep over replay bits/size at one seed) compute each image's latent once between them.
     Returns:
       a JSON-able dict: accuracy_per_event, final_accuracy, accuracy matrices (per class, per session),
       forgetting, per-event training metrics, latent facts, timing (seconds per phase).
@@ -194,6 +199,11 @@ def run_continual(
     # 2. Freeze + quantize layers 0..l, calibrated on the first experience (deterministic: redone on resume).
     with timer("frozen_calibration_s"):
         frozen = make_frozen_stage(frozen_specs, folded[: latent_layer + 1], stream.train_images[exp0], quant)
+    cache = None
+    if latent_cache_dir:
+        # An FP32 stage has no quantized layers to hash: its parameters identify it.
+        frozen, cache = with_latent_cache(frozen, latent_cache_dir, frozen_specs,
+                                          () if quant is not None else folded[: latent_layer + 1])
 
     # 3. Test latents once.
     with timer("frozen_pass_s"):
@@ -332,6 +342,8 @@ def run_continual(
         "compiled_event_shapes": len(events_cache),
         "resumed_from_event": None if restored is None else restored[0],
     }
+    if cache is not None:
+        results["latent_cache"] = {"dir": cache.directory, **dataclasses.asdict(cache.stats)}
     if joint_upper_bound:
         with timer("joint_s"):
             results["joint_accuracy"] = _joint(stream, frozen, folded[latent_layer + 1 :], adaptive_specs, train,
