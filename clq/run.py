@@ -19,9 +19,12 @@ import logging
 import os
 import sys
 import time
+import traceback
+from dataclasses import replace
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -174,28 +177,52 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
+def _failed(code: int, message: str, run_dir: str, resolved: dict | None, error: str) -> None:
+    """End a failed run: a single run exits with `code`; a multirun member records the failure and returns.
+
+    sys.exit inside a sweep member ends the whole sweep (Hydra's basic launcher loop, a joblib/loky worker and
+    a Ray task alike), so a member writes ``results.json`` with ``status: failed`` and its error (unless
+    `run_experiment` already wrote one, with the events completed so far) and returns None: the other members
+    run, ``clq.analysis.collect_runs`` lists this one with its error, and the sweep's
+    ``clq.analysis.callbacks.SweepSummary`` exits non-zero once every member has run.
+    """
+    print(message, file=sys.stderr)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        sys.exit(code)
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.exists(path):
+        write_json_atomic(path, {"config": resolved, "run_dir": run_dir, "status": "failed", "error": error,
+                                 "exit_code": code})
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def _app(cfg: DictConfig) -> float | None:
     # JAX logs its accelerator probing at INFO through Hydra's root logger; it is noise on a CPU machine.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-    run_dir = HydraConfig.get().runtime.output_dir
+    hc = HydraConfig.get()
+    run_dir = hc.runtime.output_dir
+    multirun = hc.mode == RunMode.MULTIRUN
+    resolved = None
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         exp = experiment_config(resolved)
-    except OmegaConfBaseException as e:
-        print(f"clq-run: config error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except ConfigError as e:
-        print(f"clq-run: config error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (OmegaConfBaseException, ConfigError) as e:
+        return _failed(2, f"clq-run: config error: {e}", run_dir, resolved, f"ConfigError: {e}")
+    if multirun and exp.tracking.group is None:
+        # Ad-hoc `clq-run -m` sweeps are grouped too: the sweep's folder, the same string for every member.
+        exp = replace(exp, tracking=replace(exp.tracking, group=str(hc.sweep.dir)))
     try:
         results = run_experiment(exp, resolved, run_dir)
     except (ConfigError, FileNotFoundError, CheckpointError) as e:
-        print(f"clq-run: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return _failed(2, f"clq-run: error: {e}", run_dir, resolved, f"{type(e).__name__}: {e}")
     except FloatingPointError as e:
-        print(f"clq-run: numerical error: {e} (events so far are in {run_dir}/results.json)", file=sys.stderr)
-        sys.exit(3)
+        return _failed(3, f"clq-run: numerical error: {e} (events so far are in {run_dir}/results.json)", run_dir,
+                       resolved, f"FloatingPointError: {e}")
+    except Exception as e:
+        if not multirun:
+            raise  # a single run keeps Python's traceback and exit status
+        traceback.print_exc()
+        return _failed(1, f"clq-run: error: {type(e).__name__}: {e}", run_dir, resolved, f"{type(e).__name__}: {e}")
     print(f"\nclq-run finished: {run_dir}/results.json")
     print(_summary_table(results))
     return results["final_accuracy"]

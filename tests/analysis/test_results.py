@@ -1,12 +1,11 @@
 import os
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from clq.analysis import load_results, plot_accuracy
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _fake_results(tmp_path):
