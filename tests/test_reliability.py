@@ -33,19 +33,24 @@ def tiny():
     return stream, specs, train
 
 
+@pytest.fixture(scope="module")
+def ref(tiny):
+    """One uninterrupted plain run, the reference the other tests compare against."""
+    return _run(tiny)
+
+
 def _run(tiny, **kw):
     stream, specs, train = tiny
     return run_continual(stream, specs, 23, kw.pop("train", train), ReplayConfig(40, 8, "ar1"), QuantConfig(), 0, **kw)
 
 
-def test_same_seed_same_numbers(tiny):
-    a, b = _run(tiny), _run(tiny)
+def test_same_seed_same_numbers(tiny, ref):
+    b = _run(tiny)
     for k in NUMBERS:
-        assert a[k] == b[k], k
+        assert ref[k] == b[k], k
 
 
-def test_crash_and_resume_is_bit_identical(tiny, tmp_path):
-    ref = _run(tiny)
+def test_crash_and_resume_is_bit_identical(tiny, ref, tmp_path):
     ck = str(tmp_path / "ck")
 
     class Crash(Exception):
@@ -131,12 +136,12 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
     assert len((run_dir / "events.jsonl").read_text().splitlines()) == len(ref["accuracy_per_event"])
 
 
-def test_ar1star_strategy_resumes_bit_identical(tiny, tmp_path):
+def test_ar1star_strategy_resumes_bit_identical(tiny, ref, tmp_path):
     stream, specs, train = tiny
     star = TrainConfig(**{**train.__dict__, "strategy": "ar1star"})
-    ref = _run(tiny, train=star)
+    qlr, ref = ref, _run(tiny, train=star)
     assert ref["final_accuracy"] > 0.12  # CWR* keeps a working classifier (chance is 0.1)
-    assert ref["accuracy_per_event"] != _run(tiny)["accuracy_per_event"]  # and it is not plain QLR
+    assert ref["accuracy_per_event"] != qlr["accuracy_per_event"]  # and it is not plain QLR
     ck = str(tmp_path / "ck")
 
     def crash(i, row):
@@ -151,8 +156,7 @@ def test_ar1star_strategy_resumes_bit_identical(tiny, tmp_path):
         assert res[k] == ref[k], k
 
 
-def test_shared_latent_cache_gives_same_numbers_and_hits(tiny, tmp_path):
-    ref = _run(tiny)
+def test_shared_latent_cache_gives_same_numbers_and_hits(tiny, ref, tmp_path):
     first = _run(tiny, latent_cache_dir=str(tmp_path / "lc"))
     second = _run(tiny, latent_cache_dir=str(tmp_path / "lc"))
     for k in NUMBERS:

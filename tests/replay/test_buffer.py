@@ -20,7 +20,7 @@ def _event(rng, n, n_max, classes, num_classes=6):
     return x, y, valid
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(policy=st.sampled_from(["ar1", "reservoir", "class_balanced"]), size=st.integers(1, 12),
        sizes=st.lists(st.integers(1, 9), min_size=1, max_size=5), bits=st.sampled_from([None, 3, 8, 12]),
        seed=st.integers(0, 1000))
