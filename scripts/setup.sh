@@ -2,6 +2,7 @@
 # Set up everything clq needs on a fresh Debian machine with Python 3.11 (root, package registries reachable):
 #   - Debian package dataset-fashion-mnist (the offline default data),
 #   - a virtual environment .venv with clq and its pinned dependencies (pyproject.toml),
+#   - the ImageNet MobileNet-V1 weights into .cache/weights (scripts/fetch_weights.sh),
 #   - with --dev, the test dependencies too.
 # Idempotent: re-running skips what is already in place (the venv is keyed by a hash of pyproject.toml).
 set -euo pipefail
@@ -33,4 +34,6 @@ if [[ ! -f "$stamp" ]]; then
   .venv/bin/python -c "import clq, jax, flax, optax, hydra, wandb" # fail here, not later, if the install broke
   touch "$stamp"
 fi
+# ImageNet MobileNet-V1 weights (model=mobilenet_v1_imagenet, the CORe50 paper experiment and the tests).
+bash scripts/fetch_weights.sh
 echo "setup: ready"

@@ -1,5 +1,7 @@
-"""Quantization: uniform primitives, the fake-quantized frozen stage, latent-replay codecs."""
+"""Quantization: uniform primitives, the frozen stage (PTQ, integer-exact fake-quant forward, integer reference,
+export), latent-replay codecs and the quantization error report."""
 
+from clq.quant.export import ExportedStage, export_frozen_stage, load_frozen_stage
 from clq.quant.frozen import (
     INPUT_SCALE,
     LayerQuant,
@@ -9,11 +11,15 @@ from clq.quant.frozen import (
     frozen_forward_fp32,
     quantize_frozen_stage,
 )
+from clq.quant.integer import integer_forward
 from clq.quant.latent import LatentCodec, make_latent_codec
+from clq.quant.report import QuantReport, quant_error_report, top1_agreement
+from clq.quant.requant import quantize_multiplier, requantize, requantize_jax
 from clq.quant.uniform import check_bits, code_range, dequantize, fake_quant, quantize, storage_dtype
 
 __all__ = [
     "INPUT_SCALE", "LayerQuant", "QuantConfig", "calibrate_activation_max", "frozen_forward_codes",
-    "frozen_forward_fp32", "quantize_frozen_stage", "LatentCodec", "make_latent_codec", "check_bits",
-    "code_range", "dequantize", "fake_quant", "quantize", "storage_dtype",
+    "frozen_forward_fp32", "quantize_frozen_stage", "integer_forward", "ExportedStage", "export_frozen_stage",
+    "load_frozen_stage", "quantize_multiplier", "requantize", "requantize_jax", "LatentCodec",
+    "make_latent_codec", "QuantReport", "quant_error_report", "top1_agreement", "check_bits", "code_range", "dequantize", "fake_quant", "quantize", "storage_dtype",
 ]

@@ -2,20 +2,34 @@
 
 After the first experience the frozen stage (layers 0..l, batch norm folded) is quantized:
 
-* weights per layer (or per output channel), asymmetric ``S_w = (w_max - w_min) / (2^Q - 1)`` with an
-  integer zero point (paper), or symmetric ``S_w = max|w| / (2^(Q-1) - 1)``;
+* weights per layer (paper) or per output channel, asymmetric ``S_w = (w_max - w_min) / (2^Q - 1)`` with an
+  integer zero point (paper; codes are uint8), or symmetric ``S_w = max|w| / (2^(Q-1) - 1)`` (int8 codes);
 * biases to int32 at scale ``S_in * S_w`` (the accumulator's scale), as integer MCU kernels need;
-* activations unsigned after ReLU, ``S_a = a_max / (2^Q - 1)`` with ``a_max`` calibrated on the first
-  experience's training images (max, or a percentile to clip outliers);
-* the input image is uint8 and enters as codes with scale 1/255 (the network sees ``x = pixel / 255``).
+* activations unsigned with zero point 0 (they follow a ReLU/ReLU6), ``S_a = a_max / (2^Q - 1)`` with
+  ``a_max`` calibrated on the first experience's training images: the max (paper), a percentile, or the
+  MSE-optimal clipping value;
+* the input image is uint8 and enters as codes with scale 1/255 (the network sees ``x = pixel / 255``);
+* each layer's real multiplier ``M = S_in * S_w / S_out`` becomes an int32 fixed-point multiplier and a
+  right shift (`clq.quant.requant`), and the activation becomes a clamp of the output codes
+  (ReLU: ``[0, 2^Q-1]``; ReLU6: upper bound ``min(2^Q-1, round(6 / S_out))``).
 
-The fake-quantized forward works on integer codes held in float32: each layer computes the integer
-accumulator ``acc = sum (q_in)(q_w - z_w) + q_b``, rescales it by ``S_in * S_w / S_out``, rounds and clips
-to 0..2^Q-1. The output of layer l is the uint8 latent plus its FP32 scale.
+`frozen_forward_codes` executes exactly the integer arithmetic of the device
+(`clq.quant.integer.integer_forward` is the NumPy reference it is tested against, bit for bit) but in a
+jittable JAX graph that runs at float32 GEMM speed:
+
+* codes travel between layers as integer-valued float32; every product ``q_in * (q_w - z_w)`` is an
+  integer of magnitude <= 255 * 255 and float32 represents every integer up to 2^24 exactly, so a float32
+  dot product whose sum of absolute terms stays <= 2^24 is exact *in any summation order*. The reduction
+  axis is split into chunks that respect that bound (computed from the actual weight codes; one chunk for
+  most layers), each chunk's exact result is converted to int32 and the chunks are summed in int32;
+* the int32 accumulator (+ int32 bias) is requantized with `requantize_jax`, which reproduces the 64-bit
+  fixed-point rescaling with 32-bit integer operations;
+* average pooling sums codes exactly and divides with round-half-up in int32.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Sequence
 
@@ -23,37 +37,61 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clq.model.forward import activation, linear_op
+from clq.model.forward import activation, linear_op, same_padding
 from clq.model.specs import LayerSpec
+from clq.quant.requant import quantize_multiplier, requantize_jax
 from clq.quant.uniform import check_bits, code_range
 
 __all__ = [
     "QuantConfig",
     "LayerQuant",
     "INPUT_SCALE",
+    "EXACT_F32_LIMIT",
     "calibrate_activation_max",
+    "activation_histograms",
     "quantize_frozen_stage",
     "frozen_forward_codes",
     "frozen_forward_fp32",
+    "exact_chunks",
+    "im2col",
 ]
 
 #: Scale of the network's input: uint8 pixels p enter as x = p / 255.
 INPUT_SCALE = 1.0 / 255.0
 
+#: float32 represents every integer of magnitude <= 2^24 exactly.
+EXACT_F32_LIMIT = 2**24
+
 WEIGHT_GRANULARITIES = ("per_layer", "per_channel")
 WEIGHT_MODES = ("asymmetric", "symmetric")
-ACTIVATION_RANGES = ("minmax", "percentile")
+ACTIVATION_RANGES = ("minmax", "percentile", "mse")
+
+# Largest |bias code|: leaves half of the int32 range to the sum of products.
+_BIAS_CODE_LIMIT = 2**30
 
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Static choices of the frozen-stage quantization (defaults reproduce paper.md §1)."""
+    """Static choices of the frozen-stage quantization (defaults reproduce paper.md §1).
+
+    Fields:
+      bits: Q of weights and activations, 2..8 (paper: 8).
+      weight_granularity: 'per_layer' (paper) or 'per_channel' (one scale/zero point per output channel).
+      weight_mode: 'asymmetric' (paper: S_w = (w_max - w_min)/(2^Q-1), integer zero point, uint8 codes) or
+        'symmetric' (S_w = max|w|/(2^(Q-1)-1), zero point 0, narrow-range int8 codes).
+      activation_range: how a_max is calibrated: 'minmax' (paper: the max over the calibration images),
+        'percentile' (the `percentile`-th percentile of all calibration activations of the layer), or
+        'mse' (the clipping value minimising the expected squared quantization + clipping error).
+      percentile: in (50, 100], used by 'percentile'.
+      histogram_bins: resolution of the activation histograms behind 'percentile' and 'mse'.
+    """
 
     bits: int = 8
     weight_granularity: str = "per_layer"
     weight_mode: str = "asymmetric"
     activation_range: str = "minmax"
     percentile: float = 99.99
+    histogram_bins: int = 2048
 
     def __post_init__(self):
         check_bits(self.bits, "quant.frozen_bits", lo=2, hi=8, allow_none=False)
@@ -66,18 +104,30 @@ class QuantConfig:
                 raise ValueError(f"{field} must be one of {list(allowed)}, got {value!r}")
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"quant.percentile must be in (50, 100], got {self.percentile}")
+        if isinstance(self.histogram_bins, bool) or not isinstance(self.histogram_bins, int) or not (
+            64 <= self.histogram_bins <= 65536
+        ):
+            raise ValueError(f"quant.histogram_bins must be an integer in 64..65536, got {self.histogram_bins!r}")
 
 
 class LayerQuant(NamedTuple):
-    """Quantization of one frozen layer. Scales broadcast over the output-channel (last) axis.
+    """Quantization of one frozen layer: everything the integer kernel of the device needs.
+
+    Per-channel quantities have shape (C_out,) and broadcast over the last (output-channel) axis; per-layer
+    ones are 0-d. Pooling layers have empty weights/bias and keep their input's scale.
 
     Fields:
-      w_codes: int32 `spec.weight_shape` (empty for pooling), weight codes.
+      w_codes: int32 `spec.weight_shape` (empty for pooling): weight codes, 0..2^Q-1 (asymmetric) or
+        -(2^(Q-1)-1)..2^(Q-1)-1 (symmetric).
       w_scale: float32 () or (C_out,), S_w.
-      w_zero: int32 () or (C_out,), weight zero point z_w.
-      b_codes: int32 (C_out,), bias at scale S_in * S_w (empty for pooling).
+      w_zero: int32 () or (C_out,), weight zero point z_w (0 when symmetric).
+      b_codes: int32 (C_out,), bias codes at scale S_in * S_w (empty for pooling).
       in_scale: float32 (), scale of the input codes.
       out_scale: float32 (), S_a of the output codes (zero point 0, unsigned).
+      multiplier: int32 () or (C_out,), fixed-point M0 in [2^30, 2^31) with S_in*S_w/S_out ~= M0 * 2^-shift.
+      shift: int32 () or (C_out,), right shift 1..62 (0 for pooling).
+      act_min: int32 (), lowest output code (0: ReLU).
+      act_max: int32 (), highest output code (2^Q-1, lower for ReLU6 when 6 < a_max).
     """
 
     w_codes: np.ndarray
@@ -86,10 +136,20 @@ class LayerQuant(NamedTuple):
     b_codes: np.ndarray
     in_scale: np.ndarray
     out_scale: np.ndarray
+    multiplier: np.ndarray
+    shift: np.ndarray
+    act_min: np.ndarray
+    act_max: np.ndarray
 
 
 def frozen_forward_fp32(specs: Sequence[LayerSpec], params: Sequence[dict], x: jax.Array) -> list[jax.Array]:
-    """FP32 folded forward returning every layer's output (for calibration). x: float32 [B,H,W,C]."""
+    """FP32 folded forward returning every layer's output (for calibration and error analysis).
+
+    Args:
+      x: float32 [B, H, W, C] in [0, 1].
+    Returns:
+      list of float32 [B, *spec.out_shape], one per spec.
+    """
     outs = []
     for spec, p in zip(specs, params):
         y = linear_op(spec, p.get("w"), x)
@@ -100,47 +160,170 @@ def frozen_forward_fp32(specs: Sequence[LayerSpec], params: Sequence[dict], x: j
     return outs
 
 
+# Module-level jitted helpers with the specs static and the parameters as arguments: one compilation per
+# architecture and batch shape, shared by every calibration of that architecture.
+@functools.partial(jax.jit, static_argnums=0)
+def _layer_max(specs, params, x):
+    return jnp.stack([jnp.max(o) for o in frozen_forward_fp32(specs, params, x)])
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _layer_hist(specs, bins, params, x, amax):
+    out = []
+    for i, o in enumerate(frozen_forward_fp32(specs, params, x)):
+        o = o.reshape(-1)
+        idx = jnp.where(o > 0, jnp.clip((o * (bins / amax[i])).astype(jnp.int32), 0, bins - 1), bins)
+        out.append(jnp.bincount(idx, length=bins + 1))
+    return jnp.stack(out)
+
+
+def activation_histograms(
+    specs: Sequence[LayerSpec], params: Sequence[dict], batches: Sequence[np.ndarray], bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-layer maxima, zero counts and histograms of the FP32 activations over calibration batches.
+
+    Two passes: the first finds each layer's max, the second histograms the positive values over
+    ``(0, max]`` in `bins` equal bins (exact zeros, half of a ReLU output, are counted apart since they
+    quantize without error).
+
+    Args:
+      batches: float32 [B, H, W, C] batches in [0, 1].
+    Returns:
+      (a_max float64 [L], zeros int64 [L], hist int64 [L, bins]).
+    """
+    specs, params = tuple(specs), tuple(params)
+    with jax.default_matmul_precision("highest"):  # FP32 activations on accelerators too (no TF32)
+        a_max = np.max([np.asarray(_layer_max(specs, params, jnp.asarray(xb))) for xb in batches], axis=0)
+        a_max = np.maximum(a_max.astype(np.float64), 1e-8)
+        amax32 = jnp.asarray(a_max, jnp.float32)
+        counts = sum(np.asarray(_layer_hist(specs, bins, params, jnp.asarray(xb), amax32), np.int64) for xb in batches)
+    return a_max, counts[:, bins], counts[:, :bins]
+
+
+def _percentile_from_hist(a_max: float, zeros: int, hist: np.ndarray, q: float) -> float:
+    """q-th percentile (0..100) of all values (zeros included), linear inside the histogram bin."""
+    total = zeros + hist.sum()
+    rank = q / 100.0 * total
+    if rank <= zeros:
+        return 0.0
+    cum = zeros + np.cumsum(hist)
+    b = int(np.searchsorted(cum, rank))
+    b = min(b, len(hist) - 1)
+    before = cum[b] - hist[b]
+    frac = (rank - before) / max(hist[b], 1)
+    return float(a_max * (b + frac) / len(hist))
+
+
+def _rounding_error_integral(u: np.ndarray) -> np.ndarray:
+    """``H(u) = integral_{-1/2}^{u} (v - round(v))^2 dv`` (the squared rounding error accumulated up to u)."""
+    k = np.floor(u + 0.5)
+    t = u - k  # in [-1/2, 1/2)
+    return k / 12.0 + (t**3 + 0.125) / 3.0
+
+
+def _mse_optimal_from_hist(a_max: float, hist: np.ndarray, bits: int) -> float:
+    """Clipping value a minimising the expected squared quantization + clipping error over the histogram.
+
+    Values are taken uniform inside each bin [l, r). Below the clip a (step ``s = a / (2^Q-1)``) a bin
+    contributes its exact mean squared rounding error ``s^3 / (r - l) * (H(r/s) - H(l/s))`` (see
+    `_rounding_error_integral`; this matters when most values sit in the first quantization steps), above it
+    the clipping error ``((r-a)^3 - (l-a)^3) / (3 (r - l))``. Exact zeros contribute nothing. The candidates
+    are bin edges: a coarse search over 128 of them, then every edge around the coarse optimum.
+
+    Args:
+      a_max: the largest value (upper edge of the last bin).
+      hist: int [bins], counts of the positive values over (0, a_max].
+      bits: Q.
+    Returns:
+      the MSE-optimal a (float, 0 < a <= a_max).
+    """
+    nb = len(hist)
+    width = a_max / nb
+    used = np.flatnonzero(hist)
+    if used.size == 0:
+        return float(a_max)
+    n = hist[used].astype(np.float64)
+    left, right = used * width, (used + 1) * width
+
+    def mse(edge_idx: np.ndarray) -> np.ndarray:
+        a = edge_idx[:, None] * width  # [A, 1]
+        s = a / (2**bits - 1)
+        inside = s**3 / width * (_rounding_error_integral(right / s) - _rounding_error_integral(left / s))
+        clipped = ((right - a) ** 3 - (left - a) ** 3) / (3.0 * width)
+        return np.sum(n * np.where(used[None, :] < edge_idx[:, None], inside, clipped), axis=1)
+
+    step = max(nb // 128, 1)
+    coarse = np.unique(np.append(np.arange(step, nb + 1, step), nb))
+    best = int(coarse[np.argmin(mse(coarse))])
+    fine = np.arange(max(best - step, 1), min(best + step, nb) + 1)
+    return float(fine[np.argmin(mse(fine))] * width)
+
+
 def calibrate_activation_max(
     specs: Sequence[LayerSpec], params: Sequence[dict], batches: Iterable[np.ndarray], config: QuantConfig
 ) -> np.ndarray:
     """a_max of every layer's output over the calibration images (the first experience).
 
     Args:
-      batches: float32 image batches [B, H, W, C] in [0, 1].
+      specs, params: the frozen stage in folded form.
+      batches: float32 image batches [B, H, W, C] in [0, 1] (iterated twice for 'percentile' and 'mse').
+      config: `config.activation_range` picks the max (paper), the `config.percentile`-th percentile of all
+        activations of the layer, or the MSE-optimal clipping value for `config.bits`.
     Returns:
-      float32 [len(specs)]: the max (minmax) or the mean over batches of the per-batch percentile.
+      float32 [len(specs)], each > 0.
     """
-    fwd = jax.jit(lambda x: frozen_forward_fp32(specs, params, x))
-    per_batch = []
-    for xb in batches:
-        outs = fwd(jnp.asarray(xb))
-        if config.activation_range == "minmax":
-            per_batch.append([float(jnp.max(o)) for o in outs])
-        else:
-            per_batch.append([float(jnp.percentile(o, config.percentile)) for o in outs])
-    if not per_batch:
+    batches = list(batches)
+    if not batches:
         raise ValueError("calibration needs at least one batch of first-experience images")
-    arr = np.asarray(per_batch, np.float64)
-    a_max = arr.max(0) if config.activation_range == "minmax" else arr.mean(0)
-    return np.maximum(a_max, 1e-8).astype(np.float32)
+    specs, params = tuple(specs), tuple(params)
+    if config.activation_range == "minmax":
+        with jax.default_matmul_precision("highest"):  # FP32 activations on accelerators too (no TF32)
+            per_batch = [np.asarray(_layer_max(specs, params, jnp.asarray(xb)), np.float64) for xb in batches]
+        a_max = np.max(per_batch, axis=0)
+    else:
+        peak, zeros, hist = activation_histograms(specs, params, batches, config.histogram_bins)
+        if config.activation_range == "percentile":
+            a_max = [_percentile_from_hist(p, z, h, config.percentile) for p, z, h in zip(peak, zeros, hist)]
+        else:
+            a_max = [_mse_optimal_from_hist(p, h, config.bits) for p, h in zip(peak, hist)]
+    return np.maximum(np.asarray(a_max, np.float64), 1e-8).astype(np.float32)
 
 
-def _quantize_weights(w: np.ndarray, config: QuantConfig):
-    axes = tuple(range(w.ndim - 1)) if config.weight_granularity == "per_channel" else None
+def _quantize_weights(w: np.ndarray, b: np.ndarray, in_scale: float, config: QuantConfig):
+    """Weight codes, scale, zero point and int32 bias codes of one layer (see `LayerQuant`)."""
+    per_channel = config.weight_granularity == "per_channel"
+    axes = tuple(range(w.ndim - 1)) if per_channel else None
     bits = config.bits
+    w64 = w.astype(np.float64)
     if config.weight_mode == "asymmetric":
-        # Range always contains 0 so that the zero point is an exact integer code.
-        w_min = np.minimum(w.min(axis=axes), 0.0)
-        w_max = np.maximum(w.max(axis=axes), 0.0)
-        scale = np.maximum((w_max - w_min) / (2**bits - 1), 1e-12)
-        zero = np.round(-w_min / scale)
+        # The range always contains 0 so that the zero point is an exact integer code.
+        w_min = np.minimum(w64.min(axis=axes), 0.0)
+        w_max = np.maximum(w64.max(axis=axes), 0.0)
+        scale = (w_max - w_min) / (2**bits - 1)
         lo, hi = code_range(bits)
     else:
-        scale = np.maximum(np.abs(w).max(axis=axes) / (2 ** (bits - 1) - 1), 1e-12)
-        zero = np.zeros_like(scale)
+        w_min = None
+        scale = np.abs(w64).max(axis=axes) / (2 ** (bits - 1) - 1)
         lo, hi = -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1  # narrow range: symmetric around 0
-    codes = np.clip(np.round(w / scale) + zero, lo, hi)
-    return codes.astype(np.int32), scale.astype(np.float32), zero.astype(np.int32)
+    # Floor the scale so that every bias code fits in +-2^30 (an all-zero channel would otherwise get a
+    # zero scale and an unrepresentable bias); real layers never reach this floor.
+    b_limit = np.abs(b.astype(np.float64)) / (in_scale * _BIAS_CODE_LIMIT)
+    if not per_channel:
+        b_limit = b_limit.max()
+    scale = np.maximum(np.maximum(scale, b_limit), 1e-12).astype(np.float32)
+    scale64 = scale.astype(np.float64)
+    zero = np.round(-w_min / scale64) if w_min is not None else np.zeros_like(scale64)
+    zero = np.clip(zero, lo, hi)
+    codes = np.clip(np.round(w64 / scale64) + zero, lo, hi)
+    b_codes = np.round(b.astype(np.float64) / (in_scale * scale64))
+    b_codes = np.clip(b_codes, -_BIAS_CODE_LIMIT, _BIAS_CODE_LIMIT)
+    return codes.astype(np.int32), scale, zero.astype(np.int32), b_codes.astype(np.int32)
+
+
+def _act_max_code(spec: LayerSpec, out_scale: float, qmax: int) -> int:
+    if spec.activation == "relu6":
+        return int(min(qmax, np.floor(6.0 / np.float64(out_scale) + 0.5)))
+    return qmax
 
 
 def quantize_frozen_stage(
@@ -149,9 +332,16 @@ def quantize_frozen_stage(
     """Quantize the folded frozen-stage parameters with calibrated activation maxima.
 
     Args:
-      specs, params: the frozen stage (layers 0..l) in folded form.
-      a_max: float32 [len(specs)] from `calibrate_activation_max`.
+      specs, params: the frozen stage (layers 0..l) in folded form. Every layer with weights must end in a
+        ReLU or ReLU6 (the frozen stage's activations are unsigned).
+      a_max: float32 [len(specs)] from `calibrate_activation_max` (ignored for pooling, which keeps the
+        scale of its input).
+      config: the quantization choices.
+    Returns:
+      one `LayerQuant` per spec.
     """
+    if len(a_max) != len(specs):
+        raise ValueError(f"a_max has {len(a_max)} entries for {len(specs)} layers")
     qmax = 2**config.bits - 1
     in_scale = np.float32(INPUT_SCALE)
     layers = []
@@ -159,37 +349,155 @@ def quantize_frozen_stage(
         if spec.kind == "pool":
             # Averaging keeps the scale: the integer kernel divides the code sum with rounding.
             empty = np.zeros((0,), np.int32)
-            layers.append(LayerQuant(empty, np.float32(1), np.int32(0), empty, in_scale, in_scale))
+            layers.append(LayerQuant(empty, np.float32(1), np.int32(0), empty, in_scale, in_scale,
+                                     np.int32(0), np.int32(0), np.int32(0), np.int32(qmax)))
             continue
-        w_codes, w_scale, w_zero = _quantize_weights(np.asarray(p["w"], np.float32), config)
-        b_codes = np.round(np.asarray(p["b"], np.float64) / (in_scale * w_scale)).astype(np.int32)
-        out_scale = np.float32(amax / qmax)
-        layers.append(LayerQuant(w_codes, w_scale, w_zero, b_codes, in_scale, out_scale))
+        if spec.activation not in ("relu", "relu6"):
+            raise ValueError(
+                f"layer {spec.index} ({spec.name}) has activation {spec.activation!r}: a frozen layer must end "
+                "in relu or relu6 so that its output codes are unsigned"
+            )
+        w_codes, w_scale, w_zero, b_codes = _quantize_weights(
+            np.asarray(p["w"], np.float32), np.asarray(p["b"], np.float32), float(in_scale), config
+        )
+        out_scale = np.float32(float(amax) / qmax)
+        m = np.float64(in_scale) * w_scale.astype(np.float64) / np.float64(out_scale)
+        multiplier, shift = quantize_multiplier(m)
+        act_max = _act_max_code(spec, out_scale, qmax)
+        layers.append(LayerQuant(w_codes, w_scale, w_zero, b_codes, in_scale, out_scale, multiplier, shift,
+                                 np.int32(0), np.int32(act_max)))
         in_scale = out_scale
     return tuple(layers)
 
 
-def frozen_forward_codes(
-    specs: Sequence[LayerSpec], layers: Sequence[LayerQuant], pixels: jax.Array, bits: int = 8
-) -> jax.Array:
-    """Fake-quantized frozen stage: uint8 pixels -> output codes of the last layer.
+def im2col(x, kernel: int, stride: int, xp=jnp):
+    """KxK patches of an NHWC tensor under TF 'SAME' padding (zero codes), for any array module `xp`.
 
     Args:
-      pixels: uint8 [B, H, W, C] images.
+      x: [B, H, W, C].
     Returns:
-      float32 [B, *specs[-1].out_shape] integer-valued codes in 0..2^bits-1; multiply by
-      ``layers[-1].out_scale`` for real values.
+      [B, H', W', K*K*C], ordered (kh, kw, c) like the rows of an HWIO weight reshaped to (K*K*C, C_out).
+    """
+    _, h, w, _ = x.shape
+    ph, pw = same_padding(h, kernel, stride), same_padding(w, kernel, stride)
+    xp_ = xp.pad(x, ((0, 0), ph, pw, (0, 0)))
+    ho, wo = -(-h // stride), -(-w // stride)
+    taps = [
+        xp_[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride, :]
+        for i in range(kernel)
+        for j in range(kernel)
+    ]
+    return xp.concatenate(taps, axis=-1)
+
+
+def exact_chunks(w_eff, qmax_in: int) -> list[tuple[int, int]]:
+    """Split the reduction axis of a [K, C_out] integer weight matrix into float32-exact chunks.
+
+    A chunk [k0, k1) is exact in float32 when ``qmax_in * max_c sum_{k0<=k<k1} |w[k, c]| <= 2^24``
+    (every partial sum is then an integer float32 represents). With concrete weights the chunks are as long
+    as the actual codes allow (usually one chunk); traced weights get the worst case.
+
+    Args:
+      w_eff: int [K, C_out] effective weight codes ``q_w - z_w`` (NumPy, or a tracer).
+      qmax_in: largest input code.
+    Returns:
+      list of (k0, k1) covering 0..K.
+    """
+    k = w_eff.shape[0]
+    if isinstance(w_eff, jax.core.Tracer):
+        per_term = qmax_in * 255  # |q_w - z_w| <= 255 for codes of <= 8 bits
+        step = max(EXACT_F32_LIMIT // per_term, 1)
+        return [(k0, min(k0 + step, k)) for k0 in range(0, k, step)]
+    cum = np.concatenate([np.zeros((1, w_eff.shape[1]), np.int64), np.cumsum(np.abs(w_eff), axis=0, dtype=np.int64)])
+    chunks, k0 = [], 0
+    while k0 < k:
+        worst = (cum[k0 + 1 :] - cum[k0]).max(axis=1) * qmax_in  # non-decreasing in k1
+        k1 = k0 + max(int(np.searchsorted(worst, EXACT_F32_LIMIT, side="right")), 1)
+        if (cum[k1] - cum[k0]).max() * qmax_in > EXACT_F32_LIMIT:
+            raise ValueError("a single weight times the largest input code exceeds 2^24")
+        chunks.append((k0, k1))
+        k0 = k1
+    return chunks
+
+
+def _exact_matmul(x: jax.Array, w_eff, qmax_in: int) -> jax.Array:
+    """int32 ``x @ w_eff`` for integer-valued float32 x [..., K] and integer w_eff [K, C], exactly."""
+    xp = np if not isinstance(w_eff, jax.core.Tracer) else jnp
+    acc = None
+    for k0, k1 in exact_chunks(w_eff, qmax_in):
+        wc = xp.asarray(w_eff[k0:k1]).astype(xp.float32)
+        part = jnp.einsum("...k,kc->...c", x[..., k0:k1], wc, precision=jax.lax.Precision.HIGHEST)
+        part = part.astype(jnp.int32)
+        acc = part if acc is None else acc + part
+    return acc
+
+
+def _concrete(a):
+    return a if isinstance(a, jax.core.Tracer) else np.asarray(a)
+
+
+def _accumulate(spec: LayerSpec, lq: LayerQuant, q: jax.Array, qmax_in: int) -> jax.Array:
+    """int32 accumulator ``sum q_in (q_w - z_w) + q_b`` of a conv/dw/pw layer. q: float32 codes [B,H,W,C]."""
+    xp = jnp if isinstance(lq.w_codes, jax.core.Tracer) else np
+    w_eff = _concrete(lq.w_codes).astype(xp.int32) - _concrete(lq.w_zero).astype(xp.int32)
+    if spec.kind == "dw":
+        # K*K products per output (9 of <= 255 * 255 for 8-bit codes): far below 2^24, exact in any order.
+        taps = np.abs(w_eff).reshape(-1, spec.out_channels).sum(0).max() if xp is np else spec.kernel**2 * 255
+        if qmax_in * taps > EXACT_F32_LIMIT:
+            raise ValueError(f"layer {spec.index}: depthwise weights too large for an exact float32 accumulator")
+        acc = linear_op(spec, xp.asarray(w_eff).astype(xp.float32), q).astype(jnp.int32)
+    elif spec.kind == "pw":
+        acc = _exact_matmul(q, w_eff, qmax_in)
+    elif spec.kind == "conv":
+        patches = im2col(q, spec.kernel, spec.stride)
+        acc = _exact_matmul(patches, w_eff.reshape(-1, spec.out_channels), qmax_in)
+    else:
+        raise ValueError(f"layer kind {spec.kind!r} cannot be in the frozen stage")
+    return acc + jnp.asarray(lq.b_codes, jnp.int32)
+
+
+def _pool_codes(spec: LayerSpec, q: jax.Array) -> jax.Array:
+    """Integer average pool: ``(sum + N//2) // N`` over the window (global: all H*W positions)."""
+    n = q.shape[1] * q.shape[2]
+    if 255 * n > EXACT_F32_LIMIT:
+        raise ValueError(f"layer {spec.index}: {n} pooled positions overflow an exact float32 sum")
+    s = jnp.sum(q, axis=(1, 2), keepdims=True).astype(jnp.int32)  # <= 255 * H * W: exact in float32
+    return (s + n // 2) // n
+
+
+def frozen_forward_codes(
+    specs: Sequence[LayerSpec],
+    layers: Sequence[LayerQuant],
+    pixels: jax.Array,
+    bits: int = 8,
+    return_all: bool = False,
+):
+    """Fake-quantized frozen stage: uint8 pixels -> output codes, bit-exact with the integer reference.
+
+    Args:
+      specs: the frozen stage's layer specs.
+      layers: their `LayerQuant` (from `quantize_frozen_stage` or `clq.quant.export.load_frozen_stage`).
+      pixels: uint8 [B, H, W, C] images (codes at scale `INPUT_SCALE`).
+      bits: frozen-stage bits (the output codes are also clamped to 0..2^bits-1).
+      return_all: return every layer's codes instead of the last one's.
+    Returns:
+      float32 [B, *specs[-1].out_shape] integer-valued codes in 0..2^bits-1 (multiply by
+      ``layers[-1].out_scale`` for real values), or a list of those for every layer when `return_all`.
     """
     qmax = 2**bits - 1
     q = pixels.astype(jnp.float32)
+    qmax_in = 255  # uint8 pixels
+    outs = []
     for spec, lq in zip(specs, layers):
         if spec.kind == "pool":
-            q = jnp.round(linear_op(spec, None, q))
-            continue
-        w = lq.w_codes.astype(np.float32) - lq.w_zero.astype(np.float32)
-        acc = linear_op(spec, jnp.asarray(w), q) + lq.b_codes.astype(np.float32)
-        # Requantize the accumulator: M = S_in * S_w / S_out; the clip at 0 is the ReLU, and the clip at
-        # qmax is ReLU6 too when a_max <= 6 (calibrated on ReLU6-clipped activations).
-        m = (lq.in_scale * lq.w_scale / lq.out_scale).astype(np.float32)
-        q = jnp.clip(jnp.round(acc * m), 0, qmax)
-    return q
+            codes = _pool_codes(spec, q)
+        else:
+            acc = _accumulate(spec, lq, q, qmax_in)
+            if isinstance(lq.act_max, jax.core.Tracer):
+                hi, qmax_in = jnp.minimum(lq.act_max, qmax), qmax
+            else:
+                hi = qmax_in = min(int(lq.act_max), qmax)
+            codes = requantize_jax(acc, _concrete(lq.multiplier), _concrete(lq.shift), hi)
+        q = codes.astype(jnp.float32)
+        outs.append(q)
+    return outs if return_all else q

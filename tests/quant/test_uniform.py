@@ -10,7 +10,7 @@ from clq.quant import fake_quant, make_latent_codec, quantize, dequantize
 floats = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.lists(floats, min_size=1, max_size=64), st.integers(1, 16), st.floats(1e-3, 10.0))
 def test_round_trip_within_half_scale_inside_range(values, bits, scale):
     x = np.asarray(values, np.float32)
@@ -22,7 +22,7 @@ def test_round_trip_within_half_scale_inside_range(values, bits, scale):
     assert err.max() <= scale / 2 * (1 + 1e-5) + 1e-6
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(floats, min_size=1, max_size=64), st.integers(2, 8), st.floats(1e-3, 10.0), st.integers(0, 255),
        st.booleans())
 def test_fake_quant_idempotent(values, bits, scale, zero, signed):
@@ -33,7 +33,7 @@ def test_fake_quant_idempotent(values, bits, scale, zero, signed):
     np.testing.assert_array_equal(np.asarray(once), np.asarray(twice))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(st.integers(1, 16), st.floats(0.1, 100.0), st.integers(0, 2**31 - 1))
 def test_latent_codec_round_trip(bits, a_max, seed):
     codec = make_latent_codec(bits, a_max)

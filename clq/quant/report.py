@@ -1,0 +1,398 @@
+"""Quantization error analysis of the frozen stage: per-layer SQNR, latent SQNR vs `lr_bits`, top-1 agreement.
+
+For a folded network, a quantization config and two image sets (calibration, evaluation):
+
+* ``layer_sqnr_db[i]``: SQNR of layer i's dequantized 8-bit (``config.bits``) output codes, produced by the
+  integer-exact frozen stage, against the FP32 network's output of layer i (error accumulated over 0..i);
+* ``latent_sqnr_db[i, j]``: SQNR of the latent at candidate ``latent_layer = i`` stored as UINT-``lr_bits[j]``
+  replays (`clq.quant.latent.make_latent_codec`), for a quantized frozen stage ("U8 + U_Q" in paper.md §4)
+  and for an FP32 frozen stage (``fp32_latent_sqnr_db``, "FP32 + U_Q");
+* ``top1_agreement[l][q]``: fraction of images whose top-1 class with the frozen stage 0..l quantized and
+  UINT-q latents equals the FP32 network's top-1 (the adaptive stage and classifier stay FP32).
+
+SQNR = 10 log10(sum ref^2 / sum (ref - quantized)^2) over all images and elements, in dB.
+
+`photo_set` builds a small set of real images from scikit-image's bundled photos with random crops, flips
+and photometric jitter; `main` (console script ``clq-quant-report``) runs everything on the ImageNet
+MobileNet-V1 weights and writes a Markdown table, a JSON file and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from clq.model.forward import forward
+from clq.model.specs import LayerSpec
+from clq.quant.frozen import (
+    INPUT_SCALE,
+    LayerQuant,
+    QuantConfig,
+    calibrate_activation_max,
+    frozen_forward_codes,
+    frozen_forward_fp32,
+    quantize_frozen_stage,
+)
+from clq.quant.latent import make_latent_codec
+
+__all__ = [
+    "QuantReport",
+    "photo_set",
+    "center_crop_resize",
+    "quant_error_report",
+    "top1_agreement",
+    "format_report",
+    "plot_report",
+    "main",
+    "PHOTO_NAMES",
+]
+
+#: scikit-image photos bundled with the wheel (no download): colour, then greyscale (stacked to RGB).
+PHOTO_NAMES = (
+    "astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "motorcycle_right",
+    "camera", "clock", "coins", "moon", "page", "text", "brick", "grass", "gravel",
+)
+
+
+class QuantReport(NamedTuple):
+    """Result of `quant_error_report`.
+
+    Fields:
+      layer_index: int [L], paper indices of the analysed layers.
+      layer_name: list of L names.
+      layer_sqnr_db: float [L], quantized frozen-stage output vs FP32, per layer.
+      lr_bits: int [Q], the latent bit-widths analysed.
+      latent_sqnr_db: float [L, Q], quantized frozen stage + UINT-lr_bits latent vs FP32.
+      fp32_latent_sqnr_db: float [L, Q], FP32 frozen stage + UINT-lr_bits latent vs FP32.
+      a_max: float [L], calibrated activation ranges.
+      config: the QuantConfig used.
+      layers: the per-layer quantization (LayerQuant tuple).
+    """
+
+    layer_index: np.ndarray
+    layer_name: list
+    layer_sqnr_db: np.ndarray
+    lr_bits: np.ndarray
+    latent_sqnr_db: np.ndarray
+    fp32_latent_sqnr_db: np.ndarray
+    a_max: np.ndarray
+    config: QuantConfig
+    layers: tuple
+
+
+def _photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    if name.startswith("motorcycle_"):
+        img = data.stereo_motorcycle()[0 if name.endswith("left") else 1]
+    else:
+        img = getattr(data, name)()
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    return np.ascontiguousarray(img[..., :3]).astype(np.uint8)
+
+
+def center_crop_resize(img: np.ndarray, size: int, central_fraction: float = 0.875) -> np.ndarray:
+    """TF-slim evaluation preprocessing: central square crop of `central_fraction` of the short side, resized.
+
+    Args:
+      img: uint8 [H, W, 3].
+    Returns:
+      uint8 [size, size, 3].
+    """
+    from skimage.transform import resize
+
+    h, w = img.shape[:2]
+    s = max(1, int(min(h, w) * central_fraction))
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    crop = img[y0 : y0 + s, x0 : x0 + s]
+    out = resize(crop, (size, size), anti_aliasing=True, preserve_range=True)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def photo_set(n: int, size: int, seed: int = 0, names: Sequence[str] = PHOTO_NAMES) -> np.ndarray:
+    """`n` augmented views of scikit-image's photos: uint8 [n, size, size, 3].
+
+    View i uses photo ``names[i % len(names)]`` (so the first ``len(names)`` views cover every photo once)
+    with a random square crop of 40-100 % of the short side, a random horizontal flip, and brightness /
+    contrast jitter of +-15 %.
+    """
+    from skimage.transform import resize
+
+    rng = np.random.default_rng(seed)
+    photos = [_photo(nm) for nm in names]
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        img = photos[i % len(photos)]
+        h, w = img.shape[:2]
+        s = max(8, int(min(h, w) * rng.uniform(0.4, 1.0)))
+        y0, x0 = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+        crop = img[y0 : y0 + s, x0 : x0 + s].astype(np.float64)
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        view = resize(crop, (size, size), anti_aliasing=True, preserve_range=True)
+        view = (view - 127.5) * rng.uniform(0.85, 1.15) + 127.5 * rng.uniform(0.85, 1.15)
+        out[i] = np.clip(np.round(view), 0, 255).astype(np.uint8)
+    return out
+
+
+def _batches(pixels: np.ndarray, batch_size: int):
+    """Equal-shape batches (the last one padded by repeating its first image) and their valid counts."""
+    for s in range(0, len(pixels), batch_size):
+        chunk = pixels[s : s + batch_size]
+        m = len(chunk)
+        if m < batch_size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - m, axis=0)])
+        yield chunk, m
+
+
+def _sqnr_db(signal: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    return 10.0 * np.log10(np.maximum(signal, 1e-30) / np.maximum(noise, 1e-30))
+
+
+def quant_error_report(
+    specs: Sequence[LayerSpec],
+    params: Sequence[dict],
+    calib_pixels: np.ndarray,
+    eval_pixels: np.ndarray,
+    config: QuantConfig = QuantConfig(),
+    lr_bits: Sequence[int] = tuple(range(2, 9)),
+    batch_size: int = 32,
+) -> QuantReport:
+    """Quantize the frozen stage `specs` on `calib_pixels` and measure its error on `eval_pixels`.
+
+    Args:
+      specs, params: the layers to analyse (a frozen stage, typically layers 0..27) in folded form.
+      calib_pixels, eval_pixels: uint8 [N, H, W, C] images.
+      config: frozen-stage quantization.
+      lr_bits: latent replay bit-widths to analyse (each in 1..16).
+      batch_size: images per compiled call.
+    Returns:
+      `QuantReport`.
+    """
+    specs, params, lr_bits = tuple(specs), tuple(params), tuple(int(b) for b in lr_bits)
+    cal = [xb.astype(np.float32) * INPUT_SCALE for xb, _ in _batches(calib_pixels, batch_size)]
+    a_max = calibrate_activation_max(specs, params, cal, config)
+    layers = quantize_frozen_stage(specs, params, a_max, config)
+    # A quantized latent spans what its codes can represent (pool layers inherit their input's scale); the
+    # UINT-Q codecs are `make_latent_codec`'s, applied for all Q at once (broadcast over a trailing axis).
+    q_amax = [float(lq.out_scale) * (2**config.bits - 1) for lq in layers]
+    top = np.asarray([2.0**b - 1 for b in lr_bits], np.float32)
+    scales_q = [np.asarray([make_latent_codec(b, q_amax[i]).scale for b in lr_bits], np.float32) for i in range(len(specs))]
+    scales_f = [np.asarray([make_latent_codec(b, float(a_max[i])).scale for b in lr_bits], np.float32)
+                for i in range(len(specs))]
+
+    def energies(px, valid):
+        mask = (jnp.arange(px.shape[0]) < valid).astype(jnp.float32)
+        ref_all = frozen_forward_fp32(specs, params, px.astype(jnp.float32) * INPUT_SCALE)
+        codes_all = frozen_forward_codes(specs, layers, px, config.bits, return_all=True)
+
+        def err(ref, hat):  # sum over valid images of squared errors; hat may carry a trailing Q axis
+            d = (ref.reshape(ref.shape[0], -1, *([1] * (hat.ndim - ref.ndim))) - hat.reshape(ref.shape[0], -1, *hat.shape[ref.ndim:])) ** 2
+            return jnp.einsum("b...,b->...", d.sum(1), mask)
+
+        def lr(x, scale):  # UINT-Q encode + decode for every Q: [..., Q]
+            return jnp.clip(jnp.round(x[..., None] / scale), 0, top) * scale
+
+        sig, frozen_noise, lat_noise, fp_noise = [], [], [], []
+        for i, (ref, codes) in enumerate(zip(ref_all, codes_all)):
+            deq = codes * layers[i].out_scale
+            sig.append(err(ref, jnp.zeros_like(ref)))
+            frozen_noise.append(err(ref, deq))
+            lat_noise.append(err(ref, lr(deq, scales_q[i])))
+            fp_noise.append(err(ref, lr(ref, scales_f[i])))
+        return jnp.stack(sig), jnp.stack(frozen_noise), jnp.stack(lat_noise), jnp.stack(fp_noise)
+
+    fn = jax.jit(energies)
+    tot = None
+    for xb, m in _batches(eval_pixels, batch_size):
+        with jax.default_matmul_precision("highest"):  # a true FP32 reference on accelerators too (no TF32)
+            out = [np.asarray(v, np.float64) for v in fn(jnp.asarray(xb), m)]
+        tot = out if tot is None else [a + b for a, b in zip(tot, out)]
+    sig, frozen_noise, lat_noise, fp_noise = tot
+    return QuantReport(
+        layer_index=np.asarray([s.index for s in specs]),
+        layer_name=[s.name for s in specs],
+        layer_sqnr_db=_sqnr_db(sig, frozen_noise),
+        lr_bits=np.asarray(lr_bits),
+        latent_sqnr_db=_sqnr_db(sig[:, None], lat_noise),
+        fp32_latent_sqnr_db=_sqnr_db(sig[:, None], fp_noise),
+        a_max=np.asarray(a_max, np.float64),
+        config=config,
+        layers=layers,
+    )
+
+
+def top1_agreement(
+    specs: Sequence[LayerSpec],
+    params: Sequence[dict],
+    layers: Sequence[LayerQuant],
+    latent_layers: Sequence[int],
+    pixels: np.ndarray,
+    bits: int = 8,
+    lr_bits: Sequence[int | None] = (None,),
+    batch_size: int = 32,
+) -> tuple[dict, np.ndarray, dict, np.ndarray]:
+    """Top-1 agreement of quantized-frozen-stage predictions with the FP32 network's.
+
+    Args:
+      specs, params: the whole network (0..28) in folded form.
+      layers: quantization of (at least) layers 0..max(latent_layers).
+      latent_layers: candidate latent layers l; layers 0..l run quantized, l+1..28 in FP32.
+      pixels: uint8 [N, H, W, C].
+      bits: frozen-stage bits.
+      lr_bits: latent storage bit-widths; None keeps the frozen stage's own codes.
+    Returns:
+      (agreement {l: {lr_bits: fraction}}, FP32 top-1 int [N], quantized top-1 {l: {lr_bits: int [N]}},
+      FP32 top-1 probability float [N] (to split confident predictions from near-ties)).
+    """
+    specs, params = tuple(specs), tuple(params)
+    last = max(latent_layers)
+    frozen_specs, frozen_layers = specs[: last + 1], tuple(layers[: last + 1])
+
+    def predict(px):
+        logits = forward(specs, params, px.astype(jnp.float32) * INPUT_SCALE)
+        top_fp = jnp.argmax(logits, -1), jnp.max(jax.nn.softmax(logits), -1)
+        codes = frozen_forward_codes(frozen_specs, frozen_layers, px, bits, return_all=True)
+        out = {}
+        for l in latent_layers:
+            lat = codes[l] * frozen_layers[l].out_scale
+            per_bits = []  # in lr_bits order (pytree dict keys must sort; None and ints do not)
+            for q in lr_bits:
+                z = lat
+                if q is not None:
+                    c = make_latent_codec(q, float(frozen_layers[l].out_scale) * (2**bits - 1))
+                    z = c.decode(c.encode(lat))
+                per_bits.append(jnp.argmax(forward(specs[l + 1 :], params[l + 1 :], z), -1))
+            out[l] = per_bits
+        return top_fp, out
+
+    fn = jax.jit(predict)
+    tops_fp, probs_fp, tops_q = [], [], {l: {q: [] for q in lr_bits} for l in latent_layers}
+    for xb, m in _batches(pixels, batch_size):
+        with jax.default_matmul_precision("highest"):  # a true FP32 reference on accelerators too (no TF32)
+            top_fp, out = fn(jnp.asarray(xb))
+        tops_fp.append(np.asarray(top_fp[0])[:m])
+        probs_fp.append(np.asarray(top_fp[1])[:m])
+        for l in latent_layers:
+            for j, q in enumerate(lr_bits):
+                tops_q[l][q].append(np.asarray(out[l][j])[:m])
+    top_fp = np.concatenate(tops_fp)
+    preds = {l: {q: np.concatenate(v) for q, v in d.items()} for l, d in tops_q.items()}
+    agree = {l: {q: float(np.mean(p == top_fp)) for q, p in d.items()} for l, d in preds.items()}
+    return agree, top_fp, preds, np.concatenate(probs_fp)
+
+
+def format_report(report: QuantReport) -> str:
+    """Markdown table: one row per layer with its SQNR and the latent SQNR per lr_bits (U8 and FP32 frozen)."""
+    fb = report.config.bits
+    head = ["l", "name", f"a_max", f"U{fb} SQNR dB"]
+    head += [f"U{fb}+U{b}" for b in report.lr_bits] + [f"FP32+U{b}" for b in report.lr_bits]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for i, (idx, name) in enumerate(zip(report.layer_index, report.layer_name)):
+        row = [str(idx), name, f"{report.a_max[i]:.3g}", f"{report.layer_sqnr_db[i]:.1f}"]
+        row += [f"{v:.1f}" for v in report.latent_sqnr_db[i]] + [f"{v:.1f}" for v in report.fp32_latent_sqnr_db[i]]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def plot_report(report: QuantReport, path: str | Path) -> Path:
+    """Two panels: per-layer SQNR of the quantized frozen stage; latent SQNR vs lr_bits per latent layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(13, 4.5))
+    ax0.plot(report.layer_index, report.layer_sqnr_db, "o-")
+    ax0.set_xlabel("layer l")
+    ax0.set_ylabel("SQNR vs FP32 [dB]")
+    ax0.set_title(f"U{report.config.bits} frozen stage, output of each layer")
+    ax0.grid(alpha=0.3)
+    cmap = plt.get_cmap("viridis")
+    for j, b in enumerate(report.lr_bits):
+        ax1.plot(report.layer_index, report.latent_sqnr_db[:, j], "o-", ms=3,
+                 color=cmap(j / max(len(report.lr_bits) - 1, 1)), label=f"U{report.config.bits}+U{b}")
+    ax1.set_xlabel("latent_layer l")
+    ax1.set_ylabel("latent SQNR vs FP32 [dB]")
+    ax1.set_title("latent replays at lr_bits")
+    ax1.legend(fontsize=7, ncol=2)
+    ax1.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``clq-quant-report``: the error report and top-1 agreement on ImageNet MobileNet-V1 weights."""
+    from clq.model.forward import fold_batch_norm
+    from clq.model.imagenet import load_imagenet_mobilenet_v1
+
+    ap = argparse.ArgumentParser(prog="clq-quant-report", description=__doc__.split("\n")[0])
+    ap.add_argument("--weights", default=None, help="TF-slim GraphDef (default: .cache/weights, see fetch_weights.sh)")
+    ap.add_argument("--input-size", type=int, default=128)
+    ap.add_argument("--calib-images", type=int, default=64)
+    ap.add_argument("--eval-images", type=int, default=256)
+    ap.add_argument("--latent-layers", type=int, nargs="+", default=[19, 27])
+    ap.add_argument("--bits", type=int, default=8)
+    ap.add_argument("--weight-granularity", default="per_layer")
+    ap.add_argument("--weight-mode", default="asymmetric")
+    ap.add_argument("--activation-range", default="minmax")
+    ap.add_argument("--percentile", type=float, default=99.99)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--out", default="outputs/quant_report")
+    args = ap.parse_args(argv)
+
+    config = QuantConfig(bits=args.bits, weight_granularity=args.weight_granularity, weight_mode=args.weight_mode,
+                         activation_range=args.activation_range, percentile=args.percentile)
+    specs, params, stats = load_imagenet_mobilenet_v1(args.weights, input_size=args.input_size)
+    folded = fold_batch_norm(specs, params, stats)
+    calib = photo_set(args.calib_images, args.input_size, seed=1)
+    evals = photo_set(args.eval_images, args.input_size, seed=2)
+    rep = quant_error_report(specs[:28], folded[:28], calib, evals, config, batch_size=args.batch_size)
+    agree, top_fp, preds, p_fp = top1_agreement(specs, folded, rep.layers, args.latent_layers, evals, config.bits,
+                                                lr_bits=(None, 7, 6), batch_size=args.batch_size)
+    confident = p_fp > 0.5
+    agree_conf = {l: {q: float(np.mean(p[confident] == top_fp[confident])) for q, p in d.items()}
+                  for l, d in preds.items()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_report(rep)
+    lines = [f"# Frozen-stage quantization error, ImageNet MobileNet-V1 1.0 at {args.input_size} px",
+             "", f"config: {config}", f"calibration: {args.calib_images} photos (seed 1); "
+             f"evaluation: {args.eval_images} photos (seed 2)", "", table, "",
+             "## Top-1 agreement with FP32 (frozen 0..l quantized, rest FP32)", "",
+             f"all {len(evals)} views; in brackets the {int(confident.sum())} views whose FP32 top-1 probability "
+             "exceeds 0.5", ""]
+    for l, d in agree.items():
+        lines.append(f"- l={l}: " + ", ".join(
+            f"U{config.bits}+{'U' + str(q) if q else 'own codes'}: {100 * v:.1f} % ({100 * agree_conf[l][q]:.1f} %)"
+            for q, v in d.items()))
+    text = "\n".join(lines)
+    (out / "report.md").write_text(text + "\n")
+    (out / "report.json").write_text(json.dumps({
+        "config": dataclasses.asdict(config), "input_size": args.input_size,
+        "layer_index": rep.layer_index.tolist(), "layer_sqnr_db": rep.layer_sqnr_db.tolist(),
+        "lr_bits": rep.lr_bits.tolist(), "latent_sqnr_db": rep.latent_sqnr_db.tolist(),
+        "fp32_latent_sqnr_db": rep.fp32_latent_sqnr_db.tolist(), "a_max": rep.a_max.tolist(),
+        "top1_agreement": {str(l): {str(q): v for q, v in d.items()} for l, d in agree.items()},
+        "top1_agreement_confident": {str(l): {str(q): v for q, v in d.items()} for l, d in agree_conf.items()},
+        "confident_views": int(confident.sum()), "views": len(evals),
+    }, indent=1))
+    plot_report(rep, out / "report.png")
+    print(text)
+    print(f"\nwritten: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
