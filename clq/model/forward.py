@@ -15,6 +15,7 @@ Activations are NHWC float32. Padding is TF 'SAME' so that TF-slim ImageNet weig
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -52,21 +53,36 @@ def init_params(specs: Sequence[LayerSpec], key: jax.Array) -> tuple[tuple[dict,
       (params, bn_stats): tuples aligned with `specs`. Weights float32 of `spec.weight_shape`;
       gamma/beta/mean/var float32 of shape (C_out,).
     """
+    return _init_params(tuple(specs), key)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_params(specs: tuple[LayerSpec, ...], key: jax.Array):
+    # Layer i's weights are `normal(split(key)[i], weight_shape)`. Drawn op by op, every weight shape compiled
+    # its own threefry+normal program (~20 compilations, 5-10 s at the start of every run on the 2-core
+    # machine); one vmapped draw of the longest size compiles once. With partitionable threefry (JAX's
+    # default) element j of a draw depends only on (key, j), so the first prod(shape) values of the long draw
+    # are exactly `normal(k, shape)` (checked in tests/train/test_vectorized.py).
+    n_max = max((int(np.prod(s.weight_shape)) for s in specs if s.has_params), default=1)
+    keys = jax.random.split(key, len(specs))
+    draws = jax.vmap(lambda k: jax.random.normal(k, (n_max,), jnp.float32))(keys)
     params, stats = [], []
-    for spec, k in zip(specs, jax.random.split(key, len(specs))):
+    for i, spec in enumerate(specs):
         if not spec.has_params:
             params.append({})
             stats.append({})
             continue
         shape = spec.weight_shape
         fan_in = int(np.prod(shape[:-1])) if spec.kind != "dw" else spec.kernel * spec.kernel
-        w = jax.random.normal(k, shape, jnp.float32) * np.sqrt(2.0 / fan_in)
+        w = draws[i, : int(np.prod(shape))].reshape(shape) * np.sqrt(2.0 / fan_in)
         c = spec.out_channels
         if spec.batch_norm:
             params.append({"w": w, "gamma": jnp.ones(c), "beta": jnp.zeros(c)})
             stats.append({"mean": jnp.zeros(c), "var": jnp.ones(c)})
         else:
-            params.append({"w": w * np.sqrt(0.5), "b": jnp.zeros(c)})
+            # The barrier keeps XLA from folding the two scalings into one (a different rounding than the
+            # op-by-op form these weights have always had).
+            params.append({"w": jax.lax.optimization_barrier(w) * np.sqrt(0.5), "b": jnp.zeros(c)})
             stats.append({})
     return tuple(params), tuple(stats)
 
@@ -91,6 +107,27 @@ def _depthwise(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     return out
 
 
+def _conv_im2col(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """KxK dense conv as one matmul over K*K shifted slices (im2col): [B,H',W',K*K*C_in] @ [K*K*C_in, C_out].
+
+    Inside a `lax.scan` (every compiled training loop in clq) XLA's CPU backend runs the weight gradient of
+    `lax.conv_general_dilated` ~40x slower than outside one (conv1 of MobileNet-V1 0.5/32 px, batch 64:
+    38 ms vs 0.9 ms per step, bench/bench_e2e.py notes); the im2col form is a plain dot in both places
+    (0.7 ms) and gives the same values up to float32 summation order.
+    """
+    _, h, wd, c = x.shape
+    k = w.shape[0]
+    ph, pw_ = same_padding(h, k, stride), same_padding(wd, k, stride)
+    xp = jnp.pad(x, ((0, 0), ph, pw_, (0, 0)))
+    ho, wo = -(-h // stride), -(-wd // stride)
+    cols = jnp.concatenate(
+        [xp[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride, :]
+         for i in range(k) for j in range(k)],
+        axis=-1,
+    )  # [B, H', W', K*K*C_in], ordered (kh, kw, c) like the rows of the HWIO weight below
+    return jnp.einsum("bhwk,kd->bhwd", cols, w.reshape(k * k * c, -1))
+
+
 def linear_op(spec: LayerSpec, w: jax.Array | None, x: jax.Array) -> jax.Array:
     """The linear part of a layer (no bias, no activation).
 
@@ -102,11 +139,7 @@ def linear_op(spec: LayerSpec, w: jax.Array | None, x: jax.Array) -> jax.Array:
       float32 [B, H', W', C_out] (classifier: [B, num_classes]).
     """
     if spec.kind == "conv":
-        h, wd = x.shape[1], x.shape[2]
-        pads = (same_padding(h, spec.kernel, spec.stride), same_padding(wd, spec.kernel, spec.stride))
-        return jax.lax.conv_general_dilated(
-            x, w, (spec.stride, spec.stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
+        return _conv_im2col(x, w, spec.stride)
     if spec.kind == "dw":
         return _depthwise(x, w, spec.stride)
     if spec.kind == "pw":
@@ -180,6 +213,12 @@ def fold_batch_norm(
     specs: Sequence[LayerSpec], params: Sequence[dict], bn_stats: Sequence[dict], eps: float = BN_EPS
 ) -> tuple[dict, ...]:
     """Fold BN into the preceding convolution: returns folded params ``{'w', 'b'}`` per layer."""
+    return _fold_batch_norm(tuple(specs), tuple(params), tuple(bn_stats), eps)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _fold_batch_norm(specs, params, bn_stats, eps):
+    # Jitted for the same reason as `init_params`: one compilation instead of one per op and shape.
     out = []
     for spec, p, s in zip(specs, params, bn_stats):
         if not spec.has_params:

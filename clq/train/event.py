@@ -34,6 +34,7 @@ __all__ = [
     "set_learning_rate",
     "cross_entropy",
     "make_learning_event",
+    "make_event_fn",
     "EventMetrics",
 ]
 
@@ -94,19 +95,17 @@ class EventMetrics(NamedTuple):
     accuracy: jax.Array
 
 
-def make_learning_event(
+def make_event_fn(
     adaptive_specs: Sequence[LayerSpec],
     optimizer: optax.GradientTransformation,
     buffer: ReplayBuffer,
     composition: Composition,
     epochs: int,
 ) -> Callable:
-    """Build the jitted learning event.
+    """The learning event as a pure, un-jitted function (see `make_learning_event` for its signature).
 
-    Returns:
-      ``train_event(params, opt_state, new_latents, new_labels, n_new, buffer_state, key) ->
-      (params, opt_state, EventMetrics)`` where new_latents is float32 [n_max, *latent_shape] (rows
-      n_new.. are padding), new_labels int32 [n_max], n_new int32 (). params/opt_state are donated.
+    `make_learning_event` jits it for one configuration; `clq.train.vectorized` calls it inside a `vmap` over
+    seeds and bit-widths, with a `buffer` whose codec scale is a traced value.
     """
     if epochs < 1:
         raise ValueError(f"train.epochs must be >= 1, got {epochs}")
@@ -148,4 +147,21 @@ def make_learning_event(
         (params, opt_state), (loss, acc) = jax.lax.scan(step, (params, opt_state), jnp.arange(epochs * iters))
         return params, opt_state, EventMetrics(loss, acc)
 
-    return jax.jit(train_event, donate_argnums=(0, 1))
+    return train_event
+
+
+def make_learning_event(
+    adaptive_specs: Sequence[LayerSpec],
+    optimizer: optax.GradientTransformation,
+    buffer: ReplayBuffer,
+    composition: Composition,
+    epochs: int,
+) -> Callable:
+    """Build the jitted learning event.
+
+    Returns:
+      ``train_event(params, opt_state, new_latents, new_labels, n_new, buffer_state, key) ->
+      (params, opt_state, EventMetrics)`` where new_latents is float32 [n_max, *latent_shape] (rows
+      n_new.. are padding), new_labels int32 [n_max], n_new int32 (). params/opt_state are donated.
+    """
+    return jax.jit(make_event_fn(adaptive_specs, optimizer, buffer, composition, epochs), donate_argnums=(0, 1))

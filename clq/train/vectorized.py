@@ -1,0 +1,265 @@
+"""A whole sweep of the learning phase, K bit-widths x S seeds, as one compiled program.
+
+After event 0 the frozen stage is fixed, so every configuration of a sweep over ``replay.bits`` and seeds
+sees the same latents; what differs is the replay codec (Q_LR, hence the LR scale ``a_max / (2^Q - 1)``)
+and the randomness of training and buffer replacement. Both are *values*, not shapes, as long as the storage
+dtype is shared (uint8 for Q_LR <= 8), so the learning phase of every configuration is the same program:
+
+    one configuration  = lax.scan over learning events 1..E-1 of
+                         [learning event (make_event_fn) -> buffer.add -> test accuracy]
+    the sweep          = vmap over bit-widths (Q_LR, S_LR traced) of vmap over seeds (keys traced)
+
+and the whole sweep is one `jax.jit` call: one compilation, no host round trip between events or
+configurations, the buffers kept as UINT codes, the latents of every event computed once and shared.
+
+Seeds follow `clq.train.loop.run_continual`: seed s gives ``k_train, k_buf = split(PRNGKey(s), 3)[1:]``,
+event i uses ``fold_in(k_train, i)`` and ``fold_in(k_buf, i)``. The stream, event 0 and the frozen stage are
+those of one base run (as the paper's frozen stage is one ImageNet-pretrained network), so configuration
+(Q_LR, seed) of the sweep is the learning phase of ``run_continual(..., ReplayConfig(size, Q_LR), seed)``
+whose stream and event 0 come from the base seed; with seed == base seed it is that run.
+
+Limits: the plain QLR strategy (no CWR*); all learning events share one mini-batch composition (equal
+event sizes, as in the default stream); Q_LR in 1..16 (no FP32 latents in a vmapped sweep).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from clq.model.forward import forward
+from clq.model.specs import LayerSpec
+from clq.quant.latent import LatentCodec
+from clq.quant.uniform import check_bits, storage_dtype
+from clq.replay.buffer import make_replay_buffer
+from clq.model.specs import split_specs
+from clq.train.event import Composition, make_event_fn, make_optimizer, minibatch_composition
+from clq.train.first_event import train_first_event
+from clq.train.frozen_stage import make_frozen_stage
+
+__all__ = ["SweepData", "SweepResult", "lr_scales", "make_sweep", "sweep_data", "prepare_sweep", "run_sweep"]
+
+
+class SweepData(NamedTuple):
+    """The latents a sweep learns from, computed once (frozen-stage codes, not decoded).
+
+    Fields:
+      codes0: [n0, *latent_shape] frozen codes of event 0 (they fill the buffer), dtype of the frozen stage.
+      labels0: int32 [n0].
+      event_codes: [E-1, n_max, *latent_shape] codes of learning events 1..E-1, zero-padded rows.
+      event_labels: int32 [E-1, n_max].
+      event_n: int32 [E-1], valid rows per event.
+      test_codes: [T, *latent_shape] test latents' codes; T a multiple of the evaluation chunk.
+      test_labels: int32 [T], -1 on padding rows (never counted).
+      frozen_scale: float32 (), real latents are ``codes * frozen_scale``.
+    """
+
+    codes0: jax.Array
+    labels0: jax.Array
+    event_codes: jax.Array
+    event_labels: jax.Array
+    event_n: jax.Array
+    test_codes: jax.Array
+    test_labels: jax.Array
+    frozen_scale: jax.Array
+
+
+class SweepResult(NamedTuple):
+    """Outputs of a sweep, indexed [bit-width k, seed s, ...].
+
+    Fields:
+      accuracy: float32 [K, S, E], test accuracy after every event (index 0: after event 0).
+      train_loss: float32 [K, S, E-1], loss of the last step of every learning event.
+      buffer_histogram: int32 [K, S, num_classes], labels held by the buffer at the end.
+    """
+
+    accuracy: jax.Array
+    train_loss: jax.Array
+    buffer_histogram: jax.Array
+
+
+def lr_scales(lr_bits: Sequence[int], a_max: float) -> np.ndarray:
+    """S_LR per bit-width: float32 [K], exactly `make_latent_codec(bits, a_max).scale` for each."""
+    return np.asarray([np.float32(a_max / (2 ** check_bits(b, "replay.bits") - 1)) for b in lr_bits], np.float32)
+
+
+def sweep_data(stream, frozen, eval_chunk: int = 1000) -> SweepData:
+    """Push every image of `stream` through the frozen stage once and stack the codes for `make_sweep`.
+
+    Args:
+      stream: `clq.data.stream.Stream`.
+      frozen: `clq.train.frozen_stage.FrozenStage` (its `latents` may be cached on disk).
+      eval_chunk: the test set is padded to a multiple of it (padding labels are -1).
+    """
+    exp = stream.experiences
+    later = exp[1:]
+    if not later:
+        raise ValueError("a sweep needs at least one learning event after event 0")
+    n_max = max(len(e) for e in later)
+    codes0 = frozen.latents(stream.train_images[exp[0]])
+    latent_shape = codes0.shape[1:]
+    ev_codes = np.zeros((len(later), n_max, *latent_shape), codes0.dtype)
+    ev_labels = np.zeros((len(later), n_max), np.int32)
+    for j, idx in enumerate(later):
+        ev_codes[j, : len(idx)] = frozen.latents(stream.train_images[idx])
+        ev_labels[j, : len(idx)] = stream.train_labels[idx]
+    test = frozen.latents(stream.test_images)
+    pad = -len(test) % eval_chunk
+    test = np.concatenate([test, np.zeros((pad, *latent_shape), test.dtype)])
+    test_labels = np.concatenate([stream.test_labels.astype(np.int32), np.full(pad, -1, np.int32)])
+    return SweepData(codes0, stream.train_labels[exp[0]].astype(np.int32), ev_codes, ev_labels,
+                     np.asarray([len(e) for e in later], np.int32), test, test_labels, np.float32(frozen.scale))
+
+
+def make_sweep(
+    adaptive_specs: Sequence[LayerSpec],
+    optimizer: optax.GradientTransformation,
+    replay_size: int,
+    latent_shape: Sequence[int],
+    num_classes: int,
+    composition: Composition,
+    epochs: int,
+    max_bits: int = 8,
+    policy: str = "ar1",
+    eval_chunk: int = 1000,
+) -> Callable[..., SweepResult]:
+    """Build the jitted sweep program.
+
+    Args:
+      adaptive_specs: layers l+1..28.
+      optimizer: `clq.train.make_optimizer(...)`; its learning rate is the one every event uses.
+      replay_size: N_LR (static: it is the buffer's shape).
+      composition: the mini-batch composition shared by every learning event.
+      max_bits: the largest Q_LR the program will be called with; fixes the storage dtype (uint8 up to 8).
+      eval_chunk: test latents evaluated per step of the evaluation loop (bounds memory: K*S*chunk latents).
+    Returns:
+      ``sweep(adaptive_params, lr_bits, lr_scale, seeds, data) -> SweepResult`` where adaptive_params is the
+      post-event-0 adaptive tree (shared), lr_bits int32 [K], lr_scale float32 [K] (`lr_scales`), seeds
+      int32 [S], data a `SweepData`. K, S and the data's shapes are the only things that recompile.
+    """
+    check_bits(max_bits, "max_bits")
+    dtype = storage_dtype(max_bits)
+    latent_shape = tuple(int(d) for d in latent_shape)
+
+    def predict_correct(params, codes, labels, frozen_scale):
+        x = codes.astype(jnp.float32) * frozen_scale
+        pred = jnp.argmax(forward(adaptive_specs, params, x).reshape(x.shape[0], -1), -1)
+        return jnp.sum(pred == labels, dtype=jnp.int32)
+
+    def one_config(params, bits, scale, seed, data: SweepData):
+        """The learning phase of one (Q_LR, seed); bits/scale/seed are traced scalars."""
+        codec = LatentCodec(bits, scale, dtype)  # traced bits and scale: encode/decode are jnp arithmetic
+        buffer = make_replay_buffer(replay_size, latent_shape, codec, policy, num_classes)
+        train_event = make_event_fn(adaptive_specs, optimizer, buffer, composition, epochs)
+        _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
+        n_test = jnp.maximum(jnp.sum(data.test_labels >= 0), 1)
+        test_codes = data.test_codes.reshape(-1, eval_chunk, *latent_shape)
+        test_labels = data.test_labels.reshape(-1, eval_chunk)
+
+        def accuracy(params):
+            hits = jax.lax.map(lambda ct: predict_correct(params, ct[0], ct[1], data.frozen_scale),
+                               (test_codes, test_labels))
+            return jnp.sum(hits) / n_test
+
+        def decode(codes):
+            return codes.astype(jnp.float32) * data.frozen_scale
+
+        n0 = data.codes0.shape[0]
+        state = buffer.add(buffer.init(), decode(data.codes0), data.labels0, jnp.ones(n0, bool),
+                           jax.random.fold_in(k_buf, 0))
+        opt_state = optimizer.init(params)
+        acc0 = accuracy(params)
+
+        def event(carry, inp):
+            params, opt_state, state = carry
+            codes, labels, n_new, i = inp
+            x = decode(codes)
+            params, opt_state, m = train_event(params, opt_state, x, labels, n_new, state,
+                                               jax.random.fold_in(k_train, i))
+            valid = jnp.arange(codes.shape[0]) < n_new
+            state = buffer.add(state, x, labels, valid, jax.random.fold_in(k_buf, i))
+            return (params, opt_state, state), (accuracy(params), m.loss[-1])
+
+        events = jnp.arange(1, data.event_n.shape[0] + 1)
+        (params, opt_state, state), (acc, loss) = jax.lax.scan(
+            event, (params, opt_state, state), (data.event_codes, data.event_labels, data.event_n, events))
+        hist = jnp.zeros(num_classes, jnp.int32).at[jnp.where(state.filled, state.labels, 0)].add(
+            state.filled.astype(jnp.int32))
+        return jnp.concatenate([acc0[None], acc]), loss, hist
+
+    over_seeds = jax.vmap(one_config, in_axes=(None, None, None, 0, None))
+    over_bits = jax.vmap(over_seeds, in_axes=(None, 0, 0, None, None))
+
+    @jax.jit
+    def sweep(adaptive_params, lr_bits, lr_scale, seeds, data: SweepData) -> SweepResult:
+        if data.test_codes.shape[0] % eval_chunk:
+            raise ValueError(f"the test set ({data.test_codes.shape[0]}) must be padded to a multiple of "
+                             f"eval_chunk={eval_chunk} (use sweep_data)")
+        acc, loss, hist = over_bits(adaptive_params, jnp.asarray(lr_bits, jnp.int32),
+                                    jnp.asarray(lr_scale, jnp.float32), jnp.asarray(seeds, jnp.int32), data)
+        return SweepResult(acc, loss, hist)
+
+    return sweep
+
+
+def prepare_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, quant, base_seed: int,
+                  eval_chunk: int = 1000):
+    """Event 0 and the frozen stage of the base run, exactly as `run_continual(..., seed=base_seed)` makes them.
+
+    Args:
+      train: `clq.train.TrainConfig` (event-0 fields used here).
+      quant: `clq.quant.QuantConfig`, or None for an FP32 frozen stage.
+    Returns:
+      (adaptive_params: the post-event-0 adaptive tree, frozen: `FrozenStage`, data: `SweepData`)
+    """
+    frozen_specs, _ = split_specs(specs, latent_layer)
+    k_first = jax.random.split(jax.random.PRNGKey(base_seed), 3)[0]
+    exp0 = stream.experiences[0]
+    folded, _ = train_first_event(specs, stream.train_images[exp0], stream.train_labels[exp0], k_first,
+                                  train.first_epochs, train.first_batch_size, train.first_lr, train.momentum,
+                                  train.weight_decay)
+    frozen = make_frozen_stage(frozen_specs, folded[: latent_layer + 1], stream.train_images[exp0], quant)
+    return folded[latent_layer + 1 :], frozen, sweep_data(stream, frozen, eval_chunk)
+
+
+def run_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, replay_size: int,
+              lr_bits: Sequence[int], seeds: Sequence[int], quant, base_seed: int = 0, policy: str = "ar1",
+              eval_chunk: int = 1000, prepared=None) -> dict:
+    """K bit-widths x S seeds of the learning phase on one stream and frozen stage, as one compiled call.
+
+    Args:
+      train: `clq.train.TrainConfig` (strategy must be 'qlr').
+      lr_bits: the K values of Q_LR (1..16).
+      seeds: the S seeds of the learning phase.
+      prepared: the result of `prepare_sweep` to reuse (else it is computed here).
+    Returns:
+      dict with ``accuracy`` float [K, S, E], ``final_accuracy`` float [K, S], ``train_loss`` [K, S, E-1],
+      ``buffer_histogram`` [K, S, num_classes] (NumPy), and the ``lr_bits``/``seeds`` axes.
+    """
+    if getattr(train, "strategy", "qlr") != "qlr":
+        raise ValueError(f"a vectorized sweep runs train.strategy='qlr' only, got {train.strategy!r}")
+    if not lr_bits or not seeds:
+        raise ValueError("lr_bits and seeds must each hold at least one value")
+    lr_bits = [check_bits(b, "replay.bits") for b in lr_bits]
+    if any(b is None for b in lr_bits):
+        raise ValueError("replay.bits=null (FP32 latents) cannot be vectorized with integer bit-widths")
+    params, frozen, data = prepared if prepared is not None else prepare_sweep(
+        stream, specs, latent_layer, train, quant, base_seed, eval_chunk)
+    comps = {minibatch_composition(int(n), replay_size, train.batch_size) for n in np.asarray(data.event_n)}
+    if len(comps) != 1:
+        raise ValueError(f"a vectorized sweep needs learning events of one mini-batch composition; event sizes "
+                         f"{sorted(set(np.asarray(data.event_n).tolist()))} give {sorted(comps)}")
+    _, adaptive_specs = split_specs(specs, latent_layer)
+    sweep = make_sweep(adaptive_specs, make_optimizer(train.lr, train.momentum, train.weight_decay), replay_size,
+                       data.codes0.shape[1:], stream.num_classes, comps.pop(), train.epochs, max(lr_bits), policy,
+                       eval_chunk)
+    res = sweep(params, np.asarray(lr_bits, np.int32), lr_scales(lr_bits, frozen.a_max),
+                np.asarray(seeds, np.int32), data)
+    acc = np.asarray(res.accuracy, np.float64)
+    return {"lr_bits": list(lr_bits), "seeds": [int(s) for s in seeds], "accuracy": acc,
+            "final_accuracy": acc[:, :, -1], "train_loss": np.asarray(res.train_loss),
+            "buffer_histogram": np.asarray(res.buffer_histogram)}

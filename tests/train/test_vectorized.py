@@ -1,0 +1,149 @@
+"""The vectorized sweep (K bit-widths x S seeds in one program) against separate runs of the same configurations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clq.model import fold_batch_norm, init_params, mobilenet_v1_specs, split_specs
+from clq.quant import make_latent_codec
+from clq.replay import make_replay_buffer
+from clq.train import TrainConfig, evaluate, make_learning_event, make_optimizer, make_predict, minibatch_composition
+from clq.train.vectorized import SweepData, lr_scales, make_sweep, run_sweep
+
+LAYER, CLASSES, N_LR, EVENTS, N_NEW, N0, TEST, CHUNK = 25, 6, 24, 4, 12, 30, 40, 20
+FROZEN_SCALE = np.float32(0.02)
+A_MAX = float(FROZEN_SCALE) * 255
+
+
+@pytest.fixture(scope="module")
+def setup():
+    specs = mobilenet_v1_specs(0.25, 16, CLASSES)
+    params, stats = init_params(specs, jax.random.PRNGKey(0))
+    _, adaptive = split_specs(specs, LAYER)
+    shape = adaptive[0].in_shape
+    rng = np.random.default_rng(0)
+
+    def latents(*lead):
+        """Codes that carry their label in channel 0, so that learning shows up in the accuracy."""
+        labels = rng.integers(0, CLASSES, lead).astype(np.int32)
+        codes = rng.integers(0, 60, (*lead, *shape)).astype(np.uint8)
+        codes[..., 0] += (labels * 30).astype(np.uint8)[..., None, None]
+        return codes, labels
+
+    codes0, labels0 = latents(N0)
+    codes, labels = latents(EVENTS - 1, N_NEW)
+    test, test_labels = latents(TEST)
+    event_n = np.full(EVENTS - 1, N_NEW, np.int32)
+    event_n[1] = N_NEW - 1  # a padded row, same composition: round(16*11/35) = round(16*12/36) = 5 new
+    data = SweepData(codes0, labels0, codes, labels, event_n, test, test_labels, FROZEN_SCALE)
+    comp = minibatch_composition(N_NEW, N_LR, 16)
+    assert comp == minibatch_composition(N_NEW - 1, N_LR, 16)
+    opt = make_optimizer(0.05, 0.9, 5e-4)
+    return fold_batch_norm(specs, params, stats)[LAYER + 1 :], adaptive, shape, data, comp, opt
+
+
+def _separate_runs(params, adaptive, shape, data: SweepData, comp, opt, bits, seeds):
+    """Each seed's run the way `run_continual` runs its learning events (one jitted call per event)."""
+    buffer = make_replay_buffer(N_LR, shape, make_latent_codec(bits, A_MAX), "ar1", CLASSES)
+    fns = jax.jit(buffer.add), make_learning_event(adaptive, opt, buffer, comp, 2), make_predict(adaptive)
+    return [_separate_run(params, data, opt, buffer, *fns, seed) for seed in seeds]
+
+
+def _separate_run(params, data: SweepData, opt, buffer, add, event, predict, seed):
+    _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
+    params = jax.tree.map(jnp.array, params)
+    opt_state = opt.init(params)
+
+    def decode(c):
+        return jnp.asarray(c, jnp.float32) * FROZEN_SCALE
+
+    def acc(p):
+        z = np.zeros(TEST, np.int32)
+        return evaluate(predict, p, np.asarray(data.test_codes), FROZEN_SCALE, np.asarray(data.test_labels), z,
+                        CLASSES, 1, CHUNK)["accuracy"]
+
+    state = add(buffer.init(), decode(data.codes0), jnp.asarray(data.labels0), jnp.ones(N0, bool),
+                jax.random.fold_in(k_buf, 0))
+    accs = [acc(params)]
+    for i in range(1, EVENTS):
+        x, y, n = decode(data.event_codes[i - 1]), jnp.asarray(data.event_labels[i - 1]), int(data.event_n[i - 1])
+        params, opt_state, _ = event(params, opt_state, x, y, jnp.int32(n), state, jax.random.fold_in(k_train, i))
+        state = add(state, x, y, jnp.arange(N_NEW) < n, jax.random.fold_in(k_buf, i))
+        accs.append(acc(params))
+    hist = np.bincount(np.asarray(state.labels)[np.asarray(state.filled)], minlength=CLASSES)
+    return np.asarray(accs), hist
+
+
+def test_sweep_equals_separate_runs_and_compiles_once(setup):
+    params, adaptive, shape, data, comp, opt = setup
+    sweep = make_sweep(adaptive, opt, N_LR, shape, CLASSES, comp, epochs=2, max_bits=8, eval_chunk=CHUNK)
+    bits, seeds = [8, 3], [0, 5]
+    res = sweep(params, np.asarray(bits, np.int32), lr_scales(bits, A_MAX), np.asarray(seeds, np.int32), data)
+    assert res.accuracy.shape == (2, 2, EVENTS) and res.accuracy.dtype == jnp.float32
+    assert res.train_loss.shape == (2, 2, EVENTS - 1)
+    for k, b in enumerate(bits):
+        for s, (acc, hist) in enumerate(_separate_runs(params, adaptive, shape, data, comp, opt, b, seeds)):
+            seed = seeds[s]
+            np.testing.assert_allclose(np.asarray(res.accuracy[k, s]), acc, atol=1e-6, err_msg=f"bits={b} seed={seed}")
+            np.testing.assert_array_equal(np.asarray(res.buffer_histogram[k, s]), hist)
+    assert np.all(np.asarray(res.buffer_histogram).sum(-1) == N_LR)  # event 0 filled the buffer
+    # Seeds and bit-widths change the outcome: the configurations are not copies of one another.
+    assert not np.array_equal(np.asarray(res.train_loss[0, 0]), np.asarray(res.train_loss[0, 1]))
+    assert not np.array_equal(np.asarray(res.train_loss[0, 0]), np.asarray(res.train_loss[1, 0]))
+    # Other bit-widths and seeds (same K, S) are traced values: no recompilation.
+    sweep(params, np.asarray([7, 6], np.int32), lr_scales([7, 6], A_MAX), np.asarray([1, 2], np.int32), data)
+    assert sweep._cache_size() == 1
+
+
+def test_lr_scales_match_the_codec():
+    for b in (1, 6, 8, 12, 16):
+        assert lr_scales([b], 3.7)[0] == make_latent_codec(b, 3.7).scale
+    with pytest.raises(ValueError, match="replay.bits"):
+        lr_scales([17], 1.0)
+
+
+def test_run_sweep_validates_its_arguments():
+    train = TrainConfig(strategy="ar1star")
+    with pytest.raises(ValueError, match="qlr"):
+        run_sweep(None, None, LAYER, train, N_LR, [8], [0], None)
+    with pytest.raises(ValueError, match="at least one"):
+        run_sweep(None, None, LAYER, TrainConfig(), N_LR, [], [0], None)
+    with pytest.raises(ValueError, match="FP32"):
+        run_sweep(None, None, LAYER, TrainConfig(), N_LR, [8, None], [0], None)
+
+
+# The sweep benchmark's optimizations of clq.model.forward (docs/performance.md) must not change any number.
+# (They belong in tests/model/; they live here while that file has another owner.)
+
+
+def test_init_params_equals_one_draw_per_layer():
+    """`init_params` draws every layer in one compiled program; the values are the per-layer draws."""
+    specs = mobilenet_v1_specs(0.25, 16, 6)
+    key = jax.random.PRNGKey(7)
+    params, _ = init_params(specs, key)
+    for i in (0, 1, 2, 28):  # conv, dw, pw, classifier (each eager draw compiles: keep it to these)
+        spec, k, p = specs[i], jax.random.split(key, len(specs))[i], params[i]
+        if spec.has_params:
+            shape = spec.weight_shape
+            fan_in = int(np.prod(shape[:-1])) if spec.kind != "dw" else spec.kernel * spec.kernel
+            w = jax.random.normal(k, shape, jnp.float32) * np.float32(np.sqrt(2.0 / fan_in))
+            if not spec.batch_norm:
+                w = w * np.float32(np.sqrt(0.5))
+            np.testing.assert_array_equal(np.asarray(p["w"]), np.asarray(w), err_msg=spec.name)
+
+
+@pytest.mark.parametrize("stride,size", [(2, 16), (2, 15), (1, 8)])
+def test_dense_conv_im2col_matches_xla_conv(stride, size):
+    from clq.model.forward import linear_op, same_padding
+    from clq.model.specs import LayerSpec
+
+    out = -(-size // stride)
+    spec = LayerSpec(0, "conv1", "conv", 3, stride, (size, size, 3), (out, out, 8), True, "relu")
+    x = jax.random.uniform(jax.random.PRNGKey(1), (2, size, size, 3))
+    w = jax.random.normal(jax.random.PRNGKey(2), spec.weight_shape)
+    pads = (same_padding(size, 3, stride),) * 2
+    ref = jax.lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                       precision=jax.lax.Precision.HIGHEST)
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda x, w: linear_op(spec, w, x))(x, w)), np.asarray(ref),
+                               rtol=1e-5, atol=1e-5)
