@@ -7,6 +7,8 @@ allowed values; `clq-run` prints it and exits with status 2.
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -87,6 +89,17 @@ class ExperimentConfig:
     checkpoint_every: int = 1
     enforce_memory: bool = False
     latent_cache_dir: str | None = None
+    compile_cache_dir: str | None = None
+
+
+def _optional_path(cfg: Mapping, key: str) -> str | None:
+    """A directory field: a non-empty string (``~`` expanded) or null."""
+    v = cfg.get(key)
+    if v is None or v == "":
+        return None
+    if not isinstance(v, str):
+        raise ConfigError(f"{key} must be a directory path or null, got {v!r}")
+    return os.path.expanduser(v)
 
 
 def _get(m: Mapping, key: str, default=None):
@@ -266,4 +279,4 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
     every = _int(cfg.get("checkpoint_every", 1), "checkpoint_every", 0)
     return ExperimentConfig(model, data, quant, replay, train, tracking, latent_layer, seed, joint,
                             bool(cfg.get("progress", True)), target, resume, every, enforce,
-                            cfg.get("latent_cache_dir") or None)
+                            cfg.get("latent_cache_dir") or None, _optional_path(cfg, "compile_cache_dir"))

@@ -48,7 +48,29 @@ def test_tiny_run_through_hydra_app(tmp_path):
     assert "final accuracy" in p.stdout and "replay buffer memory" in p.stdout
 
 
+@pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed (scripts/setup.sh installs it)")
+def test_second_run_loads_its_programs_from_the_compile_cache(tmp_path):
+    """The persistent compilation cache: the first run fills it, a second run adds nothing and gets the same numbers."""
+    cache = tmp_path / "xla"
+
+    def entries():
+        return {p.name for p in cache.iterdir() if p.name.endswith("-cache")}
+
+    runs = []
+    for i in range(2):
+        run_dir = tmp_path / f"run{i}"
+        p = _run([*TINY, "checkpoint_every=0", f"compile_cache_dir={cache}", f"hydra.run.dir={run_dir}"], tmp_path)
+        assert p.returncode == 0, p.stderr[-3000:]
+        runs.append(json.loads((run_dir / "results.json").read_text()))
+        if i == 0:
+            first = entries()
+            assert len(first) > 10  # every program of the run, however quickly it compiled
+    assert entries() == first  # the second run compiled nothing new: every program came from the cache
+    assert runs[0]["accuracy_per_event"] == runs[1]["accuracy_per_event"]
+
+
 @pytest.mark.parametrize("override,needle", [
+    ("compile_cache_dir=5", "compile_cache_dir must be a directory path or null"),
     ("latent_layer=40", "latent_layer must be in 0..27"),
     ("replay.bits=20", "replay.bits must be"),
     ("replay.policy=fifo", "replay.policy must be one of"),
