@@ -1,0 +1,167 @@
+"""clq against a PyTorch reference of the same continual-learning run: time ratio and final accuracy.
+
+    .venv/bin/python bench/bench_torch_reference.py     # ~12 min on the 2-core machine; writes bench/results/torch_reference.json
+
+The reference is `bench/torch_ref`, a faithful PyTorch port of the ar1-pytorch latent-replay loop on clq's
+stream, model and hyper-parameters (avalanche-lib 0.6.0 does not install beside clq's pins here: it needs
+torchvision, see docs/performance.md). Every run is a fresh Python process on the default stream (76 events,
+MobileNet-V1 0.5 / 32 px, l = 19, seed 0) and is timed from start to end of the process, imports included:
+
+* ``clq``: `clq.train.run_continual` with the default configuration (UINT-8 frozen stage + UINT-8 latents),
+  no checkpoints and no tracking (the reference has neither);
+* ``clq FP32``: the same with an FP32 frozen stage and FP32 latents, the reference's precision (accuracy
+  only; run once);
+* ``PyTorch ar1 loop``: the reference as ar1-pytorch runs it (frozen stage in every training iteration,
+  whole-network test evaluation after every event);
+* ``PyTorch + latent cache``: the same loop with clq's pipeline (each image crosses the frozen stage once,
+  test latents cached) - what compilation buys once the pipeline is the same.
+
+PyTorch gets its best thread count: OpenMP threads spin at barriers, and on this shared 2-core machine 2
+threads can be several times slower than 1 when other jobs run; each reference process first times a few
+event-0 steps with 1 and with 2 threads and keeps the faster. Runs are interleaved over --repeats rounds;
+the best and median are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.common import best_and_median, machine, truncate_stream, write_result  # noqa: E402
+
+
+def _choose_threads(specs) -> tuple[int, dict]:
+    """The faster of 1 and all cores for PyTorch, from a few event-0 training steps (batch 64)."""
+    import torch
+    import torch.nn.functional as F
+
+    from bench.torch_ref.model import MobileNetBN
+
+    net = MobileNetBN(specs)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    h, w, c = specs[0].in_shape
+    x, y = torch.rand(64, c, h, w), torch.randint(0, specs[-1].out_channels, (64,))
+    times = {}
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        best = float("inf")
+        for i in range(8):
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+            if i >= 2:
+                best = min(best, time.perf_counter() - t0)
+        times[threads] = best
+    return min(times, key=times.get), times
+
+
+def worker(args) -> None:
+    t_start = time.perf_counter()
+    from bench.common import default_experiment
+    from clq.run import load_stream
+
+    overrides = list(args.overrides)
+    if args.kind == "clq-fp32":
+        overrides += ["quant=fp32", "replay.bits=null"]
+    exp = default_experiment(overrides)
+    stream = truncate_stream(load_stream(exp), args.events)
+    specs = exp.model.specs()
+    out = {}
+    if args.kind.startswith("clq"):
+        from clq.train.loop import run_continual
+
+        r = run_continual(stream, specs, exp.latent_layer, exp.train, exp.replay, exp.quant, exp.seed)
+    else:
+        from bench.torch_ref import ReferenceConfig, run_reference
+
+        threads, calib = _choose_threads(specs)
+        out["thread_calibration_step_s"] = calib
+        t = exp.train
+        cfg = ReferenceConfig(exp.latent_layer, exp.replay.size, t.epochs, t.batch_size, t.lr, t.momentum,
+                              t.weight_decay, t.first_epochs, t.first_lr, t.first_batch_size, t.eval_batch_size,
+                              cache_latents=args.kind == "torch-cached", threads=threads)
+        r = run_reference(stream, specs, cfg, exp.seed)
+    out.update({"wall_s": time.perf_counter() - t_start, "timing_s": r["timing_s"],
+                "final_accuracy": r["final_accuracy"], "accuracy_per_event": r["accuracy_per_event"]})
+    print(json.dumps(out))
+
+
+def run_worker(kind: str, args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind]
+    if args.events:
+        cmd += ["--events", str(args.events)]
+    if args.overrides:
+        cmd += ["--overrides", *args.overrides]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        sys.stderr.write(out.stderr[-4000:])
+        raise RuntimeError(f"benchmark worker {kind!r} failed with exit status {out.returncode} (its stderr above)")
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["process_s"] = time.perf_counter() - t0
+    return res
+
+
+NAMES = {"clq": "clq", "torch": "PyTorch ar1 loop", "torch-cached": "PyTorch + latent cache"}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--events", type=int, default=None, help="first N events only (quick trials)")
+    ap.add_argument("--overrides", nargs="*", default=[])
+    ap.add_argument("--worker", default=None, choices=["clq", "clq-fp32", "torch", "torch-cached"],
+                    help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.worker:
+        args.kind = args.worker
+        return worker(args)
+    info = machine()
+    runs = {k: [] for k in NAMES}
+    for r in range(args.repeats):
+        for kind in NAMES:
+            res = run_worker(kind, args)
+            runs[kind].append(res)
+            print(f"round {r}: {NAMES[kind]}: {res['process_s']:.1f} s, final accuracy {res['final_accuracy']:.4f}",
+                  file=sys.stderr)
+    fp32 = run_worker("clq-fp32", args)
+    print(f"clq FP32 + FP32: {fp32['process_s']:.1f} s, final accuracy {fp32['final_accuracy']:.4f}", file=sys.stderr)
+    wall = {k: best_and_median([x["process_s"] for x in v]) for k, v in runs.items()}
+    acc = {k: v[0]["final_accuracy"] for k, v in runs.items()}
+    result = {
+        "benchmark": "clq vs PyTorch reference (ar1-pytorch latent-replay loop), same stream/model/hyper-parameters",
+        "command": "python bench/bench_torch_reference.py",
+        "stream_events": args.events or "all",
+        "wall_s": wall,
+        "speedup_vs_pytorch_ar1_loop": wall["torch"]["best"] / wall["clq"]["best"],
+        "speedup_vs_pytorch_with_latent_cache": wall["torch-cached"]["best"] / wall["clq"]["best"],
+        "speedup_medians": {"torch": wall["torch"]["median"] / wall["clq"]["median"],
+                            "torch-cached": wall["torch-cached"]["median"] / wall["clq"]["median"]},
+        "final_accuracy": {**acc, "clq-fp32": fp32["final_accuracy"]},
+        "accuracy_gap_points": {"clq U8+U8 - PyTorch FP32": 100 * (acc["clq"] - acc["torch"]),
+                                "clq FP32 - PyTorch FP32": 100 * (fp32["final_accuracy"] - acc["torch"])},
+        "split_s": {k: min(v, key=lambda x: x["process_s"])["timing_s"] for k, v in runs.items()},
+        "torch_threads": [x.get("thread_calibration_step_s") for x in runs["torch"] + runs["torch-cached"]],
+        "runs": runs, "clq_fp32_run": fp32, "machine": info,
+    }
+    path = write_result("torch_reference", result, args.out)
+    print("| run | wall (s), best / median | final accuracy | clq speed-up |\n|---|---|---|---|")
+    for k, name in NAMES.items():
+        print(f"| {name} | {wall[k]['best']:.1f} / {wall[k]['median']:.1f} | {100 * acc[k]:.2f} % | "
+              f"{wall[k]['best'] / wall['clq']['best']:.2f}x |")
+    print(f"| clq FP32 + FP32 | {fp32['process_s']:.1f} | {100 * fp32['final_accuracy']:.2f} % | - |")
+    print(f"wrote {os.path.relpath(path, ROOT)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Shared helpers of the benchmarks: the default experiment's config, compile-time accounting, JSON output.
+
+Every benchmark reports ratios against a baseline measured in the same invocation (the 2-core machine is
+shared and its absolute speed drifts); repeated measurements report the best and the median.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "bench", "results")
+
+
+def default_experiment(overrides=()):
+    """The typed config of `clq-run` with conf/config.yaml defaults (plus Hydra-style overrides)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from clq.config import experiment_config
+
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+    return experiment_config(cfg)
+
+
+def truncate_stream(stream, events: int | None):
+    """The first `events` learning events of `stream` (all when None): for quick trial runs only."""
+    if events is None or events >= stream.num_events:
+        return stream
+    return dataclasses.replace(stream, experiences=stream.experiences[:events],
+                               experience_classes=stream.experience_classes[:events],
+                               experience_sessions=stream.experience_sessions[:events])
+
+
+class CompileClock:
+    """Seconds JAX spends tracing, lowering and compiling (XLA), from `jax.monitoring` events.
+
+    The totals overlap the phase timers of `run_continual`: compilation happens inside the phase that first
+    calls a function.
+    """
+
+    EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
+              "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+              "/jax/core/compile/backend_compile_duration": "xla_compile_s"}
+
+    def __init__(self):
+        from jax import monitoring
+
+        self.totals = collections.Counter()
+        self.by_function = collections.Counter()
+        self.cache_hits = 0
+
+        def listen(event, duration, **kw):
+            name = self.EVENTS.get(event)
+            if name:
+                self.totals[name] += duration
+                if name == "xla_compile_s":
+                    self.by_function[kw.get("fun_name", "?")] += duration
+
+        def count(event, **kw):
+            if event == "/jax/compilation_cache/cache_hits":
+                self.cache_hits += 1
+
+        monitoring.register_event_duration_secs_listener(listen)
+        monitoring.register_event_listener(count)
+
+    def snapshot(self) -> dict:
+        out = {k: round(v, 3) for k, v in self.totals.items()}
+        out["total_s"] = round(sum(self.totals.values()), 3)
+        out["persistent_cache_hits"] = self.cache_hits
+        out["top_functions_s"] = {k: round(v, 3) for k, v in self.by_function.most_common(6)}
+        return out
+
+
+def best_and_median(values) -> dict:
+    return {"best": min(values), "median": statistics.median(values), "all": list(values)}
+
+
+def timed(fn, *args, **kwargs):
+    """(result, seconds) of one call."""
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def machine() -> dict:
+    import jax
+    import numpy as np
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__,
+            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "load_average_at_start": load}
+
+
+def write_result(name: str, result: dict, out: str | None = None) -> str:
+    """Atomically write bench/results/<name>.json (or `out`); returns the path."""
+    path = out or os.path.join(RESULTS, f"{name}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=2, default=_jsonable)
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(o):
+    import numpy as np
+
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(type(o).__name__)
