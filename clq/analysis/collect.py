@@ -72,6 +72,8 @@ METRIC_COLUMNS = ("final_accuracy", "average_accuracy", "forgetting", "forgettin
                   "energy_j_frozen", "wall_time_s", "n_events")
 #: Written in a member's run dir by `clq.analysis.callbacks.SweepSummary` when Hydra caught an exception.
 FAILURE_FILE = "job_failure.json"
+#: Written in the run dir of a `clq-vsweep` (clq/vsweep.py); its members are the sub-folders.
+VSWEEP_FILE = "vsweep.json"
 
 _MISSING = ("no results.json: the member crashed before writing it, was killed (e.g. out of memory), "
             "or is still running")
@@ -142,13 +144,16 @@ def _read_yaml(path: str):
 def find_members(root: str) -> list[str]:
     """Run dirs under `root` (itself included): folders holding results.json or .hydra/overrides.yaml.
 
-    Skips wandb, submitit and checkpoint folders. Sorted by Hydra job number where the folder name is one.
+    Skips wandb, submitit and checkpoint folders. The run dir of a `clq-vsweep` (it holds ``vsweep.json``) is not
+    a member itself; its ``bits<Q>_seed<s>`` folders are. Sorted by Hydra job number where the folder name is one.
     """
     members = []
     skip = {"wandb", ".submitit", "checkpoints", ".hydra", "__pycache__"}
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = [d for d in dirnames if d not in skip and not d.startswith(".tmp")]
-        if "results.json" in filenames or os.path.isfile(os.path.join(dirpath, ".hydra", "overrides.yaml")):
+        if "results.json" in filenames:
+            members.append(dirpath)
+        elif os.path.isfile(os.path.join(dirpath, ".hydra", "overrides.yaml")) and VSWEEP_FILE not in filenames:
             members.append(dirpath)
     def key(p):
         rel = os.path.relpath(p, root)

@@ -207,22 +207,30 @@ def make_sweep(
 
 
 def prepare_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, quant, base_seed: int,
-                  eval_chunk: int = 1000):
+                  eval_chunk: int = 1000, initial_params=None, log: Callable[[str], None] | None = None):
     """Event 0 and the frozen stage of the base run, exactly as `run_continual(..., seed=base_seed)` makes them.
 
     Args:
       train: `clq.train.TrainConfig` (event-0 fields used here).
       quant: `clq.quant.QuantConfig`, or None for an FP32 frozen stage.
+      initial_params: optional (params, bn_stats) in BN form that event 0 starts from (as in `run_continual`).
+      log: optional callable(message) told each phase (event-0 epochs, frozen stage, latents).
     Returns:
       (adaptive_params: the post-event-0 adaptive tree, frozen: `FrozenStage`, data: `SweepData`)
     """
+    say = log or (lambda msg: None)
     frozen_specs, _ = split_specs(specs, latent_layer)
     k_first = jax.random.split(jax.random.PRNGKey(base_seed), 3)[0]
     exp0 = stream.experiences[0]
     folded, _ = train_first_event(specs, stream.train_images[exp0], stream.train_labels[exp0], k_first,
                                   train.first_epochs, train.first_batch_size, train.first_lr, train.momentum,
-                                  train.weight_decay)
+                                  train.weight_decay,
+                                  progress=None if log is None else lambda e, l, a: log(
+                                      f"event 0 epoch {e + 1}/{train.first_epochs}: loss {l:.4f} acc {a:.3f}"),
+                                  init=initial_params)
+    say(f"frozen stage: layers 0..{latent_layer} calibrated on event 0")
     frozen = make_frozen_stage(frozen_specs, folded[: latent_layer + 1], stream.train_images[exp0], quant)
+    say("latents: every image of the stream through the frozen stage, once")
     return folded[latent_layer + 1 :], frozen, sweep_data(stream, frozen, eval_chunk)
 
 
