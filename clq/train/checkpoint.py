@@ -40,11 +40,8 @@ def _flatten(name: str, tree) -> dict[str, np.ndarray]:
 
 
 def _sha256(path: str) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _atomic_write(folder: str, final: str, write) -> None:
