@@ -6,7 +6,7 @@
 The experiment is `clq-run`'s (conf/config.yaml and its groups, validated by `clq.config.experiment_config`)
 plus ``vsweep.bits`` and ``vsweep.seeds`` (conf/vsweep.yaml). Event 0, the frozen stage and every latent come
 from one base run (``seed``); then the learning phase of every (Q_LR, seed) runs as ONE jitted call
-(`clq.train.vectorized.run_sweep`). The member whose seed is the base seed is exactly `clq-run` with that
+(`clq.train.vectorized.run_sweep`). The member whose seed is the base seed is the same computation as `clq-run` with that
 ``replay.bits`` and ``seed``; another member shares the base run's stream and event 0 and draws its own training
 and buffer randomness (a learning-phase replicate, not a `clq-run seed=s`).
 
