@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import best_and_median, machine, write_result  # noqa: E402
+from bench.common import best_and_median, machine, run_json_worker, write_result  # noqa: E402
 
 PHASES = {  # reported name: keys of results['timing_s'] summed into it
     "event 0 (whole-network training)": ("first_event_s",),
@@ -77,15 +76,8 @@ def run_worker(cache_dir: str | None, overrides) -> dict:
         cmd += ["--cache-dir", cache_dir]
     if overrides:
         cmd += ["--overrides", *overrides]
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                         env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
-    if out.returncode:
-        sys.stderr.write(out.stderr[-4000:])
-        raise RuntimeError(f"benchmark worker failed with exit status {out.returncode} (its stderr above)")
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    res["process_s"] = time.perf_counter() - t0
-    return res
+    return run_json_worker(cmd, "warm cache" if cache_dir else "no cache",
+                           env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
 
 
 def split(timing: dict) -> dict:

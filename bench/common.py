@@ -79,6 +79,25 @@ class CompileClock:
         return out
 
 
+def run_json_worker(cmd: list[str], name: str, env: dict | None = None) -> dict:
+    """Run a benchmark worker process; returns its last stdout line (JSON) plus ``process_s``, its wall time.
+
+    Raises:
+      RuntimeError (after echoing the end of the worker's stderr) if the worker fails.
+    """
+    import subprocess
+    import sys
+
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    if out.returncode:
+        sys.stderr.write(out.stderr[-4000:])
+        raise RuntimeError(f"benchmark worker {name!r} failed with exit status {out.returncode} (its stderr above)")
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["process_s"] = time.perf_counter() - t0
+    return res
+
+
 def best_and_median(values) -> dict:
     return {"best": min(values), "median": statistics.median(values), "all": list(values)}
 
