@@ -1,14 +1,17 @@
 """Argument checks of the cost model, run before any compute.
 
 Every check raises `ValueError` naming the argument, the config key it comes from in ``clq-cost``/``clq-run``
-(in parentheses) and the allowed values.
+(in parentheses) and the allowed values. Bit-widths and the latent layer are checked by the package-wide
+validators (`clq.quant.uniform.check_bits`, `clq.model.specs.validate_latent_layer`), so the cost model and
+``clq-run`` accept and reject the same values with the same messages.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
-from clq.model.specs import LayerSpec, validate_latent_layer
+from clq.model.specs import validate_latent_layer as check_latent_layer
+from clq.quant.uniform import check_bits
 
 __all__ = [
     "BACKWARD_ERROR_POLICIES",
@@ -19,30 +22,17 @@ __all__ = [
     "check_latent_layer",
 ]
 
-#: Which adaptive layers run the backward-error kernel (see `clq.cost.cycles`).
+#: Which adaptive layers run the backward-error kernel (see `clq.cost.engine`).
 #: ``all_but_first``: every adaptive layer above the lowest trainable one (the error below the lowest trainable
 #: layer is never used, so it is not computed). ``none``: the paper's per-event accounting, which counts
 #: forward + backward-gradient only (see docs/cost_model.md, "Calibration").
 BACKWARD_ERROR_POLICIES = ("all_but_first", "none")
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def check_count(value: Any, name: str, minimum: int) -> int:
     """An integer >= minimum."""
-    if not _is_int(value) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_bits(value: Any, name: str, lo: int, hi: int) -> int | None:
-    """None (FP32) or an integer in lo..hi."""
-    if value is None:
-        return None
-    if not _is_int(value) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in {lo}..{hi} or null (FP32), got {value!r}")
     return value
 
 
@@ -51,10 +41,6 @@ def check_event(new_images: Any, buffer_size: Any, epochs: Any, batch_size: Any)
     check_count(buffer_size, "buffer_size (replay.size)", 0)
     check_count(epochs, "epochs (train.epochs)", 1)
     check_count(batch_size, "batch_size (train.batch_size)", 1)
-
-
-def check_latent_layer(specs: Sequence[LayerSpec], latent_layer: Any) -> int:
-    return validate_latent_layer(specs, latent_layer)
 
 
 def check_backward_error(policy: Any) -> str:
