@@ -12,7 +12,6 @@ configuration) give the speed-up of vectorization as a ratio, which is what carr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -21,6 +20,7 @@ import numpy as np
 
 from clq.cost import cost_report, evaluate_grid, load_target
 from clq.model.specs import mobilenet_v1_specs
+from clq.tracking import write_json_atomic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AXES = dict(
@@ -72,11 +72,7 @@ def main(argv=None) -> dict:
         "machine": {"python": platform.python_version(), "numpy": np.__version__, "cpus": os.cpu_count(),
                     "processor": platform.processor() or platform.machine()},
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, args.out)
+    write_json_atomic(args.out, result)
     print(f"{n:,} configurations in {best * 1e3:.1f} ms (best of {args.repeats}): "
           f"{n / best:,.0f} configurations/s; one cost_report at a time: {1 / loop_per_config:,.0f}/s "
           f"-> vectorized is {loop_per_config * n / best:,.0f}x faster. Wrote {os.path.relpath(args.out, ROOT)}")

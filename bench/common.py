@@ -120,21 +120,9 @@ def machine() -> dict:
 
 
 def write_result(name: str, result: dict, out: str | None = None) -> str:
-    """Atomically write bench/results/<name>.json (or `out`); returns the path."""
+    """Atomically write bench/results/<name>.json (or `out`) with `clq.tracking.write_json_atomic`; returns the path."""
+    from clq.tracking import write_json_atomic
+
     path = out or os.path.join(RESULTS, f"{name}.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f, indent=2, default=_jsonable)
-    os.replace(tmp, path)
+    write_json_atomic(path, result)
     return path
-
-
-def _jsonable(o):
-    import numpy as np
-
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(type(o).__name__)

@@ -25,7 +25,6 @@ benchmark times the protocol, not the accuracy). Writes ``bench/results/core50_p
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -156,11 +155,9 @@ def main(argv=None):
     if args.paper_events > 0:
         out["paper"] = run_protocol("paper", args.cache, args.lists, args.scenario, args.run, 1.0, 128, 19,
                                     args.paper_events, args.first_epochs, args.replay_size, args.epochs)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(tmp, args.out)
+    from clq.tracking import write_json_atomic
+
+    write_json_atomic(args.out, out)
     for k in ("protocol", "paper"):
         if k in out:
             r = out[k]
