@@ -47,26 +47,28 @@ def config_arrays(
 
     ``lr_bits``/``frozen_bits`` may hold None (FP32), encoded as 32 bits + a `*_quantized` flag.
     """
+    def col(v, dtype):
+        return np.atleast_1d(np.asarray(v, dtype=dtype))
+
     def bits(v):
-        a = np.atleast_1d(np.asarray(v, dtype=object))
-        q = np.array([b is not None for b in a])
-        return np.array([32.0 if b is None else float(b) for b in a]), q
+        a = col(v, object)
+        return np.array([32.0 if b is None else float(b) for b in a]), np.array([b is not None for b in a])
 
     lb, lq = bits(lr_bits)
     fb, fq = bits(frozen_bits)
     out = {
-        "target": np.atleast_1d(np.asarray(target_index, dtype=np.int64)),
-        "l1_bytes": np.atleast_1d(np.asarray(l1_bytes, dtype=np.float64)),
-        "latent_layer": np.atleast_1d(np.asarray(latent_layer, dtype=np.int64)),
+        "target": col(target_index, np.int64),
+        "l1_bytes": col(l1_bytes, np.float64),
+        "latent_layer": col(latent_layer, np.int64),
         "lr_bits": lb,
         "lr_quantized": lq,
-        "buffer_size": np.atleast_1d(np.asarray(buffer_size, dtype=np.float64)),
-        "new_images": np.atleast_1d(np.asarray(new_images, dtype=np.float64)),
-        "epochs": np.atleast_1d(np.asarray(epochs, dtype=np.float64)),
-        "batch_size": np.atleast_1d(np.asarray(batch_size, dtype=np.float64)),
+        "buffer_size": col(buffer_size, np.float64),
+        "new_images": col(new_images, np.float64),
+        "epochs": col(epochs, np.float64),
+        "batch_size": col(batch_size, np.float64),
         "frozen_bits": fb,
         "frozen_quantized": fq,
-        "optimizer_slots": np.atleast_1d(np.asarray(optimizer_slots, dtype=np.float64)),
+        "optimizer_slots": col(optimizer_slots, np.float64),
     }
     n = max(len(v) for v in out.values())
     return {k: np.broadcast_to(v, (n,)) for k, v in out.items()}
