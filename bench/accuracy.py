@@ -18,8 +18,6 @@ import sys
 import time
 
 import numpy as np
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from clq.config import experiment_config
 from clq.run import load_stream
@@ -27,6 +25,10 @@ from clq.tracking import write_json_atomic
 from clq.train.loop import ReplayConfig, run_continual
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.common import default_config  # noqa: E402
+
 VARIANTS = {  # name: (frozen stage: None = FP32, else quant overrides; lr_bits)
     "FP32 + FP32": (None, None),
     "FP32 + U8": (None, 8),
@@ -43,8 +45,7 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                     help="run only these; the others' figures are kept from --out if it exists")
     args = ap.parse_args(argv)
-    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("config", overrides=args.overrides), resolve=True)
+    cfg = default_config(args.overrides)
     base = experiment_config(cfg)
     rows = {k: [] for k in [*args.variants, *(["joint upper bound"] if "U8 + U8" in args.variants else [])]}
     t0 = time.time()

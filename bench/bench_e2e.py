@@ -50,21 +50,14 @@ def worker(args) -> None:
         from clq.run import enable_compile_cache
 
         enable_compile_cache(args.cache_dir)
-    from bench.common import CompileClock, default_experiment
-
-    clock = CompileClock()
-    overrides = ["tracking.mode=offline", "progress=false", *args.overrides]
-    exp = default_experiment(overrides)
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
+    from bench.common import CompileClock, default_config
+    from clq.config import experiment_config
     from clq.run import run_experiment
 
-    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
-        resolved = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
+    clock = CompileClock()
+    resolved = default_config(["tracking.mode=offline", "progress=false", *args.overrides])
     with tempfile.TemporaryDirectory() as run_dir:
-        os.environ.setdefault("WANDB_SILENT", "true")
-        r = run_experiment(exp, resolved, run_dir)
+        r = run_experiment(experiment_config(resolved), resolved, run_dir)
     print(json.dumps({"wall_s": time.perf_counter() - t_start, "run_wall_s": r["wall_time_s"],
                       "timing_s": r["timing_s"], "compile": clock.snapshot(),
                       "final_accuracy": r["final_accuracy"]}))

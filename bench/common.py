@@ -18,16 +18,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 
 
-def default_experiment(overrides=()):
-    """The typed config of `clq-run` with conf/config.yaml defaults (plus Hydra-style overrides)."""
+def default_config(overrides=()) -> dict:
+    """The resolved config of `clq-run` (conf/config.yaml plus Hydra-style overrides) as a plain dict."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+
+
+def default_experiment(overrides=()):
+    """The typed config of `clq-run` with conf/config.yaml defaults (plus Hydra-style overrides)."""
     from clq.config import experiment_config
 
-    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
-    return experiment_config(cfg)
+    return experiment_config(default_config(overrides))
 
 
 def truncate_stream(stream, events: int | None):
