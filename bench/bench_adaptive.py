@@ -98,25 +98,12 @@ def torch_step(specs, layer: int, repeats: int, batch=128, steps=5):
         import torch
         import torch.nn.functional as F
 
-        from bench.torch_ref.model import AdaptiveStage
+        from bench.torch_ref.model import AdaptiveStage, params_from_clq
     except ImportError:
         return None
     params, stats = init_params(specs, jax.random.PRNGKey(0))
-    folded = fold_batch_norm(specs, params, stats)
-    tf = []
-    for s, p in zip(specs, folded):
-        if not p:
-            tf.append({})
-        elif s.kind == "linear":
-            tf.append({"w": torch.from_numpy(np.asarray(p["w"]).T.copy()), "b": torch.from_numpy(np.asarray(p["b"]))})
-        elif s.kind == "dw":  # HW1C -> C1HW
-            tf.append({"w": torch.from_numpy(np.asarray(p["w"]).transpose(3, 2, 0, 1).copy()),
-                       "b": torch.from_numpy(np.asarray(p["b"]))})
-        else:  # HWIO (pw: IO) -> OIHW
-            w = np.asarray(p["w"])
-            w = w.reshape(1, 1, *w.shape) if w.ndim == 2 else w
-            tf.append({"w": torch.from_numpy(w.transpose(3, 2, 0, 1).copy()), "b": torch.from_numpy(np.asarray(p["b"]))})
-    model = AdaptiveStage(specs[layer + 1 :], tf[layer + 1 :])
+    folded = fold_batch_norm(specs, params, stats)[layer + 1 :]
+    model = AdaptiveStage(specs[layer + 1 :], params_from_clq(specs[layer + 1 :], folded))
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
     h, w, c = specs[layer].out_shape
     x = torch.rand(batch, c, h, w) * 6

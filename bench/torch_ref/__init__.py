@@ -15,6 +15,7 @@ frozen stage once, test latents cached), to separate what the pipeline buys from
 """
 
 from bench.torch_ref.ar1 import ReferenceConfig, run_reference
-from bench.torch_ref.model import AdaptiveStage, FrozenStage, MobileNetBN, fold_batch_norm
+from bench.torch_ref.model import AdaptiveStage, FrozenStage, MobileNetBN, fold_batch_norm, params_from_clq
 
-__all__ = ["ReferenceConfig", "run_reference", "AdaptiveStage", "FrozenStage", "MobileNetBN", "fold_batch_norm"]
+__all__ = ["ReferenceConfig", "run_reference", "AdaptiveStage", "FrozenStage", "MobileNetBN", "fold_batch_norm",
+           "params_from_clq"]

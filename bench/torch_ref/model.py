@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +18,7 @@ from torch import nn
 from clq.model.forward import BN_EPS, same_padding
 from clq.model.specs import LayerSpec
 
-__all__ = ["MobileNetBN", "FrozenStage", "AdaptiveStage", "fold_batch_norm"]
+__all__ = ["MobileNetBN", "FrozenStage", "AdaptiveStage", "fold_batch_norm", "params_from_clq"]
 
 
 def _conv(spec: LayerSpec, bias: bool) -> nn.Module:
@@ -101,6 +102,28 @@ def fold_batch_norm(net: MobileNetBN, stats: Sequence[tuple[torch.Tensor, torch.
             layer, (mean, var) = next(it)
             g = layer.bn.weight.detach() / torch.sqrt(var + BN_EPS)
             out.append({"w": layer.conv.weight.detach() * g.view(-1, 1, 1, 1), "b": layer.bn.bias.detach() - mean * g})
+    return out
+
+
+def params_from_clq(specs: Sequence[LayerSpec], folded: Sequence[dict]) -> list[dict]:
+    """clq's folded parameters (HWIO conv, HW1C depthwise, IO pointwise and linear) in PyTorch's layout.
+
+    Returns, per spec, ``{'w', 'b'}`` float32 tensors (OIHW conv/pointwise, C1HW depthwise, OI linear), ``{}``
+    for the pool, ready for `FrozenStage` / `AdaptiveStage`.
+    """
+    out = []
+    for spec, p in zip(specs, folded):
+        if not p:
+            out.append({})
+            continue
+        w = np.asarray(p["w"])
+        if spec.kind in ("conv", "dw"):
+            w = w.transpose(3, 2, 0, 1)
+        elif spec.kind == "pw":
+            w = w.T[:, :, None, None]
+        else:
+            w = w.T
+        out.append({"w": torch.from_numpy(np.ascontiguousarray(w)), "b": torch.from_numpy(np.array(p["b"]))})
     return out
 
 

@@ -16,25 +16,11 @@ torch = pytest.importorskip("torch")  # in the dev extra (pyproject.toml); the C
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from bench.torch_ref.ar1 import _composition  # noqa: E402
-from bench.torch_ref.model import AdaptiveStage, FrozenStage, MobileNetBN, fold_batch_norm  # noqa: E402
+from bench.torch_ref.model import AdaptiveStage, FrozenStage, MobileNetBN, fold_batch_norm, params_from_clq  # noqa: E402
 
 from clq.model import fold_batch_norm as clq_fold  # noqa: E402
 from clq.model import forward, init_params, mobilenet_v1_specs, split_specs  # noqa: E402
 from clq.train import minibatch_composition  # noqa: E402
-
-
-def _to_torch(spec, p):
-    """clq's folded parameters (HWIO / HW1C / IO) in PyTorch's layout (OIHW / C1HW / OI)."""
-    if not p:
-        return {}
-    w = np.asarray(p["w"])
-    if spec.kind in ("conv", "dw"):
-        w = w.transpose(3, 2, 0, 1)
-    elif spec.kind == "pw":
-        w = w.T[:, :, None, None]
-    else:
-        w = w.T
-    return {"w": torch.from_numpy(np.ascontiguousarray(w)), "b": torch.from_numpy(np.array(p["b"]))}
 
 
 @pytest.mark.parametrize("width,size,layer", [(0.25, 32, 19), (0.25, 17, 7), (0.5, 32, 23)])
@@ -51,7 +37,7 @@ def test_reference_network_computes_clq_forward(width, size, layer):
     ref = np.asarray(forward(specs, folded, x))
 
     frozen_specs, adaptive_specs = split_specs(specs, layer)
-    tparams = [_to_torch(s, p) for s, p in zip(specs, folded)]
+    tparams = params_from_clq(specs, folded)
     frozen = FrozenStage(frozen_specs, tparams[: layer + 1])
     adaptive = AdaptiveStage(adaptive_specs, tparams[layer + 1 :])
     with torch.no_grad():
@@ -90,10 +76,9 @@ def test_reference_batch_norm_folding_matches_clq():
             params.append({"w": w, "gamma": layer.bn.weight.detach().numpy(), "beta": layer.bn.bias.detach().numpy()})
             stats.append({"mean": mean.numpy(), "var": var.numpy()})
     theirs = clq_fold(specs, tuple(params), tuple(stats))
-    for spec, a, b in zip(specs, ours, theirs):
+    for spec, a, t in zip(specs, ours, params_from_clq(specs, theirs)):
         if spec.kind == "pool":
             continue
-        t = _to_torch(spec, b)
         np.testing.assert_allclose(a["w"].numpy(), t["w"].numpy(), rtol=1e-5, atol=1e-6, err_msg=spec.name)
         np.testing.assert_allclose(a["b"].numpy(), t["b"].numpy(), rtol=1e-5, atol=1e-6, err_msg=spec.name)
 
