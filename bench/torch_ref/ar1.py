@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.torch_ref.model import AdaptiveStage, FrozenStage, MobileNetBN, fold_batch_norm
+from clq.train import minibatch_composition
 
 __all__ = ["ReferenceConfig", "run_reference"]
 
@@ -62,15 +63,6 @@ class ReferenceConfig:
 def _pixels(images: np.ndarray) -> torch.Tensor:
     """uint8 [N, H, W, C] -> float32 [N, C, H, W] in [0, 1] (clq's input convention)."""
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float().div_(255.0)
-
-
-def _composition(n_new: int, buffer_size: int, batch_size: int) -> tuple[int, int, int]:
-    """(new per batch, replays per batch, iterations per epoch): clq's `minibatch_composition`."""
-    if buffer_size == 0:
-        a = batch_size
-    else:
-        a = min(max(math.floor(batch_size * n_new / (n_new + buffer_size) + 0.5), 1), batch_size)
-    return a, batch_size - a, math.ceil(n_new / a)
 
 
 def _first_event(specs, images, labels, cfg: ReferenceConfig, rng: np.random.Generator):
@@ -207,7 +199,7 @@ def run_reference(stream, specs, cfg: ReferenceConfig, seed: int, log=lambda msg
         idx = stream.experiences[i]
         images, labels = stream.train_images[idx], torch.from_numpy(stream.train_labels[idx].astype(np.int64))
         n_new = len(idx)
-        a, b, iters = _composition(n_new, n_slots, cfg.batch_size)
+        a, b, iters = minibatch_composition(n_new, n_slots, cfg.batch_size)
         use_replay = n_slots > 0 and b > 0
         if cfg.cache_latents:
             cur = latents(images)

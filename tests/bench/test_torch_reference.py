@@ -1,8 +1,8 @@
-"""The PyTorch reference of bench/bench_torch_reference.py computes clq's network and clq's mini-batch rule.
+"""The PyTorch reference of bench/bench_torch_reference.py computes clq's network.
 
 The end-to-end speed-up that bench reports is only meaningful if the reference runs the same experiment, so
-these check the port against clq itself: the same folded weights give the same logits, batch norm folds to
-the same parameters, and a learning event is split into the same mini-batches.
+these check the port against clq itself: the same folded weights give the same logits, and batch norm folds to
+the same parameters. (The reference splits learning events with clq's own `minibatch_composition`.)
 """
 
 import os
@@ -15,12 +15,10 @@ import pytest
 torch = pytest.importorskip("torch")  # in the dev extra (pyproject.toml); the CPU build from the local wheel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from bench.torch_ref.ar1 import _composition  # noqa: E402
 from bench.torch_ref.model import AdaptiveStage, FrozenStage, MobileNetBN, fold_batch_norm, params_from_clq  # noqa: E402
 
 from clq.model import fold_batch_norm as clq_fold  # noqa: E402
 from clq.model import forward, init_params, mobilenet_v1_specs, split_specs  # noqa: E402
-from clq.train import minibatch_composition  # noqa: E402
 
 
 @pytest.mark.parametrize("width,size,layer", [(0.25, 32, 19), (0.25, 17, 7), (0.5, 32, 23)])
@@ -81,10 +79,3 @@ def test_reference_batch_norm_folding_matches_clq():
             continue
         np.testing.assert_allclose(a["w"].numpy(), t["w"].numpy(), rtol=1e-5, atol=1e-6, err_msg=spec.name)
         np.testing.assert_allclose(a["b"].numpy(), t["b"].numpy(), rtol=1e-5, atol=1e-6, err_msg=spec.name)
-
-
-@pytest.mark.parametrize("n_new", [1, 7, 60, 300, 1499, 1500, 4000])
-@pytest.mark.parametrize("buffer_size,batch", [(1500, 128), (0, 64), (200, 32)])
-def test_reference_minibatch_rule_is_clqs(n_new, buffer_size, batch):
-    c = minibatch_composition(n_new, buffer_size, batch)
-    assert _composition(n_new, buffer_size, batch) == tuple(c)
