@@ -144,6 +144,7 @@ def main(argv=None) -> dict:
     fp32 = run_worker("clq-fp32", args)
     print(f"clq FP32 + FP32: {fp32['process_s']:.1f} s, final accuracy {fp32['final_accuracy']:.4f}", file=sys.stderr)
     wall = {k: best_and_median([x["process_s"] for x in v]) for k, v in runs.items()}
+    split = {k: min(v, key=lambda x: x["process_s"])["timing_s"] for k, v in runs.items()}  # of each kind's best run
     acc = {k: v[0]["final_accuracy"] for k, v in runs.items()}
     result = {
         "benchmark": "clq vs PyTorch reference (ar1-pytorch latent-replay loop), same stream/model/hyper-parameters",
@@ -154,16 +155,14 @@ def main(argv=None) -> dict:
         "speedup_vs_pytorch_ar1_loop_warm_cache": wall["torch"]["best"] / wall["clq-warm"]["best"],
         # Everything after event 0 (the learning phase a sweep repeats; event 0 is the same whole-network
         # training in both), from the phase timers of the best run of each.
-        "learning_phase_s": {k: sum(t for n, t in split.items() if n != "first_event_s")
-                             for k, split in ((k, min(v, key=lambda x: x["process_s"])["timing_s"])
-                                              for k, v in runs.items())},
+        "learning_phase_s": {k: sum(t for n, t in s.items() if n != "first_event_s") for k, s in split.items()},
         "speedup_vs_pytorch_with_latent_cache": wall["torch-cached"]["best"] / wall["clq"]["best"],
         "speedup_medians": {"torch": wall["torch"]["median"] / wall["clq"]["median"],
                             "torch-cached": wall["torch-cached"]["median"] / wall["clq"]["median"]},
         "final_accuracy": {**acc, "clq-fp32": fp32["final_accuracy"]},
         "accuracy_gap_points": {"clq U8+U8 - PyTorch FP32": 100 * (acc["clq"] - acc["torch"]),
                                 "clq FP32 - PyTorch FP32": 100 * (fp32["final_accuracy"] - acc["torch"])},
-        "split_s": {k: min(v, key=lambda x: x["process_s"])["timing_s"] for k, v in runs.items()},
+        "split_s": split,
         "torch_threads": [x.get("thread_calibration_step_s") for x in runs["torch"] + runs["torch-cached"]],
         "runs": runs, "clq_fp32_run": fp32, "machine": info,
     }
