@@ -26,12 +26,19 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 
+# pip's exit status is the pipeline's (pipefail): a failed install stops the script; only grep's "no line
+# left" status is ignored.
+pip_install() {
+  .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
+}
+
 stamp=".venv/.clq-install-$(sha256sum pyproject.toml | cut -c1-16)${extras:+-dev}"
 if [[ ! -f "$stamp" ]]; then
   echo "setup: installing clq${extras} and its pinned dependencies into .venv (a few minutes the first time)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade "pip>=24" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras}" 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import clq, jax, flax, optax, hydra, wandb" # fail here, not later, if the install broke
+  pip_install --upgrade "pip>=24"
+  pip_install -e ".${extras}"
+  # Fail here, not later, if the install broke.
+  .venv/bin/python -c "import clq, jax, flax, optax, hydra, wandb${extras:+, pytest, hypothesis, torch}"
   touch "$stamp"
 fi
 # ImageNet MobileNet-V1 weights (model=mobilenet_v1_imagenet, the CORe50 paper experiment and the tests).
