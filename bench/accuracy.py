@@ -3,9 +3,9 @@
     .venv/bin/python bench/accuracy.py --seeds 0 1 2        # ~4 min per seed on the 2-core CPU machine
 
 Runs the default configuration (conf/config.yaml) through `clq.run.run_experiment`-equivalent library
-calls for three precisions, "frozen stage + latent replays" as in paper.md §4: FP32+FP32, FP32+U8, U8+U8,
-and the joint (i.i.d.) upper bound of the same model. Writes bench/results/accuracy.json and prints a
-markdown table (mean +- std over seeds).
+calls for four precisions, "frozen stage + latent replays" as in paper.md §4: FP32+FP32, FP32+U8, U8+U8,
+U8 with per-channel weights + U8, and the joint (i.i.d.) upper bound of the same model. Writes
+bench/results/accuracy.json and prints a markdown table (mean +- std over seeds).
 """
 
 from __future__ import annotations
