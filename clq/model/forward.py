@@ -16,7 +16,7 @@ Activations are NHWC float32. Padding is TF 'SAME' so that TF-slim ImageNet weig
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,8 @@ __all__ = [
     "linear_op",
     "activation",
     "same_padding",
+    "im2col",
+    "im2col_taps",
     "forward_bn",
     "forward",
     "fold_batch_norm",
@@ -87,23 +89,48 @@ def _init_params(specs: tuple[LayerSpec, ...], key: jax.Array):
     return tuple(params), tuple(stats)
 
 
+def im2col_taps(x, kernel: int, stride: int, xp=jnp) -> Iterator:
+    """The K*K shifted slices of an NHWC tensor under TF 'SAME' padding (zeros), for any array module `xp`.
+
+    A generator, so that a consumer that uses each slice at once (`_depthwise`) traces slice, use, slice,
+    use, ... as it always has.
+
+    Args:
+      x: [B, H, W, C].
+    Yields:
+      K*K arrays [B, H', W', C], ordered (kh, kw) like the rows of an HWIO weight.
+    """
+    _, h, w, _ = x.shape
+    ph, pw = same_padding(h, kernel, stride), same_padding(w, kernel, stride)
+    xp_ = xp.pad(x, ((0, 0), ph, pw, (0, 0)))
+    ho, wo = -(-h // stride), -(-w // stride)
+    for i in range(kernel):
+        for j in range(kernel):
+            yield xp_[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride, :]
+
+
+def im2col(x, kernel: int, stride: int, xp=jnp):
+    """KxK patches of an NHWC tensor under TF 'SAME' padding (zeros), for any array module `xp`.
+
+    Args:
+      x: [B, H, W, C].
+    Returns:
+      [B, H', W', K*K*C], ordered (kh, kw, c) like the rows of an HWIO weight reshaped to (K*K*C, C_out).
+    """
+    return xp.concatenate(list(im2col_taps(x, kernel, stride, xp)), axis=-1)
+
+
 def _depthwise(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     """KxK depthwise conv as K*K shifted multiply-adds over the padded input.
 
     XLA's CPU backend runs a grouped convolution (`feature_group_count=C`) ~10x slower than this
     formulation (../shared/reference/perf-notes.md), and the backward pass of shifted slices is cheap.
     """
-    _, h, wd, _ = x.shape
     k = w.shape[0]
-    ph, pw_ = same_padding(h, k, stride), same_padding(wd, k, stride)
-    xp = jnp.pad(x, ((0, 0), ph, pw_, (0, 0)))
-    ho, wo = -(-h // stride), -(-wd // stride)
     out = None
-    for i in range(k):
-        for j in range(k):
-            sl = xp[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride, :]
-            term = sl * w[i, j, 0]
-            out = term if out is None else out + term
+    for t, sl in enumerate(im2col_taps(x, k, stride)):
+        term = sl * w[t // k, t % k, 0]
+        out = term if out is None else out + term
     return out
 
 
@@ -115,17 +142,8 @@ def _conv_im2col(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     38 ms vs 0.9 ms per step, bench/bench_e2e.py notes); the im2col form is a plain dot in both places
     (0.7 ms) and gives the same values up to float32 summation order.
     """
-    _, h, wd, c = x.shape
-    k = w.shape[0]
-    ph, pw_ = same_padding(h, k, stride), same_padding(wd, k, stride)
-    xp = jnp.pad(x, ((0, 0), ph, pw_, (0, 0)))
-    ho, wo = -(-h // stride), -(-wd // stride)
-    cols = jnp.concatenate(
-        [xp[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride, :]
-         for i in range(k) for j in range(k)],
-        axis=-1,
-    )  # [B, H', W', K*K*C_in], ordered (kh, kw, c) like the rows of the HWIO weight below
-    return jnp.einsum("bhwk,kd->bhwd", cols, w.reshape(k * k * c, -1))
+    k, c = w.shape[0], x.shape[-1]
+    return jnp.einsum("bhwk,kd->bhwd", im2col(x, k, stride), w.reshape(k * k * c, -1))
 
 
 def linear_op(spec: LayerSpec, w: jax.Array | None, x: jax.Array) -> jax.Array:

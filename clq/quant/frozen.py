@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clq.model.forward import activation, linear_op, same_padding
+from clq.model.forward import activation, im2col, linear_op
 from clq.model.specs import LayerSpec
 from clq.quant.requant import quantize_multiplier, requantize_jax
 from clq.quant.uniform import check_bits, code_range
@@ -53,7 +53,6 @@ __all__ = [
     "frozen_forward_codes",
     "frozen_forward_fp32",
     "exact_chunks",
-    "im2col",
 ]
 
 #: Scale of the network's input: uint8 pixels p enter as x = p / 255.
@@ -368,26 +367,6 @@ def quantize_frozen_stage(
                                  np.int32(0), np.int32(act_max)))
         in_scale = out_scale
     return tuple(layers)
-
-
-def im2col(x, kernel: int, stride: int, xp=jnp):
-    """KxK patches of an NHWC tensor under TF 'SAME' padding (zero codes), for any array module `xp`.
-
-    Args:
-      x: [B, H, W, C].
-    Returns:
-      [B, H', W', K*K*C], ordered (kh, kw, c) like the rows of an HWIO weight reshaped to (K*K*C, C_out).
-    """
-    _, h, w, _ = x.shape
-    ph, pw = same_padding(h, kernel, stride), same_padding(w, kernel, stride)
-    xp_ = xp.pad(x, ((0, 0), ph, pw, (0, 0)))
-    ho, wo = -(-h // stride), -(-w // stride)
-    taps = [
-        xp_[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride, :]
-        for i in range(kernel)
-        for j in range(kernel)
-    ]
-    return xp.concatenate(taps, axis=-1)
 
 
 def exact_chunks(w_eff, qmax_in: int) -> list[tuple[int, int]]:

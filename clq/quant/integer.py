@@ -22,7 +22,8 @@ from typing import Sequence
 import numpy as np
 
 from clq.model.specs import LayerSpec
-from clq.quant.frozen import LayerQuant, im2col
+from clq.model.forward import im2col, im2col_taps
+from clq.quant.frozen import LayerQuant
 from clq.quant.requant import requantize, requantize_double_rounding
 
 __all__ = ["integer_forward", "integer_layer", "check_accumulator_bounds", "ROUNDINGS"]
@@ -78,12 +79,11 @@ def integer_layer(spec: LayerSpec, lq: LayerQuant, q: np.ndarray, rounding: str 
     elif spec.kind == "pw":
         acc = _matmul(q, w)
     elif spec.kind == "dw":
-        k, s = spec.kernel, spec.stride
-        patches = im2col(q, k, s, xp=np)  # [B, H', W', K*K*C], tap-major
-        c = q.shape[-1]
-        acc = np.zeros(patches.shape[:-1] + (c,), np.int32)
-        for t in range(k * k):
-            acc += patches[..., t * c : (t + 1) * c] * w[t // k, t % k, 0]
+        k = spec.kernel
+        taps = list(im2col_taps(q, k, spec.stride, xp=np))  # K*K of [B, H', W', C], ordered (kh, kw)
+        acc = np.zeros(taps[0].shape, np.int32)
+        for t, tap in enumerate(taps):
+            acc += tap * w[t // k, t % k, 0]
     else:
         raise ValueError(f"layer kind {spec.kind!r} cannot be in the frozen stage")
     acc = acc.astype(np.int32) + lq.b_codes.astype(np.int32)

@@ -16,7 +16,8 @@ from clq.quant import (
     load_frozen_stage,
     quantize_frozen_stage,
 )
-from clq.quant.frozen import exact_chunks, im2col
+from clq.model.forward import im2col
+from clq.quant.frozen import exact_chunks
 from clq.quant.integer import check_accumulator_bounds, integer_layer
 from clq.train.frozen_stage import make_frozen_stage
 
