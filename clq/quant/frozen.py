@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clq.model.forward import activation, im2col, linear_op
+from clq.model.forward import forward, im2col, linear_op
 from clq.model.specs import LayerSpec
 from clq.quant.requant import quantize_multiplier, requantize_jax
 from clq.quant.uniform import check_bits, code_range
@@ -151,10 +151,7 @@ def frozen_forward_fp32(specs: Sequence[LayerSpec], params: Sequence[dict], x: j
     """
     outs = []
     for spec, p in zip(specs, params):
-        y = linear_op(spec, p.get("w"), x)
-        if "b" in p:
-            y = y + p["b"]
-        x = activation(spec, y)
+        x = forward((spec,), (p,), x)
         outs.append(x)
     return outs
 
