@@ -64,7 +64,7 @@ def _init_params(specs: tuple[LayerSpec, ...], key: jax.Array):
     # its own threefry+normal program (~20 compilations, 5-10 s at the start of every run on the 2-core
     # machine); one vmapped draw of the longest size compiles once. With partitionable threefry (JAX's
     # default) element j of a draw depends only on (key, j), so the first prod(shape) values of the long draw
-    # are exactly `normal(k, shape)` (checked in tests/train/test_vectorized.py).
+    # are exactly `normal(k, shape)` (checked in tests/model/test_forward.py).
     n_max = max((int(np.prod(s.weight_shape)) for s in specs if s.has_params), default=1)
     keys = jax.random.split(key, len(specs))
     draws = jax.vmap(lambda k: jax.random.normal(k, (n_max,), jnp.float32))(keys)
