@@ -102,10 +102,15 @@ def make_event_fn(
     composition: Composition,
     epochs: int,
 ) -> Callable:
-    """The learning event as a pure, un-jitted function (see `make_learning_event` for its signature).
+    """The learning event as a pure, un-jitted function.
 
     `make_learning_event` jits it for one configuration; `clq.train.vectorized` calls it inside a `vmap` over
     seeds and bit-widths, with a `buffer` whose codec scale is a traced value.
+
+    Returns:
+      ``train_event(params, opt_state, new_latents, new_labels, n_new, buffer_state, key) ->
+      (params, opt_state, EventMetrics)`` where new_latents is float32 [n_max, *latent_shape] (rows
+      n_new.. are padding), new_labels int32 [n_max], n_new int32 ().
     """
     if epochs < 1:
         raise ValueError(f"train.epochs must be >= 1, got {epochs}")
@@ -157,11 +162,5 @@ def make_learning_event(
     composition: Composition,
     epochs: int,
 ) -> Callable:
-    """Build the jitted learning event.
-
-    Returns:
-      ``train_event(params, opt_state, new_latents, new_labels, n_new, buffer_state, key) ->
-      (params, opt_state, EventMetrics)`` where new_latents is float32 [n_max, *latent_shape] (rows
-      n_new.. are padding), new_labels int32 [n_max], n_new int32 (). params/opt_state are donated.
-    """
+    """`make_event_fn`'s learning event under one `jax.jit`, with params and opt_state donated."""
     return jax.jit(make_event_fn(adaptive_specs, optimizer, buffer, composition, epochs), donate_argnums=(0, 1))
