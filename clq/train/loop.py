@@ -287,7 +287,9 @@ def run_continual(
         n_new = len(idx)
         pad = n_max - n_new
         new_x = np.concatenate([codes, np.zeros((pad, *latent_shape), codes.dtype)]) if pad else codes
-        new_y = np.concatenate([stream.train_labels[idx], np.zeros(pad, np.int32)])
+        # Decoded and moved to the device once: the learning event and the buffer update read the same arrays.
+        new_x = decode(new_x)
+        new_y = jnp.asarray(np.concatenate([stream.train_labels[idx], np.zeros(pad, np.int32)]))
         fn, comp = event_fn(n_new)
         opt_state = set_learning_rate(opt_state, train.lr)
         if use_cwr:
@@ -296,8 +298,8 @@ def run_continual(
             present, counts = np.unique(labels_all), np.bincount(labels_all, minlength=K).astype(np.float32)
             adaptive_params = adaptive_params[:-1] + (cwr_reset(adaptive_params[-1], cwr, present),)
         with timer("train_s"):
-            adaptive_params, opt_state, m = fn(adaptive_params, opt_state, decode(new_x), jnp.asarray(new_y),
-                                               jnp.int32(n_new), buf_state, jax.random.fold_in(k_train, i))
+            adaptive_params, opt_state, m = fn(adaptive_params, opt_state, new_x, new_y, jnp.int32(n_new), buf_state,
+                                               jax.random.fold_in(k_train, i))
             loss = np.asarray(m.loss)
         if not np.all(np.isfinite(loss)) or not _finite_tree(adaptive_params):
             step = int(np.argmin(np.isfinite(loss))) if not np.all(np.isfinite(loss)) else len(loss) - 1
@@ -307,8 +309,7 @@ def run_continual(
             cwr = cwr_consolidate(adaptive_params[-1], cwr, present, counts)
             adaptive_params = adaptive_params[:-1] + (cwr_apply(adaptive_params[-1], cwr),)
         with timer("buffer_s"):
-            buf_state = buffer_add(buf_state, decode(new_x), jnp.asarray(new_y), jnp.arange(n_max) < n_new,
-                                   jax.random.fold_in(k_buf, i))
+            buf_state = buffer_add(buf_state, new_x, new_y, jnp.arange(n_max) < n_new, jax.random.fold_in(k_buf, i))
         record(i, run_eval(adaptive_params),
                {"n_new": n_new, "train_loss": float(loss[-1]), "train_accuracy": float(np.asarray(m.accuracy)[-1]),
                 "new_per_batch": comp.new_per_batch, "replays_per_batch": comp.replays_per_batch,
