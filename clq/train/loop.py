@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass, field
@@ -41,10 +42,8 @@ JOINT_MAX_BYTES = 8e9
 
 
 def _positive(name, value, kind=int, allow_zero=False):
-    ok = isinstance(value, kind) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and (
-            value >= 0 if allow_zero else value > 0)
+    ok = (isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
+          and (kind is not float or np.isfinite(value)) and (value >= 0 if allow_zero else value > 0))
     if not ok:
         raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} "
                          f"{'integer' if kind is int else 'number'}, got {value!r}")
@@ -96,19 +95,17 @@ class ReplayConfig:
 
 @dataclass
 class _Timer:
+    """``with timer(name):`` adds the block's wall time to ``totals[name]``."""
+
     totals: dict = field(default_factory=dict)
 
+    @contextlib.contextmanager
     def __call__(self, name):
-        timer = self
-
-        class _Ctx:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.totals[name] = timer.totals.get(name, 0.0) + time.perf_counter() - self.t
-
-        return _Ctx()
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t
 
 
 def run_continual(
