@@ -36,11 +36,10 @@ import numpy as np
 import optax
 
 from clq.model.forward import forward
-from clq.model.specs import LayerSpec
+from clq.model.specs import LayerSpec, split_specs
 from clq.quant.latent import LatentCodec
 from clq.quant.uniform import check_bits, storage_dtype
 from clq.replay.buffer import make_replay_buffer
-from clq.model.specs import split_specs
 from clq.train.event import Composition, make_event_fn, make_optimizer, minibatch_composition
 from clq.train.first_event import train_first_event
 from clq.train.frozen_stage import make_frozen_stage
