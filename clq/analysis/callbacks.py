@@ -34,6 +34,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from clq.analysis.collect import FAILURE_FILE, collect_runs, write_csv
+from clq.atomic import atomic_file
 
 __all__ = ["SweepSummary"]
 
@@ -87,10 +88,8 @@ class SweepSummary(Callback):
             "overrides": list(job_return.overrides or []),
         }
         path = os.path.join(run_dir, FAILURE_FILE)
-        tmp = path + f".tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
+        with atomic_file(path, "w") as f:
             json.dump(record, f, indent=1)
-        os.replace(tmp, path)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = str(config.hydra.sweep.dir)

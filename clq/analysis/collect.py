@@ -44,6 +44,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from clq.atomic import atomic_file
+
 __all__ = [
     "PARAM_COLUMNS",
     "REPLICATE_COLUMNS",
@@ -368,21 +370,10 @@ def write_csv(df, path: str) -> str:
 
     Returns the path. The CSV needs neither wandb nor clq to read: ``pandas.read_csv(path)``.
     """
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     out = df.copy()
     for col in out.columns:
         if out[col].dtype == object:
             out[col] = out[col].map(_jsonable_cell)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".csv")
-    os.close(fd)
-    try:
-        out.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "w", newline="") as f:
+        out.to_csv(f, index=False)
     return path

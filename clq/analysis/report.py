@@ -17,6 +17,7 @@ from clq.analysis.paper import compare_with_paper
 from clq.analysis.plots import (AXIS_LABELS, plot_accuracy_per_event, plot_memory_breakdown, plot_tradeoff,
                                 target_memory_limits)
 from clq.analysis.tradeoffs import aggregate_seeds, metric_column, pareto_front
+from clq.atomic import atomic_file
 
 __all__ = ["front_table", "render_report", "summary_table"]
 
@@ -138,8 +139,6 @@ def render_report(root: str, out: str | None = None, use_wandb: bool = False, ti
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>clq sweep report</title>"
            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     out = out or os.path.join(root, "report.html")
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_file(out, "w") as f:
         f.write(doc)
-    os.replace(tmp, out)
     return out

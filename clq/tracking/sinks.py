@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from typing import Any, Callable, NamedTuple
+
+from clq.atomic import atomic_file
 
 __all__ = ["Tracker", "make_tracker", "write_json_atomic", "to_jsonable"]
 
@@ -31,20 +32,9 @@ def to_jsonable(x: Any):
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON to `path` via a temp file in the same folder and an atomic rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(to_jsonable(obj), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write `obj` as JSON to `path` atomically (`clq.atomic.atomic_file`); NaN/inf become null."""
+    with atomic_file(path, "w") as f:
+        json.dump(to_jsonable(obj), f, indent=1)
 
 
 class Tracker(NamedTuple):

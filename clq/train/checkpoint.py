@@ -19,11 +19,12 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from typing import Any
 
 import jax
 import numpy as np
+
+from clq.atomic import atomic_file
 
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
 
@@ -44,20 +45,6 @@ def _sha256(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _atomic_write(folder: str, final: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(folder, final))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(folder: str, event: int, trees: dict[str, Any], meta: dict, keep: int = 1) -> str:
     """Save `trees` (name -> pytree of arrays) and JSON-able `meta` as the checkpoint of `event`.
 
@@ -69,9 +56,11 @@ def save_checkpoint(folder: str, event: int, trees: dict[str, Any], meta: dict, 
     for name, tree in trees.items():
         arrays.update(_flatten(name, tree))
     npz = f"ckpt-{event:06d}.npz"
-    _atomic_write(folder, npz, lambda f: np.savez(f, **arrays))
+    with atomic_file(os.path.join(folder, npz)) as f:
+        np.savez(f, **arrays)
     record = {"event": event, "npz": npz, "sha256": _sha256(os.path.join(folder, npz)), "meta": meta}
-    _atomic_write(folder, f"ckpt-{event:06d}.json", lambda f: f.write(json.dumps(record).encode()))
+    with atomic_file(os.path.join(folder, f"ckpt-{event:06d}.json"), "w") as f:
+        json.dump(record, f)
     for old in sorted(glob.glob(os.path.join(folder, "ckpt-*.json")))[:-keep]:
         for p in (old, old[:-5] + ".npz"):
             if os.path.exists(p):

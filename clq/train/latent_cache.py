@@ -23,12 +23,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 import warnings
 import zipfile
 from typing import Callable, NamedTuple
 
 import numpy as np
+
+from clq.atomic import atomic_file
 
 __all__ = ["CacheStats", "LatentCache", "frozen_stage_key", "image_keys", "make_latent_cache", "with_latent_cache"]
 
@@ -134,19 +135,9 @@ def _read_shard(path: str, keys: np.ndarray):
 
 
 def _write_shard(path: str, codes: np.ndarray, keys: np.ndarray) -> int:
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".shard.", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, codes=codes, keys=keys, digest=_digest(codes))
-            f.flush()
-            os.fsync(f.fileno())
-            size = f.tell()
-        os.replace(tmp, path)  # atomic: readers see the old shard or the complete new one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path) as f:  # readers see the old shard or the complete new one
+        np.savez(f, codes=codes, keys=keys, digest=_digest(codes))
+        size = f.tell()
     return size
 
 

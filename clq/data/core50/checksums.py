@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.request
+
+from clq.atomic import atomic_file
 
 __all__ = ["OFFICIAL_FILES", "md5sum", "verify_md5", "download"]
 
@@ -87,22 +88,17 @@ def download(name: str, dest_dir: str, url: str | None = None, expected_md5: str
     if os.path.isfile(path):
         verify_md5(path, expected_md5)
         return path
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=dest_dir)
-    try:
+    with atomic_file(path) as out:  # committed only once the MD5 verifies
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
                 for chunk in iter(lambda: resp.read(1 << 20), b""):
                     out.write(chunk)
         except OSError as e:  # URLError, timeouts, connection resets
             raise OSError(f"{name}: cannot download {url} ({e}); on a machine without internet put the file in "
                           f"{dest_dir} (MD5 {expected_md5})") from e
+        out.flush()
         try:
-            verify_md5(tmp, expected_md5)
+            verify_md5(out.name, expected_md5)
         except ValueError as e:
             raise ValueError(f"{name} downloaded from {url}: {e}") from None
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
