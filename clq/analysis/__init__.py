@@ -13,6 +13,7 @@ from clq.analysis.collect import (FAILURE_FILE, METRIC_COLUMNS, PARAM_COLUMNS, R
                                   collect_wandb,
                                   find_members, member_row, params_from_config, precision_label,
                                   read_wandb_offline, write_csv)
+from clq.analysis.notebook import notebook_text, run_notebook
 from clq.analysis.paper import PAPER_ACCURACY, compare_with_paper, paper_accuracy, precision_drops
 from clq.analysis.plots import plot_accuracy_per_event, plot_memory_breakdown, plot_tradeoff, target_memory_limits
 from clq.analysis.report import front_table, render_report, summary_table
@@ -36,6 +37,7 @@ __all__ = [
     "load_results",
     "member_row",
     "metric_column",
+    "notebook_text",
     "paper_accuracy",
     "params_from_config",
     "pareto_front",
@@ -47,6 +49,7 @@ __all__ = [
     "precision_label",
     "read_wandb_offline",
     "render_report",
+    "run_notebook",
     "summary_table",
     "target_memory_limits",
     "write_csv",

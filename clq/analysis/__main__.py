@@ -13,10 +13,8 @@ import os
 import sys
 import time
 
+from clq.analysis.notebook import run_notebook
 from clq.analysis.report import render_report
-
-NOTEBOOK = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                        "notebooks", "tradeoffs.ipynb")
 
 
 def newest_sweep(base: str = "multirun") -> str | None:
@@ -28,19 +26,8 @@ def newest_sweep(base: str = "multirun") -> str | None:
 def execute_notebook(sweep_dir: str, out: str, timeout: int = 600) -> str:
     """Run notebooks/tradeoffs.ipynb with CLQ_SWEEP=sweep_dir and save it, outputs included, to `out`."""
     import nbformat
-    from nbclient import NotebookClient
 
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    old = os.environ.get("CLQ_SWEEP")
-    os.environ["CLQ_SWEEP"] = os.path.abspath(sweep_dir)
-    try:
-        NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                       resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}}).execute()
-    finally:
-        if old is None:
-            os.environ.pop("CLQ_SWEEP", None)
-        else:
-            os.environ["CLQ_SWEEP"] = old
+    nb = run_notebook("tradeoffs.ipynb", {"CLQ_SWEEP": os.path.abspath(sweep_dir)}, timeout)
     nbformat.write(nb, out)
     return out
 

@@ -1,11 +1,4 @@
-import os
-
-import nbformat
-from nbclient import NotebookClient
-
-from clq.analysis import load_results, plot_accuracy
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from clq.analysis import load_results, notebook_text, plot_accuracy, run_notebook
 
 
 def _fake_results(tmp_path):
@@ -29,12 +22,5 @@ def test_plot_accuracy(tmp_path):
 
 def test_run_report_notebook_executes(tmp_path):
     _fake_results(tmp_path)
-    nb = nbformat.read(os.path.join(ROOT, "notebooks", "run_report.ipynb"), as_version=4)
-    os.environ["CLQ_RESULTS"] = str(tmp_path)
-    try:
-        NotebookClient(nb, timeout=120, kernel_name="python3",
-                       resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
-    finally:
-        del os.environ["CLQ_RESULTS"]
-    out = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "final accuracy 50.00 %" in out
+    nb = run_notebook("run_report.ipynb", {"CLQ_RESULTS": str(tmp_path)}, timeout=120)
+    assert "final accuracy 50.00 %" in notebook_text(nb)

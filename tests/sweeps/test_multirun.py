@@ -10,16 +10,14 @@ import sys
 import tempfile
 import time
 
-import nbformat
 import pandas as pd
 import pytest
 import yaml
-from nbclient import NotebookClient
 
-from clq.analysis import aggregate_seeds, collect_runs, collect_wandb, pareto_front
+from clq.analysis import aggregate_seeds, collect_runs, collect_wandb, notebook_text, pareto_front, run_notebook
 from clq.data.fashion_mnist import FILES
 
-from sweeputil import ROOT, run_sweep
+from sweeputil import run_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -73,14 +71,8 @@ def test_joblib_sweep_survives_crashes_and_is_collected_reported_and_notebooked(
     assert len(pd.read_csv(sweep / "sweep.csv")) == 4
 
     # the trade-off notebook, executed on this sweep
-    nb = nbformat.read(os.path.join(ROOT, "notebooks", "tradeoffs.ipynb"), as_version=4)
-    os.environ["CLQ_SWEEP"] = str(sweep)
-    try:
-        NotebookClient(nb, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}}).execute()
-    finally:
-        del os.environ["CLQ_SWEEP"]
-    out = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    nb = run_notebook("tradeoffs.ipynb", {"CLQ_SWEEP": str(sweep)}, timeout=300)
+    out = notebook_text(nb)
     assert f"sweep {sweep}: 4 members, 2 completed, 2 failed or missing" in out
     assert "member 1: failed: ValueError" in out and "SHA-256" in out
     assert "Pareto front (replay memory): l=23 U8 + U6 N=40" in out  # the 6-bit buffer is the cheapest
