@@ -187,15 +187,17 @@ def member_row(run_dir: str) -> dict:
 
     acc = [math.nan if a is None else float(a) for a in res.get("accuracy_per_event", [])]
     forgetting = res.get("forgetting") or {}
+    # absent or None -> NaN so numeric columns stay float (results.json stores non-finite numbers as null)
+    num = lambda v: math.nan if v is None else v  # noqa: E731
     row.update({
-        "final_accuracy": res.get("final_accuracy", math.nan),
-        "average_accuracy": res.get("average_accuracy", math.nan),
-        "forgetting": forgetting.get("per_class", math.nan),
-        "forgetting_session": forgetting.get("per_session", math.nan),
-        "joint_accuracy": res.get("joint_accuracy", math.nan),
+        "final_accuracy": num(res.get("final_accuracy")),
+        "average_accuracy": num(res.get("average_accuracy")),
+        "forgetting": num(forgetting.get("per_class")),
+        "forgetting_session": num(forgetting.get("per_session")),
+        "joint_accuracy": num(res.get("joint_accuracy")),
         "accuracy_per_event": acc,
         "n_events": len(acc),
-        "wall_time_s": res.get("wall_time_s", math.nan),
+        "wall_time_s": num(res.get("wall_time_s")),
     })
     for k, v in (res.get("memory_bytes") or {}).items():
         row[f"memory_{k}"] = v
@@ -208,11 +210,6 @@ def member_row(run_dir: str) -> dict:
     row["fits"] = cost.get("fits")
     if cost.get("config", {}).get("target") and not row["target"]:
         row["target"] = cost["config"]["target"]
-    # None -> NaN so numeric columns stay float (results.json stores non-finite numbers as null)
-    for k in ("final_accuracy", "average_accuracy", "forgetting", "forgetting_session", "joint_accuracy",
-              "wall_time_s"):
-        if row[k] is None:
-            row[k] = math.nan
     return row
 
 
@@ -352,7 +349,7 @@ def collect_wandb(root: str):
         row["n_events"] = len(hist)
         for k in ("final_accuracy", "average_accuracy", "forgetting", "memory_lr_buffer", "memory_total",
                   "latency_s", "energy_j", "wall_time_s", "joint_accuracy"):
-            row[k] = s.get(k, math.nan) if s.get(k) is not None else math.nan
+            row[k] = math.nan if s.get(k) is None else s[k]
         rows.append(row)
     return _frame(rows)
 
