@@ -91,10 +91,8 @@ def worker(args) -> None:
 
         threads, calib = _choose_threads(specs)
         out["thread_calibration_step_s"] = calib
-        t = exp.train
-        cfg = ReferenceConfig(exp.latent_layer, exp.replay.size, t.epochs, t.batch_size, t.lr, t.momentum,
-                              t.weight_decay, t.first_epochs, t.first_lr, t.first_batch_size, t.eval_batch_size,
-                              cache_latents=args.kind == "torch-cached", threads=threads)
+        cfg = ReferenceConfig(exp.latent_layer, exp.replay.size, exp.train, cache_latents=args.kind == "torch-cached",
+                              threads=threads)
         r = run_reference(stream, specs, cfg, exp.seed)
     out.update({"wall_s": time.perf_counter() - t_start, "timing_s": r["timing_s"],
                 "final_accuracy": r["final_accuracy"], "accuracy_per_event": r["accuracy_per_event"]})

@@ -23,22 +23,25 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bench.torch_ref.model import AdaptiveStage, FrozenStage, MobileNetBN, fold_batch_norm
-from clq.train import minibatch_composition
+from clq.train import TrainConfig, minibatch_composition
 
 __all__ = ["ReferenceConfig", "run_reference"]
 
 
 @dataclass(frozen=True)
 class ReferenceConfig:
-    """Hyper-parameters of the reference run (defaults: clq's conf/config.yaml).
+    """What the reference run needs beyond clq's own training hyper-parameters.
 
+    train: clq's `TrainConfig` (epochs, batch sizes, learning rates, momentum, weight decay of event 0 and of
+      the learning events), so that both sides read one set of values.
     cache_latents: False is the ar1-pytorch loop (frozen stage in every iteration, whole-network test
       evaluation after every event); True computes each image's latent once and the test latents once, as
       clq does, to separate what the pipeline buys from what compilation buys.
@@ -47,15 +50,7 @@ class ReferenceConfig:
 
     latent_layer: int = 19
     replay_size: int = 1500
-    epochs: int = 4
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    first_epochs: int = 12
-    first_lr: float = 0.05
-    first_batch_size: int = 64
-    eval_batch_size: int = 1000
+    train: TrainConfig = field(default_factory=TrainConfig)
     cache_latents: bool = False
     threads: int | None = None
 
@@ -67,21 +62,22 @@ def _pixels(images: np.ndarray) -> torch.Tensor:
 
 def _first_event(specs, images, labels, cfg: ReferenceConfig, rng: np.random.Generator):
     """Event 0: the whole network with batch norm, from scratch; returns folded parameters and history."""
+    hp = cfg.train  # clq's hyper-parameters
     net = MobileNetBN(specs)
     n = len(images)
-    bs = min(cfg.first_batch_size, n)
+    bs = min(hp.first_batch_size, n)
     steps = n // bs
-    total = max(1, cfg.first_epochs * steps)
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.first_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    total = max(1, hp.first_epochs * steps)
+    opt = torch.optim.SGD(net.parameters(), lr=hp.first_lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
     x_all, y_all = _pixels(images), torch.from_numpy(labels.astype(np.int64))
     history, t = [], 0
     net.train()
-    for _ in range(cfg.first_epochs):
+    for _ in range(hp.first_epochs):
         perm = torch.from_numpy(rng.permutation(n)[: steps * bs].reshape(steps, bs))
         losses, accs = [], []
         for idx in perm:
             for g in opt.param_groups:  # optax.cosine_decay_schedule(lr, total) evaluated at step t
-                g["lr"] = cfg.first_lr * 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
+                g["lr"] = hp.first_lr * 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
             x, y = x_all[idx], y_all[idx]
             opt.zero_grad(set_to_none=True)
             logits = net(x)
@@ -129,6 +125,7 @@ def run_reference(stream, specs, cfg: ReferenceConfig, seed: int, log=lambda msg
       accuracy_per_event, final_accuracy, timing_s (first_event_s, frozen_pass_s, train_s, eval_s, buffer_s),
       wall_time_s, and the configuration.
     """
+    hp = cfg.train  # clq's hyper-parameters
     t_start = time.perf_counter()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -143,13 +140,13 @@ def run_reference(stream, specs, cfg: ReferenceConfig, seed: int, log=lambda msg
     timer.add("first_event_s", t0)
     frozen = FrozenStage(specs[: l + 1], folded[: l + 1])
     model = AdaptiveStage(specs[l + 1 :], folded[l + 1 :])
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
 
     def latents(images: np.ndarray) -> torch.Tensor:
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = torch.cat([frozen(_pixels(images[s : s + cfg.eval_batch_size]))
-                             for s in range(0, len(images), cfg.eval_batch_size)])
+            out = torch.cat([frozen(_pixels(images[s : s + hp.eval_batch_size]))
+                             for s in range(0, len(images), hp.eval_batch_size)])
         timer.add("frozen_pass_s", t0)
         return out
 
@@ -161,12 +158,12 @@ def run_reference(stream, specs, cfg: ReferenceConfig, seed: int, log=lambda msg
         model.eval()
         correct = 0
         with torch.inference_mode():
-            for s in range(0, len(test_y), cfg.eval_batch_size):
+            for s in range(0, len(test_y), hp.eval_batch_size):
                 if cfg.cache_latents:
-                    x = test_lat[s : s + cfg.eval_batch_size]
+                    x = test_lat[s : s + hp.eval_batch_size]
                 else:  # ar1-pytorch's get_accuracy: the whole network on the test images
-                    x = frozen(_pixels(stream.test_images[s : s + cfg.eval_batch_size]))
-                correct += int((model(x).argmax(1) == test_y[s : s + cfg.eval_batch_size]).sum())
+                    x = frozen(_pixels(stream.test_images[s : s + hp.eval_batch_size]))
+                correct += int((model(x).argmax(1) == test_y[s : s + hp.eval_batch_size]).sum())
         model.train()
         timer.add("eval_s", t0)
         return correct / len(test_y)
@@ -199,7 +196,7 @@ def run_reference(stream, specs, cfg: ReferenceConfig, seed: int, log=lambda msg
         idx = stream.experiences[i]
         images, labels = stream.train_images[idx], torch.from_numpy(stream.train_labels[idx].astype(np.int64))
         n_new = len(idx)
-        a, b, iters = minibatch_composition(n_new, n_slots, cfg.batch_size)
+        a, b, iters = minibatch_composition(n_new, n_slots, hp.batch_size)
         use_replay = n_slots > 0 and b > 0
         if cfg.cache_latents:
             cur = latents(images)
@@ -208,7 +205,7 @@ def run_reference(stream, specs, cfg: ReferenceConfig, seed: int, log=lambda msg
             cur = None  # filled during epoch 0 from the training iterations' own frozen passes
         n_filled = int(filled.sum())
         filled_slots = torch.nonzero(filled).flatten()
-        for epoch in range(cfg.epochs):
+        for epoch in range(hp.epochs):
             new_order = torch.from_numpy(rng.permutation(n_new))
             rep_order = filled_slots[torch.from_numpy(rng.permutation(n_filled))] if use_replay else None
             for it in range(iters):
@@ -248,5 +245,5 @@ def run_reference(stream, specs, cfg: ReferenceConfig, seed: int, log=lambda msg
         "first_event_history": history,
         "timing_s": {k: round(v, 3) for k, v in timer.totals.items()},
         "wall_time_s": time.perf_counter() - t_start,
-        "config": vars(cfg) | {"seed": seed, "torch": torch.__version__, "threads_used": torch.get_num_threads()},
+        "config": dataclasses.asdict(cfg) | {"seed": seed, "torch": torch.__version__, "threads_used": torch.get_num_threads()},
     }
