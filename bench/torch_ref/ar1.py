@@ -21,9 +21,9 @@ Precision is the reference's: FP32 frozen stage, FP32 latents ("FP32 + FP32" in 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
