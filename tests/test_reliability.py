@@ -7,18 +7,18 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from clq.data import build_nic_stream, load_fashion_mnist
-from clq.data.fashion_mnist import DEFAULT_PATH, FILES
 from clq.model import mobilenet_v1_specs
 from clq.quant import QuantConfig
 from clq.train import ReplayConfig, TrainConfig, run_continual
 from clq.train.loop import NonFiniteError
 
-HAVE_FMNIST = all(os.path.exists(os.path.join(DEFAULT_PATH, f)) for f in FILES)
-pytestmark = pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed (scripts/setup.sh)")
+from tiny import TINY as TINY_OVERRIDES
+from tiny import needs_fmnist
+
+pytestmark = needs_fmnist
 
 NUMBERS = ("accuracy_per_event", "final_accuracy", "accuracy_matrix", "forgetting", "buffer")
 
@@ -93,10 +93,7 @@ def test_non_finite_loss_stops_naming_event_and_step(tiny):
     assert [r["event"] for r in e.value.completed] == [0]
 
 
-TINY = ["model.width=0.25", "model.input_size=16", "latent_layer=23", "data.sessions=[clean,dim]",
-        "data.initial_images_per_class=20", "data.images_per_event=12", "data.test_size=200",
-        "train.first_event.epochs=1", "train.first_event.batch_size=20", "train.epochs=2", "train.batch_size=16",
-        "train.eval_batch_size=100", "replay.size=40", "progress=false", "tracking=none"]
+TINY = [*TINY_OVERRIDES, "tracking=none"]
 
 
 def _clq(run_dir, extra=()):

@@ -2,30 +2,17 @@
 
 import glob
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from clq.data.fashion_mnist import DEFAULT_PATH, FILES
-
-HAVE_FMNIST = all(os.path.exists(os.path.join(DEFAULT_PATH, f)) for f in FILES)
-TINY = [
-    "model.width=0.25", "model.input_size=16", "latent_layer=23",
-    "data.sessions=[clean,dim]", "data.initial_images_per_class=20", "data.images_per_event=12",
-    "data.test_size=200", "train.first_event.epochs=1", "train.first_event.batch_size=20", "train.epochs=2",
-    "train.batch_size=16", "train.eval_batch_size=100", "replay.size=40", "progress=false",
-]
+from tiny import TINY, needs_fmnist, run_module
 
 
 def _run(args, cwd):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, "-m", "clq", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return run_module("clq", args, cwd)
 
 
-@pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed (scripts/setup.sh installs it)")
+@needs_fmnist
 def test_tiny_run_through_hydra_app(tmp_path):
     run_dir = tmp_path / "run"
     p = _run([*TINY, f"hydra.run.dir={run_dir}"], tmp_path)
@@ -48,7 +35,7 @@ def test_tiny_run_through_hydra_app(tmp_path):
     assert "final accuracy" in p.stdout and "replay buffer memory" in p.stdout
 
 
-@pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed (scripts/setup.sh installs it)")
+@needs_fmnist
 def test_second_run_loads_its_programs_from_the_compile_cache(tmp_path):
     """The persistent compilation cache: the first run fills it, a second run adds nothing and gets the same numbers."""
     cache = tmp_path / "xla"

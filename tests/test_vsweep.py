@@ -1,40 +1,23 @@
 """`clq-vsweep` end to end: a tiny bit-width x seed sweep as one program, against `clq-run`, and clean config errors."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from clq.analysis import collect_runs
 from clq.config import ConfigError
-from clq.data.fashion_mnist import DEFAULT_PATH, FILES
 from clq.vsweep import vsweep_config
+from tiny import TINY, needs_fmnist, run_module
 
-HAVE_FMNIST = all(os.path.exists(os.path.join(DEFAULT_PATH, f)) for f in FILES)
-# tests/test_run.py's tiny stream: 16 events of 12 images, 200 test images, 40 LRs of 128 elements at l=23.
-TINY = [
-    "model.width=0.25", "model.input_size=16", "latent_layer=23",
-    "data.sessions=[clean,dim]", "data.initial_images_per_class=20", "data.images_per_event=12",
-    "data.test_size=200", "train.first_event.epochs=1", "train.first_event.batch_size=20", "train.epochs=2",
-    "train.batch_size=16", "train.eval_batch_size=100", "replay.size=40", "progress=false",
-]
 BITS, SEEDS = [8, 4], [0, 3]
 
 
-def _run(module, args, cwd):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
-
-
-@pytest.mark.skipif(not HAVE_FMNIST, reason="dataset-fashion-mnist not installed (scripts/setup.sh installs it)")
+@needs_fmnist
 def test_tiny_vsweep_members_equal_clq_run_and_collect_like_a_multirun(tmp_path):
     sweep_dir, run_dir = tmp_path / "vsweep", tmp_path / "run"
-    p = _run("clq.vsweep", [*TINY, f"vsweep.bits=[{','.join(map(str, BITS))}]",
-                            f"vsweep.seeds=[{','.join(map(str, SEEDS))}]", f"hydra.run.dir={sweep_dir}"], tmp_path)
+    p = run_module("clq.vsweep", [*TINY, f"vsweep.bits=[{','.join(map(str, BITS))}]",
+                                  f"vsweep.seeds=[{','.join(map(str, SEEDS))}]", f"hydra.run.dir={sweep_dir}"], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "one jitted call" in p.stdout and "final accuracy" in p.stdout and "U4" in p.stdout
 
@@ -62,8 +45,8 @@ def test_tiny_vsweep_members_equal_clq_run_and_collect_like_a_multirun(tmp_path)
     assert members[8, 0]["accuracy_per_event"] != members[4, 0]["accuracy_per_event"]
 
     # The member whose seed is the base seed (seed=0) is clq-run with that replay.bits and seed.
-    p = _run("clq", [*TINY, "replay.bits=8", "seed=0", "checkpoint_every=0", "tracking=none",
-                     f"hydra.run.dir={run_dir}"], tmp_path)
+    p = run_module("clq", [*TINY, "replay.bits=8", "seed=0", "checkpoint_every=0", "tracking=none",
+                           f"hydra.run.dir={run_dir}"], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     ref = json.loads((run_dir / "results.json").read_text())
     np.testing.assert_allclose(members[8, 0]["accuracy_per_event"], ref["accuracy_per_event"], atol=1e-6, rtol=0)
@@ -89,7 +72,7 @@ def test_tiny_vsweep_members_equal_clq_run_and_collect_like_a_multirun(tmp_path)
     ("replay.size=-1", "replay.size must be"),
 ])
 def test_bad_config_exits_2_before_compute(tmp_path, override, needle):
-    p = _run("clq.vsweep", [override, f"hydra.run.dir={tmp_path / 'r'}", "progress=false"], tmp_path)
+    p = run_module("clq.vsweep", [override, f"hydra.run.dir={tmp_path / 'r'}", "progress=false"], tmp_path)
     assert p.returncode == 2, p.stderr[-3000:]
     assert needle in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "r" / "vsweep.json").exists()
