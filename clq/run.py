@@ -190,12 +190,18 @@ def enable_compile_cache(cache_dir: str | None) -> None:
     program is cached, however fast it compiled, because a default run compiles ~60 programs whose compile time
     (~15 s of a ~60 s run on 2 cores, bench/results/e2e.json) is mostly many small ones. A cached program is the
     same executable, so results do not change (the determinism tests run with it on).
+
+    Raises:
+      ConfigError naming ``compile_cache_dir`` when the folder cannot be created.
     """
     if cache_dir is None:
         return
     import jax
 
-    os.makedirs(cache_dir, exist_ok=True)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"compile_cache_dir={cache_dir!r} is not usable: {e}") from None
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -231,13 +237,9 @@ def _app(cfg: DictConfig) -> float | None:
     try:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         exp = experiment_config(resolved)
+        enable_compile_cache(exp.compile_cache_dir)
     except (OmegaConfBaseException, ConfigError) as e:
         return _failed(2, f"clq-run: config error: {e}", run_dir, resolved, f"ConfigError: {e}")
-    try:
-        enable_compile_cache(exp.compile_cache_dir)
-    except OSError as e:
-        return _failed(2, f"clq-run: config error: compile_cache_dir={exp.compile_cache_dir!r} is not usable: {e}",
-                       run_dir, resolved, f"ConfigError: compile_cache_dir: {e}")
     if multirun and exp.tracking.group is None:
         # Ad-hoc `clq-run -m` sweeps are grouped too: the sweep's folder, the same string for every member.
         exp = replace(exp, tracking=replace(exp.tracking, group=str(hc.sweep.dir)))

@@ -265,13 +265,9 @@ def _app(cfg: DictConfig) -> float | None:
         vs = vsweep_config(resolved)
         exp = experiment_config(resolved)
         check_vectorizable(exp)
+        enable_compile_cache(exp.compile_cache_dir)
     except (OmegaConfBaseException, ConfigError) as e:
         return _failed(2, f"clq-vsweep: config error: {e}", run_dir, resolved, f"ConfigError: {e}")
-    try:
-        enable_compile_cache(exp.compile_cache_dir)
-    except OSError as e:
-        return _failed(2, f"clq-vsweep: config error: compile_cache_dir={exp.compile_cache_dir!r} is not usable: "
-                       f"{e}", run_dir, resolved, f"ConfigError: compile_cache_dir: {e}")
     try:
         summary = run_vsweep(exp, vs, resolved, run_dir)
     except (ConfigError, FileNotFoundError) as e:

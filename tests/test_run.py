@@ -58,6 +58,7 @@ def test_second_run_loads_its_programs_from_the_compile_cache(tmp_path):
 
 @pytest.mark.parametrize("override,needle", [
     ("compile_cache_dir=5", "compile_cache_dir must be a directory path or null"),
+    ("compile_cache_dir=/proc/clq-xla", "compile_cache_dir='/proc/clq-xla' is not usable"),
     ("latent_layer=40", "latent_layer must be in 0..27"),
     ("replay.bits=20", "replay.bits must be"),
     ("replay.policy=fifo", "replay.policy must be one of"),
