@@ -279,4 +279,4 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
     every = _int(cfg.get("checkpoint_every", 1), "checkpoint_every", 0)
     return ExperimentConfig(model, data, quant, replay, train, tracking, latent_layer, seed, joint,
                             bool(cfg.get("progress", True)), target, resume, every, enforce,
-                            cfg.get("latent_cache_dir") or None, _optional_path(cfg, "compile_cache_dir"))
+                            _optional_path(cfg, "latent_cache_dir"), _optional_path(cfg, "compile_cache_dir"))
