@@ -90,7 +90,6 @@ def load_checkpoint(folder: str, templates: dict[str, Any]):
             trees = {}
             for name, template in templates.items():
                 paths, treedef = jax.tree_util.tree_flatten_with_path(template)
-                treedef = jax.tree_util.tree_structure(template)
                 leaves = []
                 for path, leaf in paths:
                     key = f"{name}/{jax.tree_util.keystr(path)}"
