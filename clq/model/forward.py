@@ -125,13 +125,17 @@ def _depthwise(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
 
     XLA's CPU backend runs a grouped convolution (`feature_group_count=C`) ~10x slower than this
     formulation (../shared/reference/perf-notes.md), and the backward pass of shifted slices is cheap.
+    Each slice is multiplied as [B*H'*W', C] rows: at 2x2 and 1x1 resolution XLA cuts the slices of the
+    padded input down to [B, 1, 1, C] pieces, and the weight gradient of such a piece (a reduction over
+    axis 0 of [B, 1, 1, C]) is ~8-40x slower on XLA's CPU backend (YNNPACK) than the same reduction over
+    [B, C] rows (see `_linear_op_flat`). The values are the same: the multiply-adds are elementwise.
     """
     k = w.shape[0]
     out = None
     for t, sl in enumerate(im2col_taps(x, k, stride)):
-        term = sl * w[t // k, t % k, 0]
+        term = sl.reshape(-1, sl.shape[-1]) * w[t // k, t % k, 0]
         out = term if out is None else out + term
-    return out
+    return out.reshape(x.shape[0], -(-x.shape[1] // stride), -(-x.shape[2] // stride), x.shape[3])
 
 
 def _conv_im2col(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
@@ -156,6 +160,8 @@ def linear_op(spec: LayerSpec, w: jax.Array | None, x: jax.Array) -> jax.Array:
     Returns:
       float32 [B, H', W', C_out] (classifier: [B, num_classes]).
     """
+    if x.ndim == 2 and spec.kind in ("dw", "pw", "pool"):
+        return _linear_op_flat(spec, w, x)
     if spec.kind == "conv":
         return _conv_im2col(x, w, spec.stride)
     if spec.kind == "dw":
@@ -167,6 +173,36 @@ def linear_op(spec: LayerSpec, w: jax.Array | None, x: jax.Array) -> jax.Array:
     if spec.kind == "linear":
         return x.reshape(x.shape[0], -1) @ w
     raise ValueError(f"unknown layer kind {spec.kind!r}")
+
+
+def _linear_op_flat(spec: LayerSpec, w: jax.Array | None, x: jax.Array) -> jax.Array:
+    """`linear_op` of a layer whose input is 1x1 spatially, on [B, C] rows instead of [B, 1, 1, C].
+
+    Same values: a 1x1 depthwise conv under TF 'SAME' padding only ever reads its centre tap (the others
+    multiply zero padding), the mean over one pixel is the pixel, and a pointwise conv is the same dot.
+    Why: in the 4-D form the backward pass reduces [B, 1, 1, C] over axis 0 (bias and depthwise-weight
+    gradients, batch-norm statistics), which XLA's CPU backend hands to a YNNPACK reduction ~8-40x slower
+    than the same reduction over [B, C] (a 128x512 bias gradient: 180 us vs 22 us; docs/performance.md).
+    """
+    if spec.kind == "pw":
+        return x @ w
+    if spec.kind == "dw":
+        c = same_padding(1, w.shape[0], spec.stride)[0]
+        return x * w[c, c, 0]
+    return x  # pool over one pixel
+
+
+def _maybe_flat(x: jax.Array) -> jax.Array:
+    """[B, 1, 1, C] -> [B, C] (see `_linear_op_flat`); anything else unchanged."""
+    return x.reshape(x.shape[0], x.shape[-1]) if x.ndim == 4 and x.shape[1:3] == (1, 1) else x
+
+
+def _restore(specs: Sequence[LayerSpec], x: jax.Array) -> jax.Array:
+    """The last layer's output in its spec shape [B, *out_shape] (flattened rows back to [B, 1, 1, C])."""
+    last = specs[-1] if len(specs) else None
+    if last is None or last.kind == "linear" or x.ndim == 4:
+        return x
+    return x.reshape(x.shape[0], *last.out_shape)
 
 
 def activation(spec: LayerSpec, y: jax.Array) -> jax.Array:
@@ -193,11 +229,12 @@ def forward_bn(
     """
     batch_stats = []
     for spec, p, s in zip(specs, params, bn_stats):
-        y = linear_op(spec, p.get("w"), x)
+        y = _maybe_flat(linear_op(spec, p.get("w"), _maybe_flat(x)))
         if spec.batch_norm:
             if train:
-                mean = jnp.mean(y, axis=(0, 1, 2))
-                var = jnp.var(y, axis=(0, 1, 2))
+                axes = tuple(range(y.ndim - 1))  # all but channels
+                mean = jnp.mean(y, axis=axes)
+                var = jnp.var(y, axis=axes)
                 batch_stats.append({"mean": mean, "var": var})
             else:
                 mean, var = s["mean"], s["var"]
@@ -208,7 +245,7 @@ def forward_bn(
                 y = y + p["b"]
             batch_stats.append({})
         x = activation(spec, y)
-    return x, tuple(batch_stats)
+    return _restore(specs, x), tuple(batch_stats)
 
 
 def forward(specs: Sequence[LayerSpec], params: Sequence[dict], x: jax.Array) -> jax.Array:
@@ -220,11 +257,11 @@ def forward(specs: Sequence[LayerSpec], params: Sequence[dict], x: jax.Array) ->
       x: float32 input of shape [B, *specs[0].in_shape].
     """
     for spec, p in zip(specs, params):
-        y = linear_op(spec, p.get("w"), x)
+        y = _maybe_flat(linear_op(spec, p.get("w"), _maybe_flat(x)))
         if "b" in p:
             y = y + p["b"]
         x = activation(spec, y)
-    return x
+    return _restore(specs, x)
 
 
 def fold_batch_norm(

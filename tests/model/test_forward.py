@@ -36,3 +36,43 @@ def test_dense_conv_im2col_matches_xla_conv(stride, size):
                                        precision=jax.lax.Precision.HIGHEST)
     np.testing.assert_allclose(np.asarray(jax.jit(lambda x, w: linear_op(spec, w, x))(x, w)), np.asarray(ref),
                                rtol=1e-5, atol=1e-5)
+
+
+def _xla_reference(specs, params, x):
+    """Folded forward pass from XLA convolutions on NHWC tensors throughout (no flattened 1x1 rows)."""
+    for spec, p in zip(specs, params):
+        if spec.kind in ("conv", "dw"):
+            pads = (same_padding(x.shape[1], spec.kernel, spec.stride), same_padding(x.shape[2], spec.kernel, spec.stride))
+            y = jax.lax.conv_general_dilated(x, p["w"], (spec.stride,) * 2, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                             feature_group_count=x.shape[-1] if spec.kind == "dw" else 1,
+                                             precision=jax.lax.Precision.HIGHEST)
+        elif spec.kind == "pw":
+            y = jnp.einsum("bhwc,cd->bhwd", x, p["w"], precision=jax.lax.Precision.HIGHEST)
+        elif spec.kind == "pool":
+            y = jnp.mean(x, axis=(1, 2), keepdims=True)
+        else:
+            y = jnp.dot(x.reshape(x.shape[0], -1), p["w"], precision=jax.lax.Precision.HIGHEST)
+        y = y + p["b"] if "b" in p else y
+        x = jax.nn.relu(y) if spec.activation == "relu" else y
+    return x
+
+
+@pytest.mark.parametrize("first", [17, 21, 23, 25])
+def test_forward_with_small_resolutions_matches_xla_convolutions(first):
+    """Layers at 2x2 and 1x1 run on [B*H*W, C] rows (`_linear_op_flat`, `_depthwise`): same values and gradients
+    as XLA's own (grouped) convolutions, and a stage ending at a 1x1 layer still returns [B, 1, 1, C]."""
+    from clq.model import fold_batch_norm, forward
+
+    specs = mobilenet_v1_specs(0.25, 32, 10)
+    params, stats = init_params(specs, jax.random.PRNGKey(0))
+    folded = fold_batch_norm(specs, params, stats)
+    x = jax.random.uniform(jax.random.PRNGKey(1), (3, *specs[first].in_shape)) * 2
+    for stop in (len(specs) - 1, 26):  # to the classifier / a stage ending at a 1x1 pointwise layer
+        sub, p = specs[first : stop + 1], folded[first : stop + 1]
+        out = forward(sub, p, x)
+        assert out.shape == (3, *sub[-1].out_shape) or (sub[-1].kind == "linear" and out.shape == (3, 10))
+        np.testing.assert_allclose(np.asarray(out), np.asarray(_xla_reference(sub, p, x)), rtol=1e-5, atol=1e-5)
+        g = jax.grad(lambda p: jnp.sum(jnp.sin(forward(sub, p, x))))(p)
+        g_ref = jax.grad(lambda p: jnp.sum(jnp.sin(_xla_reference(sub, p, x))))(p)
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
