@@ -51,6 +51,7 @@ MAX_SEED = 2**31 - 1
 class VSweepConfig:
     bits: tuple[int, ...]  # Q_LR of the K members' replay buffers, distinct, each in 1..16
     seeds: tuple[int, ...]  # the S learning-phase seeds, distinct, each in 0..2^31-1
+    members_per_batch: int | None = None  # members vmapped together (lax.map over batches); None: all at once
 
 
 def _int_list(value, field: str, lo: int, hi: int, what: str) -> tuple[int, ...]:
@@ -71,13 +72,17 @@ def vsweep_config(cfg: Mapping[str, Any]) -> VSweepConfig:
     v = cfg.get("vsweep")
     if not isinstance(v, Mapping):
         raise ConfigError(f"vsweep must be a mapping with keys bits and seeds, got {v!r}")
-    unknown = sorted(set(v) - {"bits", "seeds"})
+    unknown = sorted(set(v) - {"bits", "seeds", "members_per_batch"})
     if unknown:
-        raise ConfigError(f"vsweep.{unknown[0]} is not a key of vsweep (allowed: bits, seeds)")
+        raise ConfigError(f"vsweep.{unknown[0]} is not a key of vsweep (allowed: bits, seeds, members_per_batch)")
     bits = _int_list(v.get("bits"), "vsweep.bits", 1, 16,
                      "replay bit-widths Q_LR; null (FP32 latents) cannot be vectorized")
     seeds = _int_list(v.get("seeds"), "vsweep.seeds", 0, MAX_SEED, "non-negative seeds")
-    return VSweepConfig(bits, seeds)
+    mpb = v.get("members_per_batch")
+    if mpb is not None and (isinstance(mpb, bool) or not isinstance(mpb, int) or mpb < 1):
+        raise ConfigError(f"vsweep.members_per_batch must be null (all members at once) or an integer >= 1, "
+                          f"got {mpb!r}")
+    return VSweepConfig(bits, seeds, mpb)
 
 
 def check_vectorizable(exp: ExperimentConfig) -> None:
@@ -193,7 +198,8 @@ def run_vsweep(exp: ExperimentConfig, vs: VSweepConfig, resolved: dict, run_dir:
         _log(f"compile + sweep: learning events 1..{stream.num_events - 1} of all "
              f"{len(vs.bits) * len(vs.seeds)} members as one jitted call (no progress until it returns)")
         out = run_sweep(stream, specs, exp.latent_layer, exp.train, exp.replay.size, list(vs.bits), list(vs.seeds),
-                        exp.quant, exp.seed, exp.replay.policy, eval_chunk, prepared=prepared)
+                        exp.quant, exp.seed, exp.replay.policy, eval_chunk, prepared=prepared,
+                        members_per_batch=vs.members_per_batch)
         t_sweep = time.perf_counter()
         _log(f"compile + sweep: {t_sweep - t_prep:.1f} s")
     except BaseException as e:

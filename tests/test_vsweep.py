@@ -68,6 +68,7 @@ def test_tiny_vsweep_members_equal_clq_run_and_collect_like_a_multirun(tmp_path)
     ("vsweep.bits=[8,null]", "vsweep.bits[1] must be an integer in 1..16"),
     ("vsweep.seeds=[-1]", "vsweep.seeds[0] must be an integer in 0.."),
     ("vsweep.seeds=[1,1]", "vsweep.seeds must hold distinct values"),
+    ("vsweep.members_per_batch=0", "vsweep.members_per_batch must be null (all members at once) or an integer >= 1"),
     ("train.strategy=ar1star", "train.strategy must be 'qlr'"),
     ("replay.size=-1", "replay.size must be"),
 ])
@@ -81,8 +82,10 @@ def test_bad_config_exits_2_before_compute(tmp_path, override, needle):
 
 def test_vsweep_config_validation():
     assert vsweep_config({"vsweep": {"bits": [8, 16, 1], "seeds": [0, 7]}}).bits == (8, 16, 1)
+    assert vsweep_config({"vsweep": {"bits": [8], "seeds": [0], "members_per_batch": 2}}).members_per_batch == 2
     for bad in ({"bits": [8], "seeds": [0], "extra": 1}, {"bits": "8", "seeds": [0]}, {"bits": [8.0], "seeds": [0]},
-                {"bits": [True], "seeds": [0]}, {"bits": [8], "seeds": None}):
+                {"bits": [True], "seeds": [0]}, {"bits": [8], "seeds": None},
+                {"bits": [8], "seeds": [0], "members_per_batch": 1.5}, {"bits": [8], "seeds": [0], "members_per_batch": True}):
         with pytest.raises(ConfigError, match="vsweep"):
             vsweep_config({"vsweep": bad})
 

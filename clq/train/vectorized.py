@@ -129,6 +129,7 @@ def make_sweep(
     max_bits: int = 8,
     policy: str = "ar1",
     eval_chunk: int = 1000,
+    members_per_batch: int | None = None,
 ) -> Callable[..., SweepResult]:
     """Build the jitted sweep program.
 
@@ -139,6 +140,7 @@ def make_sweep(
       composition: the mini-batch composition shared by every learning event.
       max_bits: the largest Q_LR the program will be called with; fixes the storage dtype (uint8 up to 8).
       eval_chunk: test latents evaluated per step of the evaluation loop (bounds memory: K*S*chunk latents).
+      members_per_batch: configurations vmapped together (`lax.map` over batches of them); None: all K*S.
     Returns:
       ``sweep(adaptive_params, lr_bits, lr_scale, seeds, data) -> SweepResult`` where adaptive_params is the
       post-event-0 adaptive tree (shared), lr_bits int32 [K], lr_scale float32 [K] (`lr_scales`), seeds
@@ -194,17 +196,20 @@ def make_sweep(
             state.filled.astype(jnp.int32))
         return jnp.concatenate([acc0[None], acc]), loss, hist
 
-    over_seeds = jax.vmap(one_config, in_axes=(None, None, None, 0, None))
-    over_bits = jax.vmap(over_seeds, in_axes=(None, 0, 0, None, None))
-
     @jax.jit
     def sweep(adaptive_params, lr_bits, lr_scale, seeds, data: SweepData) -> SweepResult:
         if data.test_codes.shape[0] % eval_chunk:
             raise ValueError(f"the test set ({data.test_codes.shape[0]}) must be padded to a multiple of "
                              f"eval_chunk={eval_chunk} (use sweep_data)")
-        acc, loss, hist = over_bits(adaptive_params, jnp.asarray(lr_bits, jnp.int32),
-                                    jnp.asarray(lr_scale, jnp.float32), jnp.asarray(seeds, jnp.int32), data)
-        return SweepResult(acc, loss, hist)
+        k, s = len(lr_bits), len(seeds)
+        # Members flattened bit-width-major: member k*S + s is (lr_bits[k], seeds[s]).
+        bits = jnp.repeat(jnp.asarray(lr_bits, jnp.int32), s)
+        scale = jnp.repeat(jnp.asarray(lr_scale, jnp.float32), s)
+        seed = jnp.tile(jnp.asarray(seeds, jnp.int32), k)
+        chunk = k * s if members_per_batch is None else min(members_per_batch, k * s)
+        acc, loss, hist = jax.lax.map(lambda m: one_config(adaptive_params, *m, data), (bits, scale, seed),
+                                      batch_size=chunk)
+        return SweepResult(*(a.reshape(k, s, *a.shape[1:]) for a in (acc, loss, hist)))
 
     return sweep
 
@@ -239,7 +244,7 @@ def prepare_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, 
 
 def run_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, replay_size: int,
               lr_bits: Sequence[int], seeds: Sequence[int], quant, base_seed: int = 0, policy: str = "ar1",
-              eval_chunk: int = 1000, prepared=None) -> dict:
+              eval_chunk: int = 1000, prepared=None, members_per_batch: int | None = None) -> dict:
     """K bit-widths x S seeds of the learning phase on one stream and frozen stage, as one compiled call.
 
     Args:
@@ -247,6 +252,7 @@ def run_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, repl
       lr_bits: the K values of Q_LR (1..16).
       seeds: the S seeds of the learning phase.
       prepared: the result of `prepare_sweep` to reuse (else it is computed here).
+      members_per_batch: configurations vmapped together (`make_sweep`); fewer bound the memory, None: all.
     Returns:
       dict with ``accuracy`` float [K, S, E], ``final_accuracy`` float [K, S], ``train_loss`` [K, S, E-1],
       ``buffer_histogram`` [K, S, num_classes] (NumPy), and the ``lr_bits``/``seeds`` axes.
@@ -267,7 +273,7 @@ def run_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, repl
     _, adaptive_specs = split_specs(specs, latent_layer)
     sweep = make_sweep(adaptive_specs, make_optimizer(train.lr, train.momentum, train.weight_decay), replay_size,
                        data.codes0.shape[1:], stream.num_classes, comps.pop(), train.epochs, max(lr_bits), policy,
-                       eval_chunk)
+                       eval_chunk, members_per_batch)
     res = sweep(params, np.asarray(lr_bits, np.int32), lr_scales(lr_bits, frozen.a_max),
                 np.asarray(seeds, np.int32), data)
     acc = np.asarray(res.accuracy, np.float64)

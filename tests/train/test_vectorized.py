@@ -75,9 +75,12 @@ def _separate_run(params, data: SweepData, opt, buffer, add, event, predict, see
     return np.asarray(accs), hist
 
 
-def test_sweep_equals_separate_runs_and_compiles_once(setup):
+@pytest.mark.parametrize("members_per_batch", [None, 3])
+def test_sweep_equals_separate_runs_and_compiles_once(setup, members_per_batch):
+    """All 4 configurations vmapped together, or in a `lax.map` over batches of 3 (a full one and a remainder)."""
     params, adaptive, shape, data, comp, opt = setup
-    sweep = make_sweep(adaptive, opt, N_LR, shape, CLASSES, comp, epochs=2, max_bits=8, eval_chunk=CHUNK)
+    sweep = make_sweep(adaptive, opt, N_LR, shape, CLASSES, comp, epochs=2, max_bits=8, eval_chunk=CHUNK,
+                       members_per_batch=members_per_batch)
     bits, seeds = [8, 3], [0, 5]
     res = sweep(params, np.asarray(bits, np.int32), lr_scales(bits, A_MAX), np.asarray(seeds, np.int32), data)
     assert res.accuracy.shape == (2, 2, EVENTS) and res.accuracy.dtype == jnp.float32
