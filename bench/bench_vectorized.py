@@ -11,7 +11,7 @@ On the default experiment (l = 19, N_LR = 1500, 76 events), in one process:
    update (`separate_phase` below), seed 0; K x S separate runs cost K x S times this (seeds do not change
    the work);
 4. ``sweep``: `clq.train.vectorized.make_sweep`, the K x S learning phases as one jitted call (vmap over
-   bit-widths of vmap over seeds), timed on its first call (compilation included) and on a second call with
+   the K x S members), timed on its first call (compilation included) and on a second call with
    other seeds (no recompilation).
 
 Reported: sweep (+ shared) / one run, the target's ratio; sweep / one learning phase (the strict ratio); and

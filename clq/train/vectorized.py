@@ -7,7 +7,8 @@ dtype is shared (uint8 for Q_LR <= 8), so the learning phase of every configurat
 
     one configuration  = lax.scan over learning events 1..E-1 of
                          [learning event (make_event_fn) -> buffer.add -> test accuracy]
-    the sweep          = vmap over bit-widths (Q_LR, S_LR traced) of vmap over seeds (keys traced)
+    the sweep          = vmap over the K*S members (Q_LR, S_LR and the seed's keys traced), or a lax.map
+                         over batches of `members_per_batch` of them, each batch vmapped (bounds memory)
 
 and the whole sweep is one `jax.jit` call: one compilation, no host round trip between events or
 configurations, the buffers kept as UINT codes, the latents of every event computed once and shared.
