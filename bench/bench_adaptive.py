@@ -61,6 +61,36 @@ def training_macs(adaptive_specs) -> dict:
     return {"forward": fwd, "weight_gradient": wgrad, "input_gradient": igrad, "total": fwd + wgrad + igrad}
 
 
+def reduction_layouts(repeats: int = 5, n: int = 2000) -> dict:
+    """Microseconds of one bias-gradient-like reduction, sum over the batch of x * g, in two layouts of the same data.
+
+    [B, 1, 1, C] over axis 0 is what autodiff emits for a layer at 1x1 resolution kept in NHWC; XLA's CPU backend
+    hands it to a YNNPACK reduction that is far slower than the same sum over [B, C] rows, which is why
+    `clq.model.forward` runs 1x1 layers and depthwise taps on rows. Timed as `n` reductions in one `lax.scan`.
+    """
+    out = {}
+    for b, c in ((128, 512), (128, 256)):
+        x = jax.random.normal(jax.random.PRNGKey(0), (b, 1, 1, c))
+        g = jax.random.normal(jax.random.PRNGKey(1), (b, 1, 1, c))
+        row = {}
+        for name, f in (("[B,1,1,C] axis 0", lambda x, g: jnp.sum(x * g, axis=0).reshape(-1)),
+                        ("[B,C] axis 0", lambda x, g: jnp.sum((x * g).reshape(b, c), axis=0))):
+            def loop(x, g, f=f):
+                return jax.lax.scan(lambda acc, _: (acc + f(x + acc * 0, g)[0], None), jnp.float32(0), None,
+                                    length=n)[0]
+            run = jax.jit(loop)
+            jax.block_until_ready(run(x, g))
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(run(x, g))
+                times.append((time.perf_counter() - t0) / n * 1e6)
+            row[name] = best_and_median(times)
+        row["ratio"] = row["[B,1,1,C] axis 0"]["best"] / row["[B,C] axis 0"]["best"]
+        out[f"B={b}, C={c}"] = row
+    return out
+
+
 def clq_event(specs, layer: int, repeats: int, n_new=300, buffer_size=1500, batch=128) -> dict:
     """Seconds per SGD step of one compiled learning event (1 epoch) of the adaptive stage above `layer`."""
     _, adaptive = split_specs(specs, layer)
@@ -151,6 +181,15 @@ def main(argv=None) -> dict:
         rows[layer] = {"macs_per_sample": macs, "clq": ev, "torch": tr}
         print(f"l={layer}: clq {ev['step_s']['best'] * 1e3:.1f} ms/step"
               + ("" if tr is None else f", PyTorch {tr['step_s']['best'] * 1e3:.1f} ms/step"), file=sys.stderr)
+    # The default experiment's own adaptive stage (conf/config.yaml: MobileNet-V1 0.5 / 32 px at its latent layer).
+    from bench.common import default_experiment
+
+    exp = default_experiment()
+    d_specs, d_layer = exp.model.specs(), exp.latent_layer
+    d_macs = training_macs(split_specs(d_specs, d_layer)[1])
+    d_ev = clq_event(d_specs, d_layer, args.repeats, batch=exp.train.batch_size)
+    print(f"default experiment l={d_layer}: clq {d_ev['step_s']['best'] * 1e3:.2f} ms/step", file=sys.stderr)
+    layouts = reduction_layouts()
     peak_after = matmul_peak()
     # The peak is measured before and after the layers; the higher one is the machine's (least disturbed) peak.
     peak = max(peak_before["gflops"], peak_after["gflops"])
@@ -163,7 +202,13 @@ def main(argv=None) -> dict:
         if r["torch"] is not None:
             r["torch"]["achieved_gflops"] = flop / r["torch"]["step_s"]["best"] / 1e9
             r["torch_over_clq_step_time"] = r["torch"]["step_s"]["best"] / best
+    d_flop = exp.train.batch_size * 2 * d_macs["total"]
+    default_row = {"model": f"MobileNet-V1 {exp.model.width} / {exp.model.input_size} px, {exp.model.num_classes} "
+                            f"classes", "layer": d_layer, "macs_per_sample": d_macs, "clq": d_ev,
+                   "achieved_gflops": d_flop / d_ev["step_s"]["best"] / 1e9,
+                   "fraction_of_peak": d_flop / d_ev["step_s"]["best"] / 1e9 / peak}
     result = {"benchmark": "adaptive-stage training throughput vs FP32 matmul peak",
+              "default_experiment": default_row, "reduction_layouts_us": layouts,
               "command": "python bench/bench_adaptive.py", "model": "MobileNet-V1 1.0 / 128 px, 50 classes",
               "batch": args.batch, "peak": {"before": peak_before, "after": peak_after, "gflops": peak},
               "layers": {str(k): v for k, v in rows.items()}, "machine": machine()}
@@ -174,6 +219,12 @@ def main(argv=None) -> dict:
         torch_ms = "-" if t is None else f"{t['step_s']['best'] * 1e3:.1f}"
         print(f"| {layer} | {r['clq']['step_s']['best'] * 1e3:.1f} | {r['samples_per_s']:.0f} | "
               f"{r['achieved_gflops']:.1f} | {100 * r['fraction_of_peak']:.1f} % | {torch_ms} |")
+    print(f"| default experiment, l={d_layer} ({default_row['model']}) | {d_ev['step_s']['best'] * 1e3:.2f} | "
+          f"{exp.train.batch_size / d_ev['step_s']['best']:.0f} | {default_row['achieved_gflops']:.1f} | "
+          f"{100 * default_row['fraction_of_peak']:.1f} % | - |")
+    for k, r in layouts.items():
+        print(f"reduction over the batch, {k}: [B,1,1,C] {r['[B,1,1,C] axis 0']['best']:.1f} us, "
+              f"[B,C] {r['[B,C] axis 0']['best']:.1f} us ({r['ratio']:.1f}x)")
     print(f"peak FP32 matmul {peak:.1f} GFLOP/s; wrote {os.path.relpath(path, ROOT)}")
     return result
 

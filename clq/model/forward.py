@@ -120,15 +120,13 @@ def im2col(x, kernel: int, stride: int, xp=jnp):
     return xp.concatenate(list(im2col_taps(x, kernel, stride, xp)), axis=-1)
 
 
-def _depthwise(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-    """KxK depthwise conv as K*K shifted multiply-adds over the padded input.
+def _depthwise_taps(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """KxK depthwise conv as K*K shifted multiply-adds over the padded input (the forward pass of `_depthwise`).
 
-    XLA's CPU backend runs a grouped convolution (`feature_group_count=C`) ~10x slower than this
-    formulation (../shared/reference/perf-notes.md), and the backward pass of shifted slices is cheap.
     Each slice is multiplied as [B*H'*W', C] rows: at 2x2 and 1x1 resolution XLA cuts the slices of the
-    padded input down to [B, 1, 1, C] pieces, and the weight gradient of such a piece (a reduction over
-    axis 0 of [B, 1, 1, C]) is ~8-40x slower on XLA's CPU backend (YNNPACK) than the same reduction over
-    [B, C] rows (see `_linear_op_flat`). The values are the same: the multiply-adds are elementwise.
+    padded input down to [B, 1, 1, C] pieces, and a reduction over axis 0 of such a piece is ~8-40x slower on
+    XLA's CPU backend (YNNPACK) than the same reduction over [B, C] rows (see `_linear_op_flat`). The values
+    are the same: the multiply-adds are elementwise.
     """
     k = w.shape[0]
     out = None
@@ -136,6 +134,52 @@ def _depthwise(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
         term = sl.reshape(-1, sl.shape[-1]) * w[t // k, t % k, 0]
         out = term if out is None else out + term
     return out.reshape(x.shape[0], -(-x.shape[1] // stride), -(-x.shape[2] // stride), x.shape[3])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """KxK depthwise conv: x [B, H, W, C], w [K, K, 1, C] -> [B, H', W', C] (TF 'SAME', `_depthwise_taps`).
+
+    XLA's CPU backend runs a grouped convolution (`feature_group_count=C`) ~10x slower than shifted
+    multiply-adds (../shared/reference/perf-notes.md). The backward pass is written out (`_depthwise_bwd`):
+    autodiff of the shifted slices sums K*K zero-padded copies of the output gradient per input pixel, and XLA
+    fuses them with the ops that produce that gradient, recomputing those K*K times; for stride 1 the input
+    gradient is the same depthwise conv of the output gradient with the flipped kernel (event 0: ~10 % less
+    time per whole-network step, bench/results/e2e.json).
+    """
+    return _depthwise_taps(x, w, stride)
+
+
+def _depthwise_fwd(x, w, stride):
+    return _depthwise_taps(x, w, stride), (x, w)
+
+
+def _depthwise_bwd(stride, res, g):
+    x, w = res
+    k = w.shape[0]
+    b, h, wd, c = x.shape
+    g_rows = g.reshape(-1, c)
+    # dL/dw[kh, kw] = sum over output pixels of (input slice of tap (kh, kw)) * g, as [B*H'*W', C] rows.
+    dw = jnp.stack([jnp.sum(sl.reshape(-1, c) * g_rows, axis=0) for sl in im2col_taps(x, k, stride)])
+    if stride == 1 and k % 2 == 1:
+        # 'SAME' padding of an odd kernel at stride 1 is symmetric: the transpose is a correlation with the
+        # kernel flipped in both spatial axes, under the same padding.
+        return _depthwise_taps(g, w[::-1, ::-1], 1), dw.reshape(w.shape)
+    # Strided: scatter g * w[kh, kw] back onto the padded input grid (interior padding = stride - 1), then crop.
+    ho, wo = g.shape[1], g.shape[2]
+    (pt, pb), (pl, pr) = same_padding(h, k, stride), same_padding(wd, k, stride)
+    hp, wp = h + pt + pb, wd + pl + pr
+    dxp = None
+    for t in range(k * k):
+        i, j = t // k, t % k
+        cfg = ((0, 0, 0), (i, hp - i - stride * (ho - 1) - 1, stride - 1),
+               (j, wp - j - stride * (wo - 1) - 1, stride - 1), (0, 0, 0))
+        term = jax.lax.pad(g * w[i, j, 0], jnp.zeros((), g.dtype), cfg)
+        dxp = term if dxp is None else dxp + term
+    return dxp[:, pt : pt + h, pl : pl + wd, :], dw.reshape(w.shape)
+
+
+_depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def _conv_im2col(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:

@@ -76,3 +76,28 @@ def test_forward_with_small_resolutions_matches_xla_convolutions(first):
         g_ref = jax.grad(lambda p: jnp.sum(jnp.sin(_xla_reference(sub, p, x))))(p)
         for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [1, 2, 5, 8, 15, 16])
+def test_depthwise_and_its_handwritten_gradient_match_xla_grouped_conv(stride, size):
+    """`_depthwise` has a custom VJP (flipped-kernel correlation at stride 1, scatter at stride 2): check both
+    gradients against autodiff of XLA's grouped convolution, on odd and even sizes down to 1x1."""
+    out = -(-size // stride)
+    spec = LayerSpec(1, "dw", "dw", 3, stride, (size, size, 8), (out, out, 8), True, "relu")
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 8))
+    w = jax.random.normal(jax.random.PRNGKey(2), spec.weight_shape)
+    pads = (same_padding(size, 3, stride),) * 2
+
+    def ref(x, w):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                           feature_group_count=8, precision=jax.lax.Precision.HIGHEST)
+
+    def clq(x, w):
+        return linear_op(spec, w, x)
+
+    np.testing.assert_allclose(np.asarray(jax.jit(clq)(x, w)), np.asarray(ref(x, w)), rtol=1e-5, atol=1e-5)
+    cot = jax.random.normal(jax.random.PRNGKey(3), (2, out, out, 8))
+    for a, b in zip(jax.grad(lambda x, w: jnp.sum(clq(x, w) * cot), (0, 1))(x, w),
+                    jax.grad(lambda x, w: jnp.sum(ref(x, w) * cot), (0, 1))(x, w)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
