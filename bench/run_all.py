@@ -46,7 +46,8 @@ def _run(name: str, out_dir: str, quick: bool) -> dict:
     if name == "torch_reference":
         from bench import bench_torch_reference
 
-        return bench_torch_reference.main(["--out", out] + (["--repeats", "1", "--events", "4"] if quick else []))
+        return bench_torch_reference.main(["--out", out] + (["--repeats", "1", "--events", "4", "--accuracy-seeds", "1"] if quick
+                                                           else []))
     if name == "vectorized":
         from bench import bench_vectorized
 
@@ -71,6 +72,11 @@ def table(res: dict) -> list[tuple[str, str, str]]:
         rows.append(("final accuracy clq (U8+U8) / clq FP32 / PyTorch FP32", "within 1 point",
                      f"{100 * acc['clq']:.2f} / {100 * acc['clq-fp32']:.2f} / {100 * acc['torch']:.2f} % "
                      f"(gap {t['accuracy_gap_points']['clq U8+U8 - PyTorch FP32']:+.2f} points)"))
+        if "accuracy_over_seeds" in t:
+            a = t["accuracy_over_seeds"]
+            rows.append((f"final accuracy, mean over seeds {a['seeds']}: clq U8+U8 / PyTorch FP32", "within 1 point",
+                         f"{100 * a['mean']['clq']:.2f} / {100 * a['mean']['torch']:.2f} % "
+                         f"(gap {a['gap_points_of_means']:+.2f} points)"))
     if "adaptive" in res:
         a = res["adaptive"]
         for layer, r in a["layers"].items():
@@ -78,6 +84,10 @@ def table(res: dict) -> list[tuple[str, str, str]]:
                          ">= 30 % of peak" if layer == "23" else "-",
                          f"{100 * r['fraction_of_peak']:.1f} % of {a['peak']['gflops']:.0f} GFLOP/s "
                          f"({r['achieved_gflops']:.0f} GFLOP/s, {r['samples_per_s']:.0f} samples/s)"))
+        if "default_experiment" in a:
+            d = a["default_experiment"]
+            rows.append((f"adaptive-stage training of the default experiment (l={d['layer']}, {d['model']})", "-",
+                         f"{100 * d['fraction_of_peak']:.1f} % of peak ({d['achieved_gflops']:.0f} GFLOP/s)"))
     if "vectorized" in res:
         v = res["vectorized"]
         r = v["ratios"]
