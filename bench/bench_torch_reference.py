@@ -175,6 +175,7 @@ def main(argv=None) -> dict:
         "learning_phase_s": {k: sum(t for n, t in s.items() if n != "first_event_s") for k, s in split.items()},
         "speedup_vs_pytorch_with_latent_cache": wall["torch-cached"]["best"] / wall["clq"]["best"],
         "speedup_medians": {"torch": wall["torch"]["median"] / wall["clq"]["median"],
+                            "torch_over_clq_warm": wall["torch"]["median"] / wall["clq-warm"]["median"],
                             "torch-cached": wall["torch-cached"]["median"] / wall["clq"]["median"]},
         "final_accuracy": {**acc, "clq-fp32": fp32["final_accuracy"]},
         "accuracy_gap_points": {"clq U8+U8 - PyTorch FP32": 100 * (acc["clq"] - acc["torch"]),
