@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from clq.cost import engine
-from clq.cost.report import _resolve_target, config_arrays
+from clq.cost.report import resolve_target, config_arrays
 from clq.cost.targets import Target
 from clq.cost.validate import check_backward_error, check_bits, check_count, check_event, check_latent_layer
 from clq.model.specs import LayerSpec
@@ -62,7 +62,7 @@ def evaluate_grid(
     as_py = lambda xs: [int(v) if isinstance(v, np.integer) else v for v in xs]  # noqa: E731
     latent_layers, lr_bits, buffer_sizes = as_py(latent_layers), as_py(lr_bits), as_py(buffer_sizes)
     l1_bytes = None if l1_bytes is None else as_py(l1_bytes)
-    tg = [_resolve_target(t) for t in targets]
+    tg = [resolve_target(t) for t in targets]
     if not tg:
         raise ValueError("targets must name at least one target, got an empty list")
     for name, axis in (("latent_layers", latent_layers), ("lr_bits", lr_bits), ("buffer_sizes", buffer_sizes)):

@@ -16,14 +16,15 @@ from clq.cost.targets import KERNEL_PASSES, Target, load_target
 from clq.cost.validate import check_backward_error, check_bits, check_count, check_event, check_latent_layer
 from clq.model.specs import LayerSpec
 
-__all__ = ["cost_report", "memory_bytes", "format_table", "config_arrays"]
+__all__ = ["cost_report", "memory_bytes", "format_table", "config_arrays", "resolve_target"]
 
 _TIER_NAMES = {v: k for k, v in engine.TIER_CODES.items()}
 _MEMORY_KEYS = ("lr_buffer", "lr_labels", "new_latents", "frozen_weights", "frozen_biases", "frozen_requant",
                 "adaptive_weights", "gradients", "optimizer_state", "activations", "l1_tiles", "total")
 
 
-def _resolve_target(target: Target | str, field: str = "target") -> Target:
+def resolve_target(target: Target | str, field: str = "target") -> Target:
+    """A `Target`, or one loaded by name or path (`load_target`); `field` names the argument in the error."""
     if isinstance(target, Target):
         return target
     if isinstance(target, str):
@@ -135,8 +136,8 @@ def cost_report(
     """
     _validate(specs, latent_layer, buffer_size, lr_bits, new_images, epochs, batch_size, frozen_bits,
               optimizer_slots, backward_error, l1_bytes)
-    main = _resolve_target(target)
-    others = [_resolve_target(t, "compare") for t in compare]
+    main = resolve_target(target)
+    others = [resolve_target(t, "compare") for t in compare]
     others = [t for t in others if t.name != main.name]
     if l1_bytes is not None:
         main = main.with_l1(l1_bytes)
@@ -174,7 +175,7 @@ def memory_bytes(
     """The memory breakdown alone (bytes per tensor class, see `clq.cost.engine`), e.g. ``['lr_buffer']``."""
     _validate(specs, latent_layer, buffer_size, lr_bits, new_images, 1, batch_size, frozen_bits,
               optimizer_slots, "all_but_first", None)
-    tgt = _resolve_target(target)
+    tgt = resolve_target(target)
     cfg = config_arrays(0, tgt.l1_bytes, latent_layer, lr_bits, buffer_size, new_images, 1, batch_size,
                         frozen_bits, optimizer_slots)
     ev = engine.evaluate(specs, [tgt], cfg)

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clq.batching import padded_batches
 from clq.model.forward import forward
 from clq.model.specs import LayerSpec
 from clq.quant.frozen import (
@@ -143,16 +144,6 @@ def photo_set(n: int, size: int, seed: int = 0, names: Sequence[str] = PHOTO_NAM
     return out
 
 
-def _batches(pixels: np.ndarray, batch_size: int):
-    """Equal-shape batches (the last one padded by repeating its first image) and their valid counts."""
-    for s in range(0, len(pixels), batch_size):
-        chunk = pixels[s : s + batch_size]
-        m = len(chunk)
-        if m < batch_size:
-            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - m, axis=0)])
-        yield chunk, m
-
-
 def _sqnr_db(signal: np.ndarray, noise: np.ndarray) -> np.ndarray:
     return 10.0 * np.log10(np.maximum(signal, 1e-30) / np.maximum(noise, 1e-30))
 
@@ -178,7 +169,7 @@ def quant_error_report(
       `QuantReport`.
     """
     specs, params, lr_bits = tuple(specs), tuple(params), tuple(int(b) for b in lr_bits)
-    cal = [xb.astype(np.float32) * INPUT_SCALE for xb, _ in _batches(calib_pixels, batch_size)]
+    cal = [xb.astype(np.float32) * INPUT_SCALE for xb, _ in padded_batches(calib_pixels, batch_size, fill="repeat")]
     a_max = calibrate_activation_max(specs, params, cal, config)
     layers = quantize_frozen_stage(specs, params, a_max, config)
     # A quantized latent spans what its codes can represent (pool layers inherit their input's scale); the
@@ -212,7 +203,7 @@ def quant_error_report(
 
     fn = jax.jit(energies)
     tot = None
-    for xb, m in _batches(eval_pixels, batch_size):
+    for xb, m in padded_batches(eval_pixels, batch_size, fill="repeat"):
         with jax.default_matmul_precision("highest"):  # a true FP32 reference on accelerators too (no TF32)
             out = [np.asarray(v, np.float64) for v in fn(jnp.asarray(xb), m)]
         tot = out if tot is None else [a + b for a, b in zip(tot, out)]
@@ -276,7 +267,7 @@ def top1_agreement(
 
     fn = jax.jit(predict)
     tops_fp, probs_fp, tops_q = [], [], {l: {q: [] for q in lr_bits} for l in latent_layers}
-    for xb, m in _batches(pixels, batch_size):
+    for xb, m in padded_batches(pixels, batch_size, fill="repeat"):
         with jax.default_matmul_precision("highest"):  # a true FP32 reference on accelerators too (no TF32)
             top_fp, out = fn(jnp.asarray(xb))
         tops_fp.append(np.asarray(top_fp[0])[:m])

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clq.batching import padded_batches
 from clq.model.forward import forward
 from clq.model.specs import LayerSpec
 
@@ -53,11 +54,7 @@ def evaluate(
     """
     n = len(labels)
     preds = np.empty(n, np.int32)
-    for s in range(0, n, batch_size):
-        chunk = codes[s : s + batch_size]
-        m = len(chunk)
-        if m < batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - m, *chunk.shape[1:]), chunk.dtype)])
+    for s, (chunk, m) in zip(range(0, n, batch_size), padded_batches(codes, batch_size)):
         preds[s : s + m] = np.asarray(predict(params, chunk, scale))[:m]
     correct = (preds == labels).astype(np.float64)
     return Evaluation(

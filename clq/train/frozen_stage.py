@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clq.batching import padded_batches
 from clq.model.forward import forward
 from clq.model.specs import LayerSpec
 from clq.quant.frozen import (
@@ -72,11 +73,7 @@ def make_frozen_stage(
     def latents(pixels: np.ndarray) -> np.ndarray:
         n = len(pixels)
         out = np.empty((n, *frozen_specs[-1].out_shape), out_dtype)
-        for s in range(0, n, batch_size):
-            chunk = pixels[s : s + batch_size]
-            m = len(chunk)
-            if m < batch_size:
-                chunk = np.concatenate([chunk, np.zeros((batch_size - m, *chunk.shape[1:]), chunk.dtype)])
+        for s, (chunk, m) in zip(range(0, n, batch_size), padded_batches(pixels, batch_size)):
             out[s : s + m] = np.asarray(fn(jnp.asarray(chunk)))[:m].astype(out_dtype)
         return out
 
