@@ -36,7 +36,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from clq.model.specs import LayerSpec
-from clq.quant.frozen import INPUT_SCALE, LayerQuant, QuantConfig
+from clq.quant.frozen import INPUT_SCALE, LayerQuant, QuantConfig, pool_layer_quant
 
 __all__ = ["FORMAT", "VERSION", "ExportedStage", "export_frozen_stage", "load_frozen_stage"]
 
@@ -170,9 +170,7 @@ def load_frozen_stage(path: str | Path) -> ExportedStage:
             if set(t) != set(expected):
                 raise ValueError(f"layer {spec.index}: tensors {sorted(t)} != {sorted(expected)}")
             if spec.kind == "pool":
-                empty = np.zeros((0,), np.int32)
-                lq = LayerQuant(empty, np.float32(1), np.int32(0), empty, t["in_scale"][()], t["out_scale"][()],
-                                np.int32(0), np.int32(0), t["act_min"][()], t["act_max"][()])
+                lq = pool_layer_quant(t["in_scale"][()], t["out_scale"][()], t["act_min"][()], t["act_max"][()])
             else:
                 if t["weights"].shape != spec.weight_shape or t["bias"].shape != (spec.out_channels,):
                     raise ValueError(f"layer {spec.index}: tensor shapes do not match its spec {spec}")

@@ -45,6 +45,7 @@ from clq.quant.uniform import check_bits, code_range
 __all__ = [
     "QuantConfig",
     "LayerQuant",
+    "pool_layer_quant",
     "INPUT_SCALE",
     "EXACT_F32_LIMIT",
     "calibrate_activation_max",
@@ -322,6 +323,14 @@ def _act_max_code(spec: LayerSpec, out_scale: float, qmax: int) -> int:
     return qmax
 
 
+def pool_layer_quant(in_scale, out_scale, act_min, act_max) -> LayerQuant:
+    """The `LayerQuant` of an average-pooling layer: no weights, bias, multiplier or shift, only its scales and
+    output clamp (the integer kernel divides the code sum with rounding, `_pool_codes`)."""
+    empty = np.zeros((0,), np.int32)
+    return LayerQuant(empty, np.float32(1), np.int32(0), empty, in_scale, out_scale, np.int32(0), np.int32(0),
+                      act_min, act_max)
+
+
 def quantize_frozen_stage(
     specs: Sequence[LayerSpec], params: Sequence[dict], a_max: np.ndarray, config: QuantConfig
 ) -> tuple[LayerQuant, ...]:
@@ -344,9 +353,7 @@ def quantize_frozen_stage(
     for spec, p, amax in zip(specs, params, a_max):
         if spec.kind == "pool":
             # Averaging keeps the scale: the integer kernel divides the code sum with rounding.
-            empty = np.zeros((0,), np.int32)
-            layers.append(LayerQuant(empty, np.float32(1), np.int32(0), empty, in_scale, in_scale,
-                                     np.int32(0), np.int32(0), np.int32(0), np.int32(qmax)))
+            layers.append(pool_layer_quant(in_scale, in_scale, np.int32(0), np.int32(qmax)))
             continue
         if spec.activation not in ("relu", "relu6"):
             raise ValueError(
