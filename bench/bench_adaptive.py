@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import best_and_median, machine, write_result  # noqa: E402
+from bench.common import best_and_median, default_experiment, machine, write_result  # noqa: E402
 from clq.model import fold_batch_norm, init_params, mobilenet_v1_specs, split_specs  # noqa: E402
 from clq.quant import make_latent_codec  # noqa: E402
 from clq.replay import make_replay_buffer  # noqa: E402
@@ -76,6 +76,7 @@ def reduction_layouts(repeats: int = 5, n: int = 2000) -> dict:
         for name, f in (("[B,1,1,C] axis 0", lambda x, g: jnp.sum(x * g, axis=0).reshape(-1)),
                         ("[B,C] axis 0", lambda x, g: jnp.sum((x * g).reshape(b, c), axis=0))):
             def loop(x, g, f=f):
+                # `x + acc * 0` makes each reduction depend on the carry, so XLA cannot hoist it out of the loop.
                 return jax.lax.scan(lambda acc, _: (acc + f(x + acc * 0, g)[0], None), jnp.float32(0), None,
                                     length=n)[0]
             run = jax.jit(loop)
@@ -182,8 +183,6 @@ def main(argv=None) -> dict:
         print(f"l={layer}: clq {ev['step_s']['best'] * 1e3:.1f} ms/step"
               + ("" if tr is None else f", PyTorch {tr['step_s']['best'] * 1e3:.1f} ms/step"), file=sys.stderr)
     # The default experiment's own adaptive stage (conf/config.yaml: MobileNet-V1 0.5 / 32 px at its latent layer).
-    from bench.common import default_experiment
-
     exp = default_experiment()
     d_specs, d_layer = exp.model.specs(), exp.latent_layer
     d_macs = training_macs(split_specs(d_specs, d_layer)[1])
@@ -193,20 +192,22 @@ def main(argv=None) -> dict:
     peak_after = matmul_peak()
     # The peak is measured before and after the layers; the higher one is the machine's (least disturbed) peak.
     peak = max(peak_before["gflops"], peak_after["gflops"])
-    for layer, r in rows.items():
-        flop = args.batch * 2 * r["macs_per_sample"]["total"]
+
+    def add_rates(r: dict, batch: int) -> dict:
+        """samples/s, useful GFLOP/s and share of `peak` of a row's best clq step (and its PyTorch step)."""
+        flop = batch * 2 * r["macs_per_sample"]["total"]
         best = r["clq"]["step_s"]["best"]
-        r["samples_per_s"] = args.batch / best
-        r["achieved_gflops"] = flop / best / 1e9
-        r["fraction_of_peak"] = r["achieved_gflops"] / peak
-        if r["torch"] is not None:
+        r.update(samples_per_s=batch / best, achieved_gflops=flop / best / 1e9, fraction_of_peak=flop / best / 1e9 / peak)
+        if r.get("torch") is not None:
             r["torch"]["achieved_gflops"] = flop / r["torch"]["step_s"]["best"] / 1e9
             r["torch_over_clq_step_time"] = r["torch"]["step_s"]["best"] / best
-    d_flop = exp.train.batch_size * 2 * d_macs["total"]
-    default_row = {"model": f"MobileNet-V1 {exp.model.width} / {exp.model.input_size} px, {exp.model.num_classes} "
-                            f"classes", "layer": d_layer, "macs_per_sample": d_macs, "clq": d_ev,
-                   "achieved_gflops": d_flop / d_ev["step_s"]["best"] / 1e9,
-                   "fraction_of_peak": d_flop / d_ev["step_s"]["best"] / 1e9 / peak}
+        return r
+
+    for r in rows.values():
+        add_rates(r, args.batch)
+    default_row = add_rates({"model": f"MobileNet-V1 {exp.model.width} / {exp.model.input_size} px, "
+                                      f"{exp.model.num_classes} classes", "layer": d_layer, "macs_per_sample": d_macs,
+                             "clq": d_ev}, exp.train.batch_size)
     result = {"benchmark": "adaptive-stage training throughput vs FP32 matmul peak",
               "default_experiment": default_row, "reduction_layouts_us": layouts,
               "command": "python bench/bench_adaptive.py", "model": "MobileNet-V1 1.0 / 128 px, 50 classes",
@@ -220,7 +221,7 @@ def main(argv=None) -> dict:
         print(f"| {layer} | {r['clq']['step_s']['best'] * 1e3:.1f} | {r['samples_per_s']:.0f} | "
               f"{r['achieved_gflops']:.1f} | {100 * r['fraction_of_peak']:.1f} % | {torch_ms} |")
     print(f"| default experiment, l={d_layer} ({default_row['model']}) | {d_ev['step_s']['best'] * 1e3:.2f} | "
-          f"{exp.train.batch_size / d_ev['step_s']['best']:.0f} | {default_row['achieved_gflops']:.1f} | "
+          f"{default_row['samples_per_s']:.0f} | {default_row['achieved_gflops']:.1f} | "
           f"{100 * default_row['fraction_of_peak']:.1f} % | - |")
     for k, r in layouts.items():
         print(f"reduction over the batch, {k}: [B,1,1,C] {r['[B,1,1,C] axis 0']['best']:.1f} us, "

@@ -39,7 +39,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import best_and_median, machine, run_json_worker, truncate_stream, write_result  # noqa: E402
+from bench.common import (best_and_median, default_experiment, machine, run_json_worker,  # noqa: E402
+                          truncate_stream, write_result)
 
 
 def _choose_threads(specs) -> tuple[int, dict]:
@@ -74,7 +75,6 @@ def worker(args) -> None:
         from clq.run import enable_compile_cache
 
         enable_compile_cache(args.cache_dir)
-    from bench.common import default_experiment
     from clq.run import load_stream
 
     overrides = list(args.overrides)
@@ -145,8 +145,6 @@ def main(argv=None) -> dict:
                   file=sys.stderr)
     # One seed's final accuracy moves by ~2 points with float32 summation order (75 events of SGD amplify it), so
     # "equal accuracy" is judged on the mean over seeds; the extra seeds' wall times are not used.
-    from bench.common import default_experiment
-
     base_seed = default_experiment(args.overrides).seed
     by_seed = {"clq": {base_seed: runs["clq"][0]["final_accuracy"]},
                "torch": {base_seed: runs["torch"][0]["final_accuracy"]}}

@@ -9,8 +9,8 @@ import numpy as np
 __all__ = ["padded_batches"]
 
 
-def padded_batches(rows: np.ndarray, batch_size: int, fill: str = "zeros") -> Iterator[tuple[np.ndarray, int]]:
-    """Consecutive batches of `batch_size` rows, the last one padded to full size, and each batch's valid count.
+def padded_batches(rows: np.ndarray, batch_size: int, fill: str = "zeros") -> Iterator[tuple[int, np.ndarray, int]]:
+    """Consecutive batches of `batch_size` rows, the last one padded to full size, with their offset and valid count.
 
     Args:
       rows: [N, ...] array (images, latent codes).
@@ -18,7 +18,7 @@ def padded_batches(rows: np.ndarray, batch_size: int, fill: str = "zeros") -> It
       fill: 'zeros' pads with zero rows (the padded outputs are sliced off); 'repeat' repeats the batch's first
         row, for consumers that also pool statistics over the padding (calibration ranges stay unchanged).
     Yields:
-      (batch [batch_size, ...] of rows.dtype, m): the first m rows of the batch are rows[s : s + m].
+      (s, batch [batch_size, ...] of rows.dtype, m): the first m rows of the batch are rows[s : s + m].
     """
     if fill not in ("zeros", "repeat"):
         raise ValueError(f"fill must be 'zeros' or 'repeat', got {fill!r}")
@@ -31,4 +31,4 @@ def padded_batches(rows: np.ndarray, batch_size: int, fill: str = "zeros") -> It
             pad = (np.zeros((batch_size - m, *chunk.shape[1:]), chunk.dtype) if fill == "zeros"
                    else np.repeat(chunk[:1], batch_size - m, axis=0))
             chunk = np.concatenate([chunk, pad])
-        yield chunk, m
+        yield s, chunk, m

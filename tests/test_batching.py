@@ -10,17 +10,17 @@ from clq.batching import padded_batches
 def test_batches_cover_every_row_once_with_a_padded_last_batch(fill):
     rows = np.arange(7 * 2, dtype=np.uint8).reshape(7, 2) + 1
     out = list(padded_batches(rows, 3, fill))
-    assert [m for _, m in out] == [3, 3, 1]
-    assert all(b.shape == (3, 2) and b.dtype == np.uint8 for b, _ in out)
-    np.testing.assert_array_equal(np.concatenate([b[:m] for b, m in out]), rows)
-    last = out[-1][0]
+    assert [(s, m) for s, _, m in out] == [(0, 3), (3, 3), (6, 1)]
+    assert all(b.shape == (3, 2) and b.dtype == np.uint8 for _, b, _ in out)
+    np.testing.assert_array_equal(np.concatenate([b[:m] for _, b, m in out]), rows)
+    last = out[-1][1]
     expected_pad = np.zeros((2, 2), np.uint8) if fill == "zeros" else np.repeat(rows[6:7], 2, axis=0)
     np.testing.assert_array_equal(last[1:], expected_pad)
 
 
 def test_exact_multiple_and_empty():
     rows = np.ones((6, 1), np.float32)
-    assert [m for _, m in padded_batches(rows, 3)] == [3, 3]
+    assert [m for _, _, m in padded_batches(rows, 3)] == [3, 3]
     assert list(padded_batches(rows[:0], 3)) == []
 
 

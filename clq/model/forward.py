@@ -124,7 +124,7 @@ def _depthwise_taps(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     """KxK depthwise conv as K*K shifted multiply-adds over the padded input (the forward pass of `_depthwise`).
 
     Each slice is multiplied as [B*H'*W', C] rows: at 2x2 and 1x1 resolution XLA cuts the slices of the
-    padded input down to [B, 1, 1, C] pieces, and a reduction over axis 0 of such a piece is ~8-40x slower on
+    padded input down to [B, 1, 1, C] pieces, and a reduction over axis 0 of such a piece is much slower on
     XLA's CPU backend (YNNPACK) than the same reduction over [B, C] rows (see `_linear_op_flat`). The values
     are the same: the multiply-adds are elementwise.
     """
@@ -144,8 +144,8 @@ def _depthwise(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     multiply-adds (../shared/reference/perf-notes.md). The backward pass is written out (`_depthwise_bwd`):
     autodiff of the shifted slices sums K*K zero-padded copies of the output gradient per input pixel, and XLA
     fuses them with the ops that produce that gradient, recomputing those K*K times; for stride 1 the input
-    gradient is the same depthwise conv of the output gradient with the flipped kernel (event 0: ~10 % less
-    time per whole-network step, bench/results/e2e.json).
+    gradient is the same depthwise conv of the output gradient with the flipped kernel (measured in
+    docs/performance.md, "What got the adaptive step there").
     """
     return _depthwise_taps(x, w, stride)
 
@@ -157,7 +157,7 @@ def _depthwise_fwd(x, w, stride):
 def _depthwise_bwd(stride, res, g):
     x, w = res
     k = w.shape[0]
-    b, h, wd, c = x.shape
+    _, h, wd, c = x.shape
     g_rows = g.reshape(-1, c)
     # dL/dw[kh, kw] = sum over output pixels of (input slice of tap (kh, kw)) * g, as [B*H'*W', C] rows.
     dw = jnp.stack([jnp.sum(sl.reshape(-1, c) * g_rows, axis=0) for sl in im2col_taps(x, k, stride)])
@@ -225,8 +225,9 @@ def _linear_op_flat(spec: LayerSpec, w: jax.Array | None, x: jax.Array) -> jax.A
     Same values: a 1x1 depthwise conv under TF 'SAME' padding only ever reads its centre tap (the others
     multiply zero padding), the mean over one pixel is the pixel, and a pointwise conv is the same dot.
     Why: in the 4-D form the backward pass reduces [B, 1, 1, C] over axis 0 (bias and depthwise-weight
-    gradients, batch-norm statistics), which XLA's CPU backend hands to a YNNPACK reduction ~8-40x slower
-    than the same reduction over [B, C] (a 128x512 bias gradient: 180 us vs 22 us; docs/performance.md).
+    gradients, batch-norm statistics), which XLA's CPU backend hands to a YNNPACK reduction far slower than
+    the same reduction over [B, C] (`reduction_layouts_us` in bench/results/adaptive.json, written by
+    bench/bench_adaptive.py).
     """
     if spec.kind == "pw":
         return x @ w

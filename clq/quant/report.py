@@ -169,7 +169,7 @@ def quant_error_report(
       `QuantReport`.
     """
     specs, params, lr_bits = tuple(specs), tuple(params), tuple(int(b) for b in lr_bits)
-    cal = [xb.astype(np.float32) * INPUT_SCALE for xb, _ in padded_batches(calib_pixels, batch_size, fill="repeat")]
+    cal = [xb.astype(np.float32) * INPUT_SCALE for _, xb, _ in padded_batches(calib_pixels, batch_size, fill="repeat")]
     a_max = calibrate_activation_max(specs, params, cal, config)
     layers = quantize_frozen_stage(specs, params, a_max, config)
     # A quantized latent spans what its codes can represent (pool layers inherit their input's scale); the
@@ -203,7 +203,7 @@ def quant_error_report(
 
     fn = jax.jit(energies)
     tot = None
-    for xb, m in padded_batches(eval_pixels, batch_size, fill="repeat"):
+    for _, xb, m in padded_batches(eval_pixels, batch_size, fill="repeat"):
         with jax.default_matmul_precision("highest"):  # a true FP32 reference on accelerators too (no TF32)
             out = [np.asarray(v, np.float64) for v in fn(jnp.asarray(xb), m)]
         tot = out if tot is None else [a + b for a, b in zip(tot, out)]
@@ -267,7 +267,7 @@ def top1_agreement(
 
     fn = jax.jit(predict)
     tops_fp, probs_fp, tops_q = [], [], {l: {q: [] for q in lr_bits} for l in latent_layers}
-    for xb, m in padded_batches(pixels, batch_size, fill="repeat"):
+    for _, xb, m in padded_batches(pixels, batch_size, fill="repeat"):
         with jax.default_matmul_precision("highest"):  # a true FP32 reference on accelerators too (no TF32)
             top_fp, out = fn(jnp.asarray(xb))
         tops_fp.append(np.asarray(top_fp[0])[:m])

@@ -54,7 +54,7 @@ def evaluate(
     """
     n = len(labels)
     preds = np.empty(n, np.int32)
-    for s, (chunk, m) in zip(range(0, n, batch_size), padded_batches(codes, batch_size)):
+    for s, chunk, m in padded_batches(codes, batch_size):
         preds[s : s + m] = np.asarray(predict(params, chunk, scale))[:m]
     correct = (preds == labels).astype(np.float64)
     return Evaluation(

@@ -73,7 +73,7 @@ def make_frozen_stage(
     def latents(pixels: np.ndarray) -> np.ndarray:
         n = len(pixels)
         out = np.empty((n, *frozen_specs[-1].out_shape), out_dtype)
-        for s, (chunk, m) in zip(range(0, n, batch_size), padded_batches(pixels, batch_size)):
+        for s, chunk, m in padded_batches(pixels, batch_size):
             out[s : s + m] = np.asarray(fn(jnp.asarray(chunk)))[:m].astype(out_dtype)
         return out
 
