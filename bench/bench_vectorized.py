@@ -73,7 +73,7 @@ def separate_phase(stream, exp, params, frozen, data, bits: int, seed: int) -> d
     acc = [accuracy(params)]
     for i in range(1, len(data.event_n) + 1):
         x, y, n = decode(data.event_codes[i - 1]), jnp.asarray(data.event_labels[i - 1]), int(data.event_n[i - 1])
-        params, opt_state, m = event(params, opt_state, x, y, jnp.int32(n), state, jax.random.fold_in(k_train, i))
+        params, opt_state, m, _ = event(params, opt_state, x, y, jnp.int32(n), state, jax.random.fold_in(k_train, i))
         np.asarray(m.loss)  # run_continual reads the losses after every event (its non-finite guard)
         state = add(state, x, y, jnp.arange(x.shape[0]) < n, jax.random.fold_in(k_buf, i))
         acc.append(accuracy(params))

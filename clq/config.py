@@ -18,7 +18,9 @@ from clq.model.specs import mobilenet_v1_specs, validate_latent_layer
 from clq.quant.frozen import QuantConfig
 from clq.quant.uniform import check_bits
 from clq.replay.buffer import POLICIES
+from clq.train.first_event import HEAD_INITS, SCHEDULES
 from clq.train.loop import ReplayConfig, TrainConfig
+from clq.train.norm import ADAPTIVE_NORMS, FIRST_EVENT_NORMS
 
 __all__ = ["ConfigError", "ModelConfig", "DataConfig", "TrackingConfig", "ExperimentConfig", "experiment_config"]
 
@@ -122,6 +124,12 @@ def _float(value, field: str, lo: float | None = None, hi: float | None = None, 
         hi_s = "" if hi is None else f"<= {hi}"
         raise ConfigError(f"{field} must be {' and '.join(s for s in (lo_s, hi_s) if s)}, got {value}")
     return float(value)
+
+
+def _flag(value, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field} must be true or false, got {value!r}")
+    return value
 
 
 def _choice(value, field: str, allowed) -> str:
@@ -234,6 +242,7 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
     )
 
     fe = t.get("first_event") or {}
+    head = t.get("head") or {}
     try:
         train = TrainConfig(
             epochs=_int(_get(t, "epochs", 4), "train.epochs", 1),
@@ -247,9 +256,20 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
             eval_batch_size=_int(_get(t, "eval_batch_size", 1000), "train.eval_batch_size", 1),
             joint_epochs=_int(_get(t, "joint_epochs", 10), "train.joint_epochs", 1),
             strategy=_choice(_get(t, "strategy", "qlr"), "train.strategy", TrainConfig.STRATEGIES),
+            first_norm=_choice(_get(fe, "norm", "batch"), "train.first_event.norm", FIRST_EVENT_NORMS),
+            first_schedule=_choice(_get(fe, "schedule", "cosine"), "train.first_event.schedule", SCHEDULES),
+            adaptive_norm=_choice(_get(t, "adaptive_norm", "fold"), "train.adaptive_norm", ADAPTIVE_NORMS),
+            norm_momentum=_float(_get(t, "norm_momentum", 5e-5), "train.norm_momentum", 0.0, 1.0),
+            head_bias=_flag(_get(head, "bias", True), "train.head.bias"),
+            head_init=_choice(_get(head, "init", "random"), "train.head.init", HEAD_INITS),
+            reset_momentum=_flag(_get(t, "reset_momentum", False), "train.reset_momentum"),
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if train.first_norm == "ar1" and model.weights is None:
+        raise ConfigError("train.first_event.norm=ar1 keeps the pretrained statistics below the latent layer and "
+                          "needs pretrained weights (model.weights=imagenet); use train.first_event.norm=batch "
+                          "for a network trained from scratch")
     if replay.size > 0:
         new = int(train.batch_size * data.images_per_event / (data.images_per_event + replay.size) + 0.5)
         if new < 1:

@@ -102,7 +102,7 @@ def _summary_table(results: dict) -> str:
                      f"{cost['latency_s']['total']:.3g} s, {cost['energy_j']['total']:.3g} J"))
     rows.append(("wall time", f"{results['wall_time_s']:.1f} s"))
     w = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k:<{w}}  {v}" for k, v in rows)
+    return "\n".join([f"  {k:<{w}}  {v}" for k, v in rows] + [f"  warning: {m}" for m in results.get("warnings", [])])
 
 
 def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:

@@ -33,6 +33,8 @@ __all__ = [
     "im2col",
     "im2col_taps",
     "forward_bn",
+    "forward_norm",
+    "batch_renorm",
     "forward",
     "fold_batch_norm",
 ]
@@ -293,6 +295,76 @@ def forward_bn(
     return _restore(specs, x), tuple(batch_stats)
 
 
+def batch_renorm(y: jax.Array, running: dict, frozen: bool, momentum, r_max, d_max, eps: float = BN_EPS):
+    """Batch renormalization (Ioffe 2017) of pre-BN activations, as AR1 trains; returns (x_hat, running').
+
+    With running statistics mu, var, sigma = sqrt(var + eps) and the batch's m_B, v_B, s_B = sqrt(v_B + eps)
+    (over all axes but channels):
+
+        r = clip(s_B / sigma, 1/r_max, r_max),  d = clip((m_B - mu) / sigma, -d_max, d_max)   (no gradient)
+        x_hat = (y - m_B) / s_B * r + d
+        mu <- mu + momentum (m_B - mu),  var <- var + momentum (v_B - var)
+
+    r_max = 1, d_max = 0 is plain batch norm in training mode. `frozen` uses the running statistics instead,
+    ``x_hat = (y - mu) / sigma``, and leaves them unchanged (BN in inference mode). Avalanche's BatchRenorm2D
+    keeps a running sigma instead of a running variance; at AR1's momenta the two differ by O(momentum^2).
+
+    Args:
+      y: float32 [..., C]; running: {'mean': [C], 'var': [C]} float32 (BN form statistics).
+    """
+    if frozen:
+        return (y - running["mean"]) * jax.lax.rsqrt(running["var"] + eps), running
+    axes = tuple(range(y.ndim - 1))
+    m_b = jnp.mean(y, axis=axes)
+    v_b = jnp.var(y, axis=axes)
+    inv_sigma = jax.lax.rsqrt(running["var"] + eps)
+    s_b = jnp.sqrt(v_b + eps)
+    r = jax.lax.stop_gradient(jnp.clip(s_b * inv_sigma, 1.0 / r_max, r_max))
+    d = jax.lax.stop_gradient(jnp.clip((m_b - running["mean"]) * inv_sigma, -d_max, d_max))
+    x_hat = (y - m_b) / s_b * r + d
+    upd = {"mean": running["mean"] + momentum * jax.lax.stop_gradient(m_b - running["mean"]),
+           "var": running["var"] + momentum * jax.lax.stop_gradient(v_b - running["var"])}
+    return x_hat, upd
+
+
+def forward_norm(
+    specs: Sequence[LayerSpec],
+    params: Sequence[dict],
+    running: Sequence[dict],
+    x: jax.Array,
+    frozen: Sequence[bool],
+    momentum,
+    r_max,
+    d_max,
+) -> tuple[jax.Array, tuple[dict, ...]]:
+    """Forward pass in BN form with running statistics, each BN layer either frozen or renormalizing.
+
+    This is the training forward of AR1 (Avalanche's BatchRenorm2D; Pellegrini et al. 2020) and, with
+    r_max = 1, d_max = 0, of plain batch norm with running statistics (`batch_renorm`).
+
+    Args:
+      params: per layer {'w', 'gamma', 'beta'} (BN layers), {'w'[, 'b']} (classifier), {} (pool).
+      running: per layer {'mean', 'var'} float32 [C_out] where BN follows, {} elsewhere (BN-form statistics;
+        `fold_batch_norm` folds params with them).
+      frozen: per layer, True = BN in inference mode with `running` (statistics neither used from the batch
+        nor updated).
+      momentum, r_max, d_max: float32 scalars (traced or not), see `batch_renorm`.
+    Returns:
+      (output of the last layer, updated running statistics aligned with `specs`).
+    """
+    out = []
+    for spec, p, s, fz in zip(specs, params, running, frozen):
+        y = _maybe_flat(linear_op(spec, p.get("w"), _maybe_flat(x)))
+        if spec.batch_norm:
+            y, s = batch_renorm(y, s, fz, momentum, r_max, d_max)
+            y = y * p["gamma"] + p["beta"]
+        elif "b" in p:
+            y = y + p["b"]
+        out.append(s)
+        x = activation(spec, y)
+    return _restore(specs, x), tuple(out)
+
+
 def forward(specs: Sequence[LayerSpec], params: Sequence[dict], x: jax.Array) -> jax.Array:
     """Forward pass in folded form (FP32): the output of the last layer of `specs`.
 
@@ -327,5 +399,5 @@ def _fold_batch_norm(specs, params, bn_stats, eps):
             g = p["gamma"] * jax.lax.rsqrt(s["var"] + eps)  # [C_out], broadcasts over the last axis
             out.append({"w": p["w"] * g, "b": p["beta"] - s["mean"] * g})
         else:
-            out.append({"w": p["w"], "b": p["b"]})
+            out.append({k: p[k] for k in ("w", "b") if k in p})  # a classifier may have no bias (AR1's)
     return tuple(out)

@@ -26,7 +26,7 @@ __all__ = ["CWRState", "cwr_init", "cwr_reset", "cwr_consolidate", "cwr_apply"]
 
 
 class CWRState(NamedTuple):
-    """consolidated: float32 [K, D+1] (weight column then bias per class); seen: bool [K]; past: float32 [K]."""
+    """consolidated: float32 [K, D(+1)] (weight column, then the bias if the classifier has one, per class); seen: bool [K]; past: float32 [K]."""
 
     consolidated: np.ndarray
     seen: np.ndarray
@@ -34,17 +34,25 @@ class CWRState(NamedTuple):
 
 
 def _rows(fc: dict) -> np.ndarray:
-    return np.concatenate([np.asarray(fc["w"]).T, np.asarray(fc["b"])[:, None]], axis=1)
+    cols = [np.asarray(fc["w"]).T] + ([np.asarray(fc["b"])[:, None]] if "b" in fc else [])
+    return np.concatenate(cols, axis=1)
 
 
-def _from_rows(rows: np.ndarray) -> dict:
+def _from_rows(rows: np.ndarray, fc: dict) -> dict:
+    """Rows back into the classifier's form (with a bias column iff `fc` has a bias)."""
+    if "b" not in fc:
+        return {"w": jnp.asarray(rows.T, jnp.float32)}
     return {"w": jnp.asarray(rows[:, :-1].T, jnp.float32), "b": jnp.asarray(rows[:, -1], jnp.float32)}
 
 
 def cwr_init(fc: dict) -> CWRState:
-    """Empty CWR* state for a classifier {'w': [D, K], 'b': [K]} (shapes only are read)."""
+    """Empty CWR* state for a classifier {'w': [D, K][, 'b': [K]]} (shapes only are read).
+
+    Without a bias (AR1's classifier) the consolidated rows are the weight columns alone, so the mean over
+    present classes in `cwr_consolidate` is over weights only, as in Avalanche's CWRStarPlugin."""
     d, k = fc["w"].shape
-    return CWRState(jnp.zeros((k, d + 1), jnp.float32), jnp.zeros(k, bool), jnp.zeros(k, jnp.float32))
+    d += "b" in fc
+    return CWRState(jnp.zeros((k, d), jnp.float32), jnp.zeros(k, bool), jnp.zeros(k, jnp.float32))
 
 
 def cwr_reset(fc: dict, state: CWRState, present: np.ndarray) -> dict:
@@ -55,7 +63,7 @@ def cwr_reset(fc: dict, state: CWRState, present: np.ndarray) -> dict:
     keep[present] = True
     keep &= seen
     rows[keep] = cons[keep]
-    return _from_rows(rows)
+    return _from_rows(rows, fc)
 
 
 def cwr_consolidate(fc: dict, state: CWRState, present: np.ndarray, counts: np.ndarray) -> CWRState:
@@ -80,4 +88,5 @@ def cwr_consolidate(fc: dict, state: CWRState, present: np.ndarray, counts: np.n
 
 def cwr_apply(fc: dict, state: CWRState) -> dict:
     """Classifier with the consolidated weights (classes never seen keep zeros)."""
-    return _from_rows(np.where(np.asarray(state.seen)[:, None], np.asarray(state.consolidated), 0.0).astype(np.float32))
+    return _from_rows(np.where(np.asarray(state.seen)[:, None], np.asarray(state.consolidated), 0.0).astype(np.float32),
+                      fc)

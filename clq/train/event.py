@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from clq.model.forward import forward
 from clq.model.specs import LayerSpec
 from clq.replay.buffer import BufferState, ReplayBuffer
+from clq.train.norm import AdaptiveNorm, make_adaptive_norm
 
 __all__ = [
     "Composition",
@@ -101,29 +101,35 @@ def make_event_fn(
     buffer: ReplayBuffer,
     composition: Composition,
     epochs: int,
+    norm: AdaptiveNorm | None = None,
 ) -> Callable:
     """The learning event as a pure, un-jitted function.
 
     `make_learning_event` jits it for one configuration; `clq.train.vectorized` calls it inside a `vmap` over
     seeds and bit-widths, with a `buffer` whose codec scale is a traced value.
 
+    Args:
+      norm: how the adaptive stage normalizes (`clq.train.norm`); None = 'fold' (BN folded into `params`).
     Returns:
-      ``train_event(params, opt_state, new_latents, new_labels, n_new, buffer_state, key) ->
-      (params, opt_state, EventMetrics)`` where new_latents is float32 [n_max, *latent_shape] (rows
-      n_new.. are padding), new_labels int32 [n_max], n_new int32 ().
+      ``train_event(params, opt_state, new_latents, new_labels, n_new, buffer_state, key, norm_state=()) ->
+      (params, opt_state, EventMetrics, norm_state)`` where new_latents is float32 [n_max, *latent_shape] (rows
+      n_new.. are padding), new_labels int32 [n_max], n_new int32 (); norm_state is the normalization's
+      running statistics (() for 'fold').
     """
     if epochs < 1:
         raise ValueError(f"train.epochs must be >= 1, got {epochs}")
     a, b, iters = composition
     use_replay = buffer.size > 0 and b > 0
+    norm = norm if norm is not None else make_adaptive_norm("fold", adaptive_specs)
 
-    def loss_fn(params, x, y):
-        logits = forward(adaptive_specs, params, x).reshape(x.shape[0], -1)
-        return cross_entropy(logits, y), jnp.mean(jnp.argmax(logits, -1) == y)
+    def loss_fn(params, norm_state, x, y):
+        logits, norm_state = norm.apply(params, norm_state, x)
+        logits = logits.reshape(x.shape[0], -1)
+        return cross_entropy(logits, y), (jnp.mean(jnp.argmax(logits, -1) == y), norm_state)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def train_event(params, opt_state, new_latents, new_labels, n_new, buffer_state: BufferState, key):
+    def train_event(params, opt_state, new_latents, new_labels, n_new, buffer_state: BufferState, key, norm_state=()):
         n_max = new_latents.shape[0]
         n_new = jnp.maximum(n_new, 1)
         k_new, k_rep = jax.random.split(key)
@@ -136,7 +142,7 @@ def make_event_fn(
             n_filled = jnp.maximum(jnp.sum(buffer_state.filled, dtype=jnp.int32), 1)
 
         def step(carry, t):
-            params, opt_state = carry
+            params, opt_state, norm_state = carry
             epoch, it = t // iters, t % iters
             rows = new_orders[epoch][(it * a + jnp.arange(a)) % n_new]
             x, y = new_latents[rows], new_labels[rows]
@@ -144,13 +150,14 @@ def make_event_fn(
                 slots = rep_orders[epoch][(it * b + jnp.arange(b)) % n_filled]
                 xr, yr = buffer.read(buffer_state, slots)
                 x, y = jnp.concatenate([x, xr]), jnp.concatenate([y, yr])
-            (loss, acc), grads = grad_fn(params, x, y)
+            (loss, (acc, norm_state)), grads = grad_fn(params, norm_state, x, y)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return (params, opt_state), (loss, acc)
+            return (params, opt_state, norm_state), (loss, acc)
 
-        (params, opt_state), (loss, acc) = jax.lax.scan(step, (params, opt_state), jnp.arange(epochs * iters))
-        return params, opt_state, EventMetrics(loss, acc)
+        (params, opt_state, norm_state), (loss, acc) = jax.lax.scan(
+            step, (params, opt_state, norm_state), jnp.arange(epochs * iters))
+        return params, opt_state, EventMetrics(loss, acc), norm_state
 
     return train_event
 
@@ -161,6 +168,8 @@ def make_learning_event(
     buffer: ReplayBuffer,
     composition: Composition,
     epochs: int,
+    norm: AdaptiveNorm | None = None,
 ) -> Callable:
-    """`make_event_fn`'s learning event under one `jax.jit`, with params and opt_state donated."""
-    return jax.jit(make_event_fn(adaptive_specs, optimizer, buffer, composition, epochs), donate_argnums=(0, 1))
+    """`make_event_fn`'s learning event under one `jax.jit`, with params, opt_state and norm_state donated."""
+    return jax.jit(make_event_fn(adaptive_specs, optimizer, buffer, composition, epochs, norm),
+                   donate_argnums=(0, 1, 7))

@@ -1,9 +1,11 @@
-"""Event 0: train the whole network (BN in training mode) on the first experience, then fold batch norm.
+"""Event 0: train the whole network on the first experience, in BN form.
 
-This is the only time the frozen stage learns (paper.md §1, §3): afterwards BN statistics are frozen
-(population statistics over the first experience), BN is folded into every convolution and layers 0..l are
-quantized. Batch statistics make the whole-network step different from the adaptive one, so it has its own
-jitted epoch (a `lax.scan` over the epoch's mini-batches).
+This is the only time the frozen stage learns (paper.md §1, §3): afterwards the frozen stage's statistics are
+frozen, BN is folded into its convolutions and layers 0..l are quantized. How BN trains here is a choice
+(`clq.train.norm`): batch statistics everywhere then the experience's population statistics ('batch'), or
+AR1's pretrained statistics below the latent layer and batch renormalization above ('ar1'). Batch statistics
+make the whole-network step different from the adaptive one, so it has its own jitted epoch (a `lax.scan` over
+the epoch's mini-batches).
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from clq.model.forward import fold_batch_norm, forward_bn, init_params
+from clq.model.forward import forward_bn, forward_norm, init_params
 from clq.model.specs import LayerSpec
-from clq.train.event import cross_entropy, make_optimizer
+from clq.train.event import cross_entropy
+from clq.train.norm import AR1_FIRST_EVENT, FIRST_EVENT_NORMS
 
-__all__ = ["train_first_event", "population_bn_stats"]
+__all__ = ["train_first_event", "population_bn_stats", "configure_head", "SCHEDULES", "HEAD_INITS"]
+
+SCHEDULES = ("cosine", "constant")
+HEAD_INITS = ("random", "zeros")
 
 
 def _to_input(pixels):
@@ -52,6 +58,19 @@ def population_bn_stats(specs, params, bn_stats, images: np.ndarray, batch_size:
     return tuple(out)
 
 
+def configure_head(params: Sequence[dict], bias: bool, init: str) -> tuple[dict, ...]:
+    """The classifier as configured: ``init='zeros'`` zeroes it (AR1: CWR* resets it before the first experience),
+    ``bias=False`` drops its bias (AR1's ``Linear(1024, K, bias=False)``). Other layers are returned as they are."""
+    if init not in HEAD_INITS:
+        raise ValueError(f"train.head.init must be one of {list(HEAD_INITS)}, got {init!r}")
+    head = dict(params[-1])
+    if init == "zeros":
+        head = {k: jnp.zeros_like(v) for k, v in head.items()}
+    if not bias:
+        head.pop("b", None)
+    return tuple(params[:-1]) + (head,)
+
+
 def train_first_event(
     specs: Sequence[LayerSpec],
     images: np.ndarray,
@@ -64,54 +83,82 @@ def train_first_event(
     weight_decay: float,
     progress=None,
     init=None,
+    norm: str = "batch",
+    latent_layer: int | None = None,
+    schedule: str = "cosine",
+    head_bias: bool = True,
+    head_init: str = "random",
 ):
-    """Train the whole network on the first experience (from scratch or from `init`) and fold its BN.
+    """Train the whole network on the first experience (from scratch or from `init`); returns it in BN form.
 
     Args:
       images: uint8 [N, H, W, C]; labels: int32 [N].
       init: optional (params, bn_stats) in BN form to start from, e.g. ImageNet weights with a fresh
         classifier (`clq.model.imagenet.load_imagenet_mobilenet_v1`); None initialises from `key`.
+      norm: 'batch' (batch statistics everywhere, then the experience's population statistics) or 'ar1'
+        (layers 0..latent_layer keep `init`'s statistics, batch renormalization above; `clq.train.norm`).
+      schedule: 'cosine' (decay to 0 over the fine-tuning) or 'constant' (AR1's SGD).
+      head_bias, head_init: the classifier's form (`configure_head`).
       progress: optional callable(epoch, loss, accuracy) called after every epoch.
     Returns:
-      (folded params tuple aligned with `specs`, list of (loss, accuracy) per epoch)
+      ((params, stats) in BN form aligned with `specs`, list of (loss, accuracy) per epoch). `fold_batch_norm`
+      turns it into the folded form.
     """
+    if norm not in FIRST_EVENT_NORMS:
+        raise ValueError(f"train.first_event.norm must be one of {list(FIRST_EVENT_NORMS)}, got {norm!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"train.first_event.schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    if norm == "ar1" and (init is None or latent_layer is None):
+        raise ValueError("train.first_event.norm='ar1' keeps pretrained statistics below the latent layer: it needs "
+                         "pretrained weights (model.weights=imagenet); use 'batch' for a network trained from scratch")
     n = len(images)
     bs = min(batch_size, n)
     steps = n // bs
     k_init, k_data = jax.random.split(key)
     params, bn_stats = init if init is not None else init_params(specs, k_init)
-    # Cosine decay over the whole fine-tuning: from-scratch training needs a large step early, a small one late.
-    sched = optax.cosine_decay_schedule(lr, max(1, epochs * steps))
+    params = configure_head(params, head_bias, head_init)
+    sched = optax.cosine_decay_schedule(lr, max(1, epochs * steps)) if schedule == "cosine" else lr
     optimizer = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(sched, momentum=momentum))
     opt_state = optimizer.init(params)
     x_all = jnp.asarray(images)
     y_all = jnp.asarray(labels, jnp.int32)
+    renorm = AR1_FIRST_EVENT(bs)
+    frozen = tuple(norm == "ar1" and s.index <= (latent_layer if latent_layer is not None else -1) for s in specs)
 
-    def loss_fn(p, x, y):
-        logits, _ = forward_bn(specs, p, bn_stats, _to_input(x), train=True)
+    def loss_fn(p, stats, x, y, t):
+        if norm == "batch":
+            logits, _ = forward_bn(specs, p, bn_stats, _to_input(x), train=True)
+        else:
+            r_max, d_max = renorm.limits(t)
+            logits, stats = forward_norm(specs, p, stats, _to_input(x), frozen, renorm.momentum, r_max, d_max)
         logits = logits.reshape(x.shape[0], -1)
-        return cross_entropy(logits, y), jnp.mean(jnp.argmax(logits, -1) == y)
+        return cross_entropy(logits, y), (jnp.mean(jnp.argmax(logits, -1) == y), stats)
 
     @jax.jit
-    def epoch_fn(params, opt_state, k):
+    def epoch_fn(params, opt_state, stats, k, t0):
         perm = jax.random.permutation(k, n)[: steps * bs].reshape(steps, bs)
 
-        def step(carry, idx):
-            p, s = carry
-            (loss, acc), g = jax.value_and_grad(loss_fn, has_aux=True)(p, x_all[idx], y_all[idx])
+        def step(carry, xs):
+            p, s, st = carry
+            idx, t = xs
+            (loss, (acc, st)), g = jax.value_and_grad(loss_fn, has_aux=True)(p, st, x_all[idx], y_all[idx], t)
             u, s = optimizer.update(g, s, p)
-            return (optax.apply_updates(p, u), s), (loss, acc)
+            return (optax.apply_updates(p, u), s, st), (loss, acc)
 
-        (params, opt_state), (loss, acc) = jax.lax.scan(step, (params, opt_state), perm)
-        return params, opt_state, jnp.mean(loss), jnp.mean(acc)
+        (params, opt_state, stats), (loss, acc) = jax.lax.scan(
+            step, (params, opt_state, stats), (perm, t0 + jnp.arange(steps)))
+        return params, opt_state, stats, jnp.mean(loss), jnp.mean(acc)
 
     history = []
+    stats = tuple(bn_stats)
     for e in range(epochs):
-        params, opt_state, loss, acc = epoch_fn(params, opt_state, jax.random.fold_in(k_data, e))
+        params, opt_state, stats, loss, acc = epoch_fn(params, opt_state, stats, jax.random.fold_in(k_data, e),
+                                                       jnp.int32(e * steps))
         history.append((float(loss), float(acc)))
         if not np.isfinite(history[-1][0]):
             raise FloatingPointError(f"non-finite loss in event 0 (first experience), epoch {e}; lower train.first_event.lr")
         if progress is not None:
             progress(e, *history[-1])
-    stats = population_bn_stats(specs, params, bn_stats, images, bs)
-    return fold_batch_norm(specs, params, stats), history
+    if norm == "batch":
+        stats = population_bn_stats(specs, params, bn_stats, images, bs)
+    return (params, stats), history

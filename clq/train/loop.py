@@ -31,9 +31,10 @@ from clq.train.cwr import CWRState, cwr_apply, cwr_consolidate, cwr_init, cwr_re
 from clq.train.evaluate import evaluate, make_predict
 from clq.train.latent_cache import with_latent_cache
 from clq.train.event import make_learning_event, make_optimizer, minibatch_composition, set_learning_rate
-from clq.train.first_event import train_first_event
+from clq.train.first_event import configure_head, train_first_event
+from clq.train.norm import make_adaptive_norm
 from clq.train.frozen_stage import make_frozen_stage
-from clq.train.metrics import average_accuracy, forgetting
+from clq.train.metrics import at_chance, average_accuracy, forgetting
 
 __all__ = ["TrainConfig", "ReplayConfig", "run_continual", "NonFiniteError", "JOINT_MAX_BYTES"]
 
@@ -55,6 +56,11 @@ class TrainConfig:
 
     strategy: 'qlr' (plain quantized latent replay, the paper's QLR-CL) or 'ar1star' (latent replay plus
     CWR* consolidation of the classifier, `clq.train.cwr`).
+    first_norm, first_schedule: event 0's normalization ('batch' | 'ar1') and learning-rate schedule
+    ('cosine' | 'constant'); adaptive_norm: the adaptive stage's normalization in learning events ('fold' |
+    'bn' | 'brn') with running statistics updated by norm_momentum (`clq.train.norm`).
+    head_bias, head_init: the classifier's bias and initialization ('random' | 'zeros'; AR1: no bias, zeros).
+    reset_momentum: start every learning event with fresh optimizer state (AR1 builds a new SGD per event).
     """
 
     epochs: int = 4
@@ -68,6 +74,13 @@ class TrainConfig:
     eval_batch_size: int = 1000
     joint_epochs: int = 10
     strategy: str = "qlr"
+    first_norm: str = "batch"
+    first_schedule: str = "cosine"
+    adaptive_norm: str = "fold"
+    norm_momentum: float = 5e-5
+    head_bias: bool = True
+    head_init: str = "random"
+    reset_momentum: bool = False
 
     STRATEGIES = ("qlr", "ar1star")
 
@@ -161,18 +174,27 @@ def run_continual(
     exp0 = stream.experiences[0]
     latent_shape = tuple(frozen_specs[-1].out_shape)
     optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
+    norm = make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum)
+
+    def bn_form_template():
+        params, stats = init_params(specs, k_first)
+        return configure_head(params, train.head_bias, train.head_init), stats
 
     # Shapes of everything a checkpoint holds, to restore onto without deserialising objects.
-    folded_t = jax.eval_shape(lambda: fold_batch_norm(specs, *init_params(specs, k_first)))
+    bn_t = jax.eval_shape(bn_form_template)
+    folded_t = jax.eval_shape(lambda: fold_batch_norm(specs, *bn_form_template()))
+    adaptive_t, norm_t = jax.eval_shape(lambda: norm.init(*(t[latent_layer + 1 :] for t in bn_form_template())))
     shape_buffer = make_replay_buffer(replay.size, latent_shape, make_latent_codec(replay.bits, 1.0),
                                       replay.policy, K)
     templates = {
         "folded": folded_t,
-        "opt_state": jax.eval_shape(optimizer.init, folded_t[latent_layer + 1 :]),
-        "adaptive": folded_t[latent_layer + 1 :],
+        "opt_state": jax.eval_shape(optimizer.init, adaptive_t),
+        "adaptive": adaptive_t,
+        "norm": norm_t,
         "buffer": jax.eval_shape(shape_buffer.init),
         "cwr": jax.eval_shape(cwr_init, folded_t[-1]),
     }
+    del bn_t
     use_cwr = train.strategy == "ar1star"
     restored = load_checkpoint(checkpoint_dir, templates) if (checkpoint_dir and resume) else None
     if restored is not None and restored[2].get("fingerprint") != fingerprint:
@@ -182,12 +204,14 @@ def run_continual(
     if restored is None:
         # 1. Event 0: the whole network learns the first experience.
         with timer("first_event_s"):
-            folded, history = train_first_event(
+            (bn_params, bn_stats), history = train_first_event(
                 specs, stream.train_images[exp0], stream.train_labels[exp0], k_first, train.first_epochs,
                 train.first_batch_size, train.first_lr, train.momentum, train.weight_decay,
                 progress=lambda e, l, a: log(f"event 0 epoch {e + 1}/{train.first_epochs}: loss {l:.4f} acc {a:.3f}"),
-                init=initial_params,
+                init=initial_params, norm=train.first_norm, latent_layer=latent_layer,
+                schedule=train.first_schedule, head_bias=train.head_bias, head_init=train.head_init,
             )
+            folded = fold_batch_norm(specs, bn_params, bn_stats)
     else:
         done, trees, meta = restored
         folded, history = trees["folded"], [tuple(h) for h in meta["history"]]
@@ -207,10 +231,10 @@ def run_continual(
         test_codes = frozen.latents(stream.test_images)
     predict = make_predict(adaptive_specs)
 
-    def run_eval(params):
+    def run_eval(params, norm_state=()):
         with timer("eval_s"):
-            return evaluate(predict, params, test_codes, frozen.scale, stream.test_labels, stream.test_sessions,
-                            K, S, train.eval_batch_size)
+            return evaluate(predict, norm.fold(params, norm_state), test_codes, frozen.scale, stream.test_labels,
+                            stream.test_sessions, K, S, train.eval_batch_size)
 
     codec = make_latent_codec(replay.bits, frozen.a_max)
     buffer = make_replay_buffer(replay.size, latent_shape, codec, replay.policy, K)
@@ -222,13 +246,14 @@ def run_continual(
     def event_fn(n_new):
         comp = minibatch_composition(n_new, replay.size, train.batch_size)
         if comp not in events_cache:
-            events_cache[comp] = make_learning_event(adaptive_specs, optimizer, buffer, comp, train.epochs)
+            events_cache[comp] = make_learning_event(adaptive_specs, optimizer, buffer, comp, train.epochs, norm)
         return events_cache[comp], comp
 
     def decode(codes):
         return jnp.asarray(codes, jnp.float32) * frozen.scale
 
     rows: list[dict] = []  # per event: {"eval": Evaluation as lists, "row": metrics row}
+    warnings: list[str] = []
     seen_cls = np.zeros((stream.num_events, K), bool)
     seen_sess = np.zeros((stream.num_events, S), bool)
 
@@ -239,17 +264,27 @@ def run_continual(
                      "per_session": _nan_to_none(np.asarray(ev["per_session"], float)), "row": row})
         if on_event is not None:
             on_event(i, row)
+        since = at_chance([r["row"]["accuracy"] for r in rows], K)
+        if since is not None and not warnings:
+            warnings.append(
+                f"accuracy has stayed at chance level (1/{K}) for {i - since + 1} learning events, since event {since}: "
+                f"the adaptive stage has diverged or collapsed onto one class. The usual cause is the learning rate "
+                f"for these weights (train.lr={train.lr}, train.first_event.lr={train.first_lr}): pretrained weights "
+                "need the paper's 5e-5 / 1e-3 (+experiment=fashion_mnist_imagenet), a network trained from scratch "
+                "on the offline stream 0.01 / 0.05")
+            log("warning: " + warnings[-1])
 
     def checkpoint(i):
         if checkpoint_dir and (i % checkpoint_every == 0 or i == stream.num_events - 1):
             with timer("checkpoint_s"):
-                save_checkpoint(checkpoint_dir, i, {"folded": folded, "opt_state": opt_state,
+                save_checkpoint(checkpoint_dir, i, {"folded": folded, "opt_state": opt_state, "norm": norm_state,
                                                    "adaptive": adaptive_params, "buffer": buf_state, "cwr": cwr},
                                 {"fingerprint": fingerprint, "history": history, "rows": rows})
 
     if restored is None:
         # A copy: the learning event donates its parameters, and the joint bound restarts from `folded`.
-        adaptive_params = jax.tree.map(jnp.array, folded[latent_layer + 1 :])
+        adaptive_params, norm_state = jax.tree.map(
+            jnp.array, norm.init(bn_params[latent_layer + 1 :], bn_stats[latent_layer + 1 :]))
         opt_state = optimizer.init(adaptive_params)
         cwr = cwr_init(adaptive_params[-1])
         if use_cwr:
@@ -263,12 +298,13 @@ def run_continual(
         with timer("buffer_s"):
             buf_state = buffer_add(buffer.init(), decode(codes0), jnp.asarray(stream.train_labels[exp0]),
                                    jnp.ones(len(exp0), bool), jax.random.fold_in(k_buf, 0))
-        record(0, run_eval(adaptive_params),
+        record(0, run_eval(adaptive_params, norm_state),
                {"n_new": len(exp0), "train_loss": history[-1][0], "train_accuracy": history[-1][1]})
         checkpoint(0)
         first = 1
     else:
         adaptive_params, opt_state, buf_state = trees["adaptive"], trees["opt_state"], trees["buffer"]
+        norm_state = trees["norm"]
         cwr = CWRState(*(np.asarray(a) for a in trees["cwr"]))
         for r in meta["rows"]:
             rows.append(r)
@@ -288,6 +324,8 @@ def run_continual(
         new_x = decode(new_x)
         new_y = jnp.asarray(np.concatenate([stream.train_labels[idx], np.zeros(pad, np.int32)]))
         fn, comp = event_fn(n_new)
+        if train.reset_momentum:
+            opt_state = optimizer.init(adaptive_params)
         opt_state = set_learning_rate(opt_state, train.lr)
         if use_cwr:
             labels_all = np.concatenate([stream.train_labels[idx],
@@ -295,10 +333,10 @@ def run_continual(
             present, counts = np.unique(labels_all), np.bincount(labels_all, minlength=K).astype(np.float32)
             adaptive_params = adaptive_params[:-1] + (cwr_reset(adaptive_params[-1], cwr, present),)
         with timer("train_s"):
-            adaptive_params, opt_state, m = fn(adaptive_params, opt_state, new_x, new_y, jnp.int32(n_new), buf_state,
-                                               jax.random.fold_in(k_train, i))
+            adaptive_params, opt_state, m, norm_state = fn(adaptive_params, opt_state, new_x, new_y, jnp.int32(n_new),
+                                                           buf_state, jax.random.fold_in(k_train, i), norm_state)
             loss = np.asarray(m.loss)
-        if not np.all(np.isfinite(loss)) or not _finite_tree(adaptive_params):
+        if not np.all(np.isfinite(loss)) or not _finite_tree((adaptive_params, norm_state)):
             step = int(np.argmin(np.isfinite(loss))) if not np.all(np.isfinite(loss)) else len(loss) - 1
             raise NonFiniteError(f"non-finite loss or parameters in learning event {i}, step {step} of "
                                  f"{len(loss)}; lower train.lr ({train.lr})", completed=[r["row"] for r in rows])
@@ -307,7 +345,7 @@ def run_continual(
             adaptive_params = adaptive_params[:-1] + (cwr_apply(adaptive_params[-1], cwr),)
         with timer("buffer_s"):
             buf_state = buffer_add(buf_state, new_x, new_y, jnp.arange(n_max) < n_new, jax.random.fold_in(k_buf, i))
-        record(i, run_eval(adaptive_params),
+        record(i, run_eval(adaptive_params, norm_state),
                {"n_new": n_new, "train_loss": float(loss[-1]), "train_accuracy": float(np.asarray(m.accuracy)[-1]),
                 "new_per_batch": comp.new_per_batch, "replays_per_batch": comp.replays_per_batch,
                 "iterations": comp.iterations_per_epoch * train.epochs})
@@ -338,6 +376,7 @@ def run_continual(
                    "class_histogram": np.bincount(np.asarray(buf_state.labels)[np.asarray(buf_state.filled)],
                                                   minlength=K).tolist()},
         "compiled_event_shapes": len(events_cache),
+        "warnings": warnings,
         "resumed_from_event": None if restored is None else restored[0],
     }
     if cache is not None:

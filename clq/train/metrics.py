@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["forgetting", "average_accuracy"]
+__all__ = ["forgetting", "average_accuracy", "at_chance", "CHANCE_PATIENCE"]
+
+#: Learning events in a row at chance level before a run says so.
+CHANCE_PATIENCE = 3
 
 
 def forgetting(acc_matrix: np.ndarray, seen: np.ndarray) -> float:
@@ -31,3 +34,21 @@ def forgetting(acc_matrix: np.ndarray, seen: np.ndarray) -> float:
 def average_accuracy(accuracy_per_event) -> float:
     """Mean of the accuracy after each event (area under the accuracy curve, normalised)."""
     return float(np.mean(accuracy_per_event)) if len(accuracy_per_event) else 0.0
+
+
+def at_chance(accuracies, num_classes: int, patience: int = CHANCE_PATIENCE) -> int | None:
+    """The learning event from which accuracy has stayed at chance level for the last `patience` events, or None.
+
+    "At chance" is below 1.5 / num_classes: a network that has collapsed onto one class scores 1 / num_classes on a
+    balanced test set. Event 0 is not counted (it has seen only some classes).
+
+    Args:
+      accuracies: float, overall test accuracy after events 0, 1, ...
+    """
+    acc = np.asarray(accuracies, np.float64)[1:]
+    if len(acc) < patience or not np.all(acc[-patience:] < 1.5 / num_classes):
+        return None
+    start = len(acc) - patience
+    while start > 0 and acc[start - 1] < 1.5 / num_classes:
+        start -= 1
+    return start + 1

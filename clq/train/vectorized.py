@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from clq.model.forward import forward
+from clq.model.forward import fold_batch_norm, forward
 from clq.model.specs import LayerSpec, split_specs
 from clq.quant.latent import LatentCodec
 from clq.quant.uniform import check_bits, storage_dtype
@@ -184,8 +184,8 @@ def make_sweep(
             params, opt_state, state = carry
             codes, labels, n_new, i = inp
             x = decode(codes)
-            params, opt_state, m = train_event(params, opt_state, x, labels, n_new, state,
-                                               jax.random.fold_in(k_train, i))
+            params, opt_state, m, _ = train_event(params, opt_state, x, labels, n_new, state,
+                                                  jax.random.fold_in(k_train, i))
             valid = jnp.arange(codes.shape[0]) < n_new
             state = buffer.add(state, x, labels, valid, jax.random.fold_in(k_buf, i))
             return (params, opt_state, state), (accuracy(params), m.loss[-1])
@@ -231,12 +231,15 @@ def prepare_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, 
     frozen_specs, _ = split_specs(specs, latent_layer)
     k_first = jax.random.split(jax.random.PRNGKey(base_seed), 3)[0]
     exp0 = stream.experiences[0]
-    folded, _ = train_first_event(specs, stream.train_images[exp0], stream.train_labels[exp0], k_first,
-                                  train.first_epochs, train.first_batch_size, train.first_lr, train.momentum,
-                                  train.weight_decay,
-                                  progress=None if log is None else lambda e, l, a: log(
-                                      f"event 0 epoch {e + 1}/{train.first_epochs}: loss {l:.4f} acc {a:.3f}"),
-                                  init=initial_params)
+    bn_form, _ = train_first_event(specs, stream.train_images[exp0], stream.train_labels[exp0], k_first,
+                                   train.first_epochs, train.first_batch_size, train.first_lr, train.momentum,
+                                   train.weight_decay,
+                                   progress=None if log is None else lambda e, l, a: log(
+                                       f"event 0 epoch {e + 1}/{train.first_epochs}: loss {l:.4f} acc {a:.3f}"),
+                                   init=initial_params, norm=train.first_norm, latent_layer=latent_layer,
+                                   schedule=train.first_schedule, head_bias=train.head_bias,
+                                   head_init=train.head_init)
+    folded = fold_batch_norm(specs, *bn_form)
     say(f"frozen stage: layers 0..{latent_layer} calibrated on event 0")
     frozen = make_frozen_stage(frozen_specs, folded[: latent_layer + 1], stream.train_images[exp0], quant)
     say("latents: every image of the stream through the frozen stage, once")
@@ -260,6 +263,9 @@ def run_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, repl
     """
     if getattr(train, "strategy", "qlr") != "qlr":
         raise ValueError(f"a vectorized sweep runs train.strategy='qlr' only, got {train.strategy!r}")
+    if train.adaptive_norm != "fold" or train.reset_momentum:
+        raise ValueError("a vectorized sweep runs train.adaptive_norm='fold' with train.reset_momentum=false only, got "
+                         f"{train.adaptive_norm!r}, {train.reset_momentum}")
     if not lr_bits or not seeds:
         raise ValueError("lr_bits and seeds must each hold at least one value")
     lr_bits = [check_bits(b, "replay.bits") for b in lr_bits]

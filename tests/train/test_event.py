@@ -52,7 +52,7 @@ def test_learning_event_compiles_once_and_learns():
         y = np.zeros(20, np.int32)
         y[:n] = i % 6
         opt_state = set_learning_rate(opt_state, 0.05 / (i + 1))  # changing the LR does not recompile
-        params, opt_state, m = fn(params, opt_state, jnp.asarray(x), jnp.asarray(y), jnp.int32(n), state,
+        params, opt_state, m, _ = fn(params, opt_state, jnp.asarray(x), jnp.asarray(y), jnp.int32(n), state,
                                   jax.random.PRNGKey(i))
         assert m.loss.shape == (2 * comp.iterations_per_epoch,)
         losses.append(np.asarray(m.loss))

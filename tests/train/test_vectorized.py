@@ -68,7 +68,7 @@ def _separate_run(params, data: SweepData, opt, buffer, add, event, predict, see
     accs = [acc(params)]
     for i in range(1, EVENTS):
         x, y, n = decode(data.event_codes[i - 1]), jnp.asarray(data.event_labels[i - 1]), int(data.event_n[i - 1])
-        params, opt_state, _ = event(params, opt_state, x, y, jnp.int32(n), state, jax.random.fold_in(k_train, i))
+        params, opt_state, _, _ = event(params, opt_state, x, y, jnp.int32(n), state, jax.random.fold_in(k_train, i))
         state = add(state, x, y, jnp.arange(N_NEW) < n, jax.random.fold_in(k_buf, i))
         accs.append(acc(params))
     hist = np.bincount(np.asarray(state.labels)[np.asarray(state.filled)], minlength=CLASSES)
