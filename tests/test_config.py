@@ -59,8 +59,25 @@ def test_defaults_are_the_documented_ones():
     ("tracking.mode=cloud", "tracking.mode"),
     ("seed=-3", "seed"),
     ("train.batch_size=1", "train.batch_size"),
+    ("train.adaptive_norm=layer", "train.adaptive_norm"),
+    ("train.first_event.norm=group", "train.first_event.norm"),
+    ("train.first_event.schedule=step", "train.first_event.schedule"),
+    ("train.head.init=ones", "train.head.init"),
+    ("train.head.bias=maybe", "train.head.bias"),
+    ("train.reset_momentum=1", "train.reset_momentum"),
+    ("train.norm_momentum=2", "train.norm_momentum"),
+    ("train.first_event.norm=ar1", "model.weights=imagenet"),  # AR1's event 0 needs pretrained statistics
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError) as e:
         experiment_config(_resolve([override]))
     assert field in str(e.value)
+
+
+def test_imagenet_preset_is_the_papers_setting_with_ar1s_event_0():
+    exp = experiment_config(_resolve(["+experiment=fashion_mnist_imagenet"]))
+    assert exp.model.weights == "imagenet" and exp.model.input_size == 64 and exp.latent_layer == 19
+    assert (exp.train.lr, exp.train.first_lr, exp.train.epochs, exp.train.first_epochs) == (5e-5, 1e-3, 4, 4)
+    assert (exp.train.first_norm, exp.train.first_schedule, exp.train.head_bias, exp.train.head_init) == (
+        "ar1", "constant", False, "zeros")
+    assert len(exp.data.sessions) == 3 and exp.replay.size == 1500 and exp.replay.bits == 8

@@ -1,6 +1,6 @@
-"""Every replayed latent is paired with the label of the image it came from, through a whole run.
+"""Guards of a whole run: replayed latents keep their labels; a run stuck at chance level says so.
 
-The stream's images are one fixed picture per class, so every latent of class c is the same vector L_c and the
+Labels: the stream's images are one fixed picture per class, so every latent of class c is the same vector L_c and the
 L_c differ between classes. A latent that reached the buffer (or a learning event) under another image's label
 would then sit beside a label whose other latents differ from it. Avalanche 0.6.0's AR1 has exactly such a bug
 for multi-class experiences (docs/ar1_parity.md); this test keeps clq from having one.
@@ -75,3 +75,19 @@ def test_replayed_latents_keep_their_labels(monkeypatch, policy):
     for i, (_, _, xr, yr) in enumerate(seen):
         assert len(yr) > 0
         np.testing.assert_array_equal(xr, reference[yr], err_msg=f"replays of learning event {i + 1}")
+
+
+def test_a_run_stuck_at_chance_says_so(monkeypatch):
+    from clq.train.evaluate import Evaluation
+
+    def chance(*args, **kwargs):  # the adaptive stage has collapsed onto one class of K
+        return Evaluation(accuracy=1.0 / K, per_class=np.full(K, np.nan), per_session=np.full(1, 1.0 / K))
+
+    monkeypatch.setattr(loop, "evaluate", chance)
+    said = []
+    train = TrainConfig(epochs=1, batch_size=16, lr=0.01, first_epochs=1, first_lr=0.01, first_batch_size=20,
+                        eval_batch_size=40)
+    res = run_continual(_constant_stream(), mobilenet_v1_specs(0.25, SIZE, K, 3, "relu"), 23, train,
+                        ReplayConfig(size=24, bits=None), None, seed=0, log=said.append)
+    assert len(res["warnings"]) == 1 and "since event 1" in res["warnings"][0] and "train.lr=0.01" in res["warnings"][0]
+    assert [m for m in said if m.startswith("warning: accuracy has stayed at chance")] == ["warning: " + res["warnings"][0]]
