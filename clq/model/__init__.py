@@ -1,6 +1,15 @@
 """The network: layer specs (single source of truth) and the pure forward pass."""
 
-from clq.model.forward import BN_EPS, fold_batch_norm, forward, forward_bn, init_params, linear_op
+from clq.model.forward import (
+    BN_EPS,
+    batch_renorm,
+    fold_batch_norm,
+    forward,
+    forward_bn,
+    forward_norm,
+    init_params,
+    linear_op,
+)
 from clq.model.specs import (
     CLASSIFIER_INDEX,
     LAYER_KINDS,
@@ -12,6 +21,6 @@ from clq.model.specs import (
 )
 
 __all__ = [
-    "BN_EPS", "fold_batch_norm", "forward", "forward_bn", "init_params", "linear_op", "CLASSIFIER_INDEX",
-    "LAYER_KINDS", "LayerSpec", "mobilenet_v1_specs", "num_params", "split_specs", "validate_latent_layer",
+    "BN_EPS", "batch_renorm", "fold_batch_norm", "forward", "forward_bn", "forward_norm", "init_params", "linear_op",
+    "CLASSIFIER_INDEX", "LAYER_KINDS", "LayerSpec", "mobilenet_v1_specs", "num_params", "split_specs", "validate_latent_layer",
 ]

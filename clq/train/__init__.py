@@ -10,14 +10,16 @@ from clq.train.event import (
     minibatch_composition,
     set_learning_rate,
 )
-from clq.train.first_event import population_bn_stats, train_first_event
+from clq.train.first_event import configure_head, population_bn_stats, train_first_event
 from clq.train.frozen_stage import FrozenStage, make_frozen_stage
 from clq.train.loop import ReplayConfig, TrainConfig, run_continual
-from clq.train.metrics import average_accuracy, forgetting
+from clq.train.metrics import at_chance, average_accuracy, forgetting
+from clq.train.norm import ADAPTIVE_NORMS, FIRST_EVENT_NORMS, AdaptiveNorm, make_adaptive_norm
 
 __all__ = [
     "evaluate", "make_predict", "Composition", "EventMetrics", "cross_entropy", "make_learning_event",
     "make_optimizer", "minibatch_composition", "set_learning_rate", "population_bn_stats", "train_first_event",
     "FrozenStage", "make_frozen_stage", "ReplayConfig", "TrainConfig", "run_continual", "average_accuracy",
-    "forgetting",
+    "forgetting", "at_chance", "configure_head", "ADAPTIVE_NORMS", "FIRST_EVENT_NORMS", "AdaptiveNorm",
+    "make_adaptive_norm",
 ]

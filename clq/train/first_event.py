@@ -117,13 +117,14 @@ def train_first_event(
     k_init, k_data = jax.random.split(key)
     params, bn_stats = init if init is not None else init_params(specs, k_init)
     params = configure_head(params, head_bias, head_init)
+    # Cosine decay: from-scratch training needs a large step early, a small one late; AR1 keeps its rate.
     sched = optax.cosine_decay_schedule(lr, max(1, epochs * steps)) if schedule == "cosine" else lr
     optimizer = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(sched, momentum=momentum))
     opt_state = optimizer.init(params)
     x_all = jnp.asarray(images)
     y_all = jnp.asarray(labels, jnp.int32)
     renorm = AR1_FIRST_EVENT(bs)
-    frozen = tuple(norm == "ar1" and s.index <= (latent_layer if latent_layer is not None else -1) for s in specs)
+    frozen = tuple(norm == "ar1" and s.index <= latent_layer for s in specs)  # BN in inference mode (AR1: 0..l)
 
     def loss_fn(p, stats, x, y, t):
         if norm == "batch":

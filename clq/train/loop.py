@@ -176,14 +176,14 @@ def run_continual(
     optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
     norm = make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum)
 
-    def bn_form_template():
+    def after_event0():
+        """The folded network and the adaptive stage's (params, norm_state), as event 0 leaves them (shapes only)."""
         params, stats = init_params(specs, k_first)
-        return configure_head(params, train.head_bias, train.head_init), stats
+        params = configure_head(params, train.head_bias, train.head_init)
+        return fold_batch_norm(specs, params, stats), norm.init(params[latent_layer + 1 :], stats[latent_layer + 1 :])
 
     # Shapes of everything a checkpoint holds, to restore onto without deserialising objects.
-    bn_t = jax.eval_shape(bn_form_template)
-    folded_t = jax.eval_shape(lambda: fold_batch_norm(specs, *bn_form_template()))
-    adaptive_t, norm_t = jax.eval_shape(lambda: norm.init(*(t[latent_layer + 1 :] for t in bn_form_template())))
+    folded_t, (adaptive_t, norm_t) = jax.eval_shape(after_event0)
     shape_buffer = make_replay_buffer(replay.size, latent_shape, make_latent_codec(replay.bits, 1.0),
                                       replay.policy, K)
     templates = {
@@ -194,7 +194,6 @@ def run_continual(
         "buffer": jax.eval_shape(shape_buffer.init),
         "cwr": jax.eval_shape(cwr_init, folded_t[-1]),
     }
-    del bn_t
     use_cwr = train.strategy == "ar1star"
     restored = load_checkpoint(checkpoint_dir, templates) if (checkpoint_dir and resume) else None
     if restored is not None and restored[2].get("fingerprint") != fingerprint:
