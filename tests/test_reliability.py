@@ -83,7 +83,6 @@ def test_resume_keeps_the_normalization_state_and_the_ar1_choices(tiny, tmp_path
     ar1 = replace(train, adaptive_norm="brn", norm_momentum=0.05, head_bias=False, head_init="zeros",
                   reset_momentum=True, strategy="ar1star", first_schedule="constant")
     ref = _run(tiny, train=ar1)
-    assert ref["accuracy_per_event"][-1] > 0.2  # it learns
     ck = str(tmp_path / "ck")
 
     def crash_at_4(i, row):
