@@ -26,7 +26,8 @@ __all__ = ["CWRState", "cwr_init", "cwr_reset", "cwr_consolidate", "cwr_apply"]
 
 
 class CWRState(NamedTuple):
-    """consolidated: float32 [K, D(+1)] (weight column, then the bias if the classifier has one, per class); seen: bool [K]; past: float32 [K]."""
+    """consolidated: float32 [K, D(+1)] (per class its weight column, then its bias if the classifier has one);
+    seen: bool [K]; past: float32 [K]."""
 
     consolidated: np.ndarray
     seen: np.ndarray
