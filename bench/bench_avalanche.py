@@ -24,7 +24,8 @@ Every run is a fresh process, timed from start to end (imports, data loading and
 its peak resident memory from ``os.wait4``. PyTorch gets its best thread count (``--threads auto``): each
 Avalanche run times a few event-0 and later-event steps with 1 and 2 threads and keeps the faster per phase;
 on the shared 2-core machine two spinning OpenMP threads made later events' small operations ~10x slower than
-one (bench_torch_reference.py does the same). ``--threads 2`` pins it (then a run is reproducible bit for bit). The summary gives mean +- std (over seeds, ddof=0) of the final and
+one (bench_torch_reference.py does the same). ``--threads 2`` pins it (then a run is reproducible bit for bit).
+The summary gives mean +- std (over seeds, ddof=0) of the final and
 average accuracy per system, the gaps clq - Avalanche in points, and the speed-up (Avalanche wall time / clq
 wall time) per seed and its mean. clq runs with its default persistent compilation cache (``compile_cache_dir``):
 a configuration's first run compiles, later seeds mostly load.

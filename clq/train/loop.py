@@ -266,7 +266,8 @@ def run_continual(
         since = at_chance([r["row"]["accuracy"] for r in rows], K)
         if since is not None and not warnings:
             warnings.append(
-                f"accuracy has stayed at chance level (1/{K}) for {i - since + 1} learning events, since event {since}: "
+                f"accuracy has stayed at chance level (1/{K}) for {i - since + 1} learning events, since event "
+                f"{since}: "
                 f"the adaptive stage has diverged or collapsed onto one class. The usual cause is the learning rate "
                 f"for these weights (train.lr={train.lr}, train.first_event.lr={train.first_lr}): pretrained weights "
                 "need the paper's 5e-5 / 1e-3 (+experiment=fashion_mnist_imagenet), a network trained from scratch "
