@@ -20,7 +20,7 @@ import optax
 from clq.model.forward import forward_bn, forward_norm, init_params
 from clq.model.specs import LayerSpec
 from clq.train.event import cross_entropy
-from clq.train.norm import AR1_FIRST_EVENT, FIRST_EVENT_NORMS
+from clq.train.norm import FIRST_EVENT_NORMS, ar1_first_event_schedule
 
 __all__ = ["train_first_event", "population_bn_stats", "configure_head", "SCHEDULES", "HEAD_INITS"]
 
@@ -123,7 +123,7 @@ def train_first_event(
     opt_state = optimizer.init(params)
     x_all = jnp.asarray(images)
     y_all = jnp.asarray(labels, jnp.int32)
-    renorm = AR1_FIRST_EVENT(bs)
+    renorm = ar1_first_event_schedule(bs)
     frozen = tuple(norm == "ar1" and s.index <= latent_layer for s in specs)  # BN in inference mode (AR1: 0..l)
 
     def loss_fn(p, stats, x, y, t):

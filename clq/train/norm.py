@@ -37,7 +37,7 @@ __all__ = [
     "AdaptiveNorm",
     "make_adaptive_norm",
     "RenormSchedule",
-    "AR1_FIRST_EVENT",
+    "ar1_first_event_schedule",
 ]
 
 ADAPTIVE_NORMS = ("fold", "bn", "brn")
@@ -62,8 +62,9 @@ class RenormSchedule(NamedTuple):
         return jnp.minimum(self.r_start + t, self.r_max), jnp.minimum(self.d_start + t, self.d_max)
 
 
-#: Avalanche AR1's first experience: init_update_rate 0.01, r/d grow by inc_step 4.1e-5 per sample (x batch).
-def AR1_FIRST_EVENT(batch_size: int) -> RenormSchedule:  # noqa: N802 (a constant's factory)
+def ar1_first_event_schedule(batch_size: int) -> RenormSchedule:
+    """Avalanche AR1's first experience: momentum (init_update_rate) 0.01; r_max, d_max grow by inc_step 4.1e-5 per
+    sample, i.e. 4.1e-5 x batch_size per step, up to 1.25 and 0.5."""
     return RenormSchedule(momentum=0.01, r_max=1.25, d_max=0.5, per_step=4.1e-5 * batch_size)
 
 

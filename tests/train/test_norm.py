@@ -8,7 +8,7 @@ import pytest
 from clq.model import fold_batch_norm, forward, forward_bn, init_params, mobilenet_v1_specs, split_specs
 from clq.model.forward import batch_renorm, forward_norm
 from clq.train.metrics import at_chance
-from clq.train.norm import AR1_FIRST_EVENT, make_adaptive_norm
+from clq.train.norm import ar1_first_event_schedule, make_adaptive_norm
 
 
 def _stage(seed=0):
@@ -71,7 +71,7 @@ def test_adaptive_norm_trains_and_folds_for_evaluation(name):
 
 
 def test_ar1_first_event_schedule_grows_to_its_limits():
-    sched = AR1_FIRST_EVENT(128)
+    sched = ar1_first_event_schedule(128)
     assert sched.limits(0) == (1.0, 0.0)
     r, d = sched.limits(10)
     np.testing.assert_allclose((r, d), (1 + 10 * 128 * 4.1e-5, 10 * 128 * 4.1e-5), rtol=1e-6)
