@@ -24,7 +24,8 @@ class LatentCodec(NamedTuple):
     Fields:
       bits: Q_LR in 1..16, or None for FP32 storage.
       scale: S_LR (float32 scalar; 1.0 for FP32 storage).
-      dtype: storage dtype: uint8 (bits <= 8), uint16 (9..16) or float32.
+      dtype: dtype of the codes `encode` returns: uint8 (bits <= 8), uint16 (9..16) or float32. The replay
+        buffer bit-packs codes into uint32 words (`clq.replay.packing`), Q_LR bits each.
     """
 
     bits: int | None

@@ -2,8 +2,11 @@
 
 `make_replay_buffer(...)` binds the static hyper-parameters (size N, latent shape, bit-width, policy)
 and returns a `ReplayBuffer` of pure functions over a `BufferState` NamedTuple, in the style of optax's
-`GradientTransformation` and flashbax's buffers. Latents are stored encoded (UINT-Q_LR codes, see
-`clq.quant.latent`) with their labels; `sample`/`read` decode to float32.
+`GradientTransformation` and flashbax's buffers. Latents are stored encoded with their labels: UINT-Q_LR codes
+(`clq.quant.latent`) bit-packed into uint32 words (`clq.replay.packing`: ``ceil(E * Q_LR / 32)`` words per latent
+of E elements, the device's layout, so the RAM they take is the cost model's LR-buffer bytes without the FP32
+scale), or FP32 latents unchanged; `sample`/`read` unpack and decode to float32. `buffer_nbytes` measures a
+state's RAM.
 
 Policies (what `add` does with a learning event's latents):
 
@@ -22,14 +25,17 @@ Policies (what `add` does with a learning event's latents):
 
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from clq.quant.latent import LatentCodec
+from clq.replay.packing import PACK_BITS, pack, packed_words, unpack
 
-__all__ = ["BufferState", "ReplayBuffer", "make_replay_buffer", "POLICIES"]
+__all__ = ["BufferState", "ReplayBuffer", "make_replay_buffer", "buffer_nbytes", "POLICIES"]
 
 POLICIES = ("ar1", "reservoir", "class_balanced")
 
@@ -38,7 +44,8 @@ class BufferState(NamedTuple):
     """State of a replay buffer of N slots.
 
     Fields:
-      latents: [N, *latent_shape] codes in the codec's storage dtype (uint8/uint16/float32).
+      latents: uint32 [N, W] bit-packed codes (W = `packed_words(E, code_bits)`, E elements per latent) for
+        quantized latents; float32 [N, *latent_shape] for FP32 latents (codec.bits None).
       labels: int32 [N], label of each slot, -1 where empty.
       filled: bool [N], slot holds a latent.
       seen: int32 (), latents offered to `add` so far.
@@ -64,6 +71,10 @@ class ReplayBuffer(NamedTuple):
         uniform with replacement over filled slots (precondition: at least one filled slot).
     read(state, slots) -> (float32 [k, *latent_shape], int32 [k]): decode given slots.
     order(state, key) -> int32 [N]: the filled slots in random order, then the empty ones.
+
+    Static facts: size (N), latent_shape, codec, policy; code_bits, the bits each stored code takes (the
+    packing's Q; None for FP32 latents); latent_bytes, the RAM bytes of the N stored latents
+    (``N * 4 * packed_words(E, code_bits)``, or ``N * 4 * E`` for FP32).
     """
 
     init: Callable[[], BufferState]
@@ -75,6 +86,38 @@ class ReplayBuffer(NamedTuple):
     latent_shape: tuple[int, ...]
     codec: LatentCodec
     policy: str
+    code_bits: int | None
+    latent_bytes: int
+
+
+def buffer_nbytes(state: BufferState) -> dict[str, int]:
+    """RAM bytes of a buffer state as this process holds it (arrays, or `jax.eval_shape` structs).
+
+    Returns:
+      {"latents": the stored latents (packed words or FP32), "labels": int32 labels, "bookkeeping": the filled
+      flags and counters, "total": their sum}.
+    """
+    size = {k: math.prod(a.shape) * np.dtype(a.dtype).itemsize for k, a in state._asdict().items()}
+    out = {"latents": size.pop("latents"), "labels": size.pop("labels"), "bookkeeping": sum(size.values())}
+    return {**out, "total": sum(out.values())}
+
+
+def _code_bits(codec: LatentCodec, code_bits):
+    """The packing's Q: codec.bits when it is a Python int; `code_bits` when codec.bits is traced."""
+    if codec.bits is None:
+        if code_bits is not None:
+            raise ValueError(f"code_bits applies to quantized latents only (codec.bits is None), got {code_bits!r}")
+        return None
+    static = isinstance(codec.bits, (int, np.integer)) and not isinstance(codec.bits, bool)
+    if code_bits is None:
+        if not static:
+            raise ValueError("codec.bits is traced: code_bits (the largest Q_LR it takes, 1..16) must be given")
+        return int(codec.bits)
+    if isinstance(code_bits, bool) or not isinstance(code_bits, int) or code_bits not in PACK_BITS:
+        raise ValueError(f"code_bits must be an integer in 1..16, got {code_bits!r}")
+    if static and code_bits < codec.bits:
+        raise ValueError(f"code_bits must be >= codec.bits ({codec.bits}), got {code_bits}")
+    return code_bits
 
 
 def _check(size, latent_shape, policy, num_classes):
@@ -89,9 +132,10 @@ def _check(size, latent_shape, policy, num_classes):
 
 
 def make_replay_buffer(
-    size: int, latent_shape: Sequence[int], codec: LatentCodec, policy: str = "ar1", num_classes: int = 50
+    size: int, latent_shape: Sequence[int], codec: LatentCodec, policy: str = "ar1", num_classes: int = 50,
+    code_bits: int | None = None,
 ) -> ReplayBuffer:
-    """Build a replay buffer of `size` latents of `latent_shape`, encoded with `codec`.
+    """Build a replay buffer of `size` latents of `latent_shape`, encoded with `codec` and bit-packed.
 
     Args:
       size: N_LR (0 gives a buffer that never stores anything: the no-replay baseline).
@@ -99,14 +143,33 @@ def make_replay_buffer(
       codec: storage codec (`clq.quant.make_latent_codec`).
       policy: one of `POLICIES`.
       num_classes: number of labels (for per-class counters).
+      code_bits: bits per packed code; None: codec.bits. Only a codec whose bits are traced (the vectorized sweep,
+        one program for several Q_LR) needs it: its largest Q_LR, so that every member's codes fit.
     """
     latent_shape = tuple(int(d) for d in latent_shape)
     _check(size, latent_shape, policy, num_classes)
+    code_bits = _code_bits(codec, code_bits)
     n_slots = size
+    elements = math.prod(latent_shape)
+    if code_bits is None:
+        stored_shape, stored_dtype = latent_shape, jnp.float32
+    else:
+        stored_shape, stored_dtype = (packed_words(elements, code_bits),), jnp.uint32
+
+    def store(latents):
+        """float32 [n, *latent_shape] -> the stored form [n, *stored_shape]."""
+        codes = codec.encode(latents)
+        return codes if code_bits is None else pack(codes.reshape(codes.shape[0], elements), code_bits)
+
+    def load(stored):
+        """The stored form [k, *stored_shape] -> float32 [k, *latent_shape]."""
+        if code_bits is None:
+            return codec.decode(stored)
+        return codec.decode(unpack(stored, code_bits, elements)).reshape(stored.shape[0], *latent_shape)
 
     def init() -> BufferState:
         return BufferState(
-            latents=jnp.zeros((n_slots, *latent_shape), codec.dtype),
+            latents=jnp.zeros((n_slots, *stored_shape), stored_dtype),
             labels=jnp.full((n_slots,), -1, jnp.int32),
             filled=jnp.zeros((n_slots,), bool),
             seen=jnp.zeros((), jnp.int32),
@@ -135,7 +198,7 @@ def make_replay_buffer(
         k = min(n, n_slots)
         items, slots = item_order[:k], slot_order[:k]
         write = jnp.arange(k) < h
-        wshape = (k,) + (1,) * len(latent_shape)
+        wshape = (k,) + (1,) * len(stored_shape)
         lat = jnp.where(write.reshape(wshape), codes[items], state.latents[slots])
         lab = jnp.where(write, labels[items], state.labels[slots])
         fil = write | state.filled[slots]
@@ -192,13 +255,12 @@ def make_replay_buffer(
         labels = labels.astype(jnp.int32)
         valid = valid.astype(bool)
         if n_slots > 0:
-            codes = codec.encode(latents)
             fn = _add_ar1 if policy == "ar1" else _add_sequential
-            state = fn(state, codes, labels, valid, key)
+            state = fn(state, store(latents), labels, valid, key)
         return _bookkeeping(state, labels, valid)
 
     def read(state: BufferState, slots):
-        return codec.decode(state.latents[slots]), state.labels[slots]
+        return load(state.latents[slots]), state.labels[slots]
 
     def sample(state: BufferState, key, batch: int):
         logits = jnp.where(state.filled, 0.0, -jnp.inf)
@@ -208,4 +270,5 @@ def make_replay_buffer(
     def order(state: BufferState, key):
         return jnp.argsort(jnp.where(state.filled, 0.0, 1.0) + jax.random.uniform(key, (n_slots,)) * 0.5)
 
-    return ReplayBuffer(init, add, sample, read, order, size, latent_shape, codec, policy)
+    latent_bytes = n_slots * math.prod(stored_shape) * np.dtype(stored_dtype).itemsize
+    return ReplayBuffer(init, add, sample, read, order, size, latent_shape, codec, policy, code_bits, latent_bytes)

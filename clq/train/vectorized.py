@@ -3,7 +3,8 @@
 After event 0 the frozen stage is fixed, so every configuration of a sweep over ``replay.bits`` and seeds
 sees the same latents; what differs is the replay codec (Q_LR, hence the LR scale ``a_max / (2^Q - 1)``)
 and the randomness of training and buffer replacement. Both are *values*, not shapes, as long as the storage
-dtype is shared (uint8 for Q_LR <= 8), so the learning phase of every configuration is the same program:
+is shared (codes in uint8 for Q_LR <= 8, packed into the buffer's uint32 words at the sweep's largest Q_LR), so
+the learning phase of every configuration is the same program:
 
     one configuration  = lax.scan over learning events 1..E-1 of
                          [learning event (make_event_fn) -> buffer.add -> test accuracy]
@@ -11,7 +12,7 @@ dtype is shared (uint8 for Q_LR <= 8), so the learning phase of every configurat
                          over batches of `members_per_batch` of them, each batch vmapped (bounds memory)
 
 and the whole sweep is one `jax.jit` call: one compilation, no host round trip between events or
-configurations, the buffers kept as UINT codes, the latents of every event computed once and shared.
+configurations, the buffers kept as packed UINT codes, the latents of every event computed once and shared.
 
 Seeds follow `clq.train.loop.run_continual`: seed s gives ``k_train, k_buf = split(PRNGKey(s), 3)[1:]``,
 event i uses ``fold_in(k_train, i)`` and ``fold_in(k_buf, i)``. The stream, event 0 and the frozen stage are
@@ -139,7 +140,8 @@ def make_sweep(
       optimizer: `clq.train.make_optimizer(...)`; its learning rate is the one every event uses.
       replay_size: N_LR (static: it is the buffer's shape).
       composition: the mini-batch composition shared by every learning event.
-      max_bits: the largest Q_LR the program will be called with; fixes the storage dtype (uint8 up to 8).
+      max_bits: the largest Q_LR the program will be called with; fixes the codes' dtype (uint8 up to 8) and
+        the buffer's packing (every member's codes are stored in max_bits-bit fields, as they must share shapes).
       eval_chunk: test latents evaluated per step of the evaluation loop (bounds memory: K*S*chunk latents).
       members_per_batch: configurations vmapped together (`lax.map` over batches of them); None: all K*S.
     Returns:
@@ -159,7 +161,7 @@ def make_sweep(
     def one_config(params, bits, scale, seed, data: SweepData):
         """The learning phase of one (Q_LR, seed); bits/scale/seed are traced scalars."""
         codec = LatentCodec(bits, scale, dtype)  # traced bits and scale: encode/decode are jnp arithmetic
-        buffer = make_replay_buffer(replay_size, latent_shape, codec, policy, num_classes)
+        buffer = make_replay_buffer(replay_size, latent_shape, codec, policy, num_classes, code_bits=max_bits)
         train_event = make_event_fn(adaptive_specs, optimizer, buffer, composition, epochs)
         _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
         n_test = jnp.maximum(jnp.sum(data.test_labels >= 0), 1)

@@ -1,3 +1,5 @@
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clq.quant import make_latent_codec
-from clq.replay import make_replay_buffer
+from clq.replay import buffer_nbytes, make_replay_buffer, packed_words
 
 SHAPE = (2, 3)
 
@@ -34,7 +36,8 @@ def test_buffer_never_returns_unwritten_slots(policy, size, sizes, bits, seed):
         x, y, valid = _event(rng, n, 9, [0, 1, 2, 3, 4])
         state = buf.add(state, x, y, valid, jax.random.PRNGKey(seed + i))
         written.append(np.asarray(codec.decode(codec.encode(x[valid]))))
-        assert state.latents.dtype == codec.dtype and state.labels.dtype == jnp.int32
+        assert state.latents.dtype == (jnp.float32 if bits is None else jnp.uint32)  # packed words
+        assert state.labels.dtype == jnp.int32
     filled = np.asarray(state.filled)
     assert filled.sum() == min(size, sum(sizes))
     assert set(np.asarray(state.labels)[filled]) <= {0, 1, 2, 3, 4}  # never padding, never empty (-1)
@@ -104,8 +107,117 @@ def test_empty_buffer_and_validation():
     codec = make_latent_codec(8, 1.0)
     buf = make_replay_buffer(0, SHAPE, codec, "ar1")
     st = buf.add(buf.init(), np.ones((3, *SHAPE), np.float32), np.zeros(3, np.int32), np.ones(3, bool), jax.random.PRNGKey(0))
-    assert st.latents.shape == (0, *SHAPE) and int(st.seen) == 3
+    assert st.latents.shape == (0, packed_words(6, 8)) and int(st.seen) == 3
+    assert buf.latent_bytes == 0 and buffer_nbytes(st)["latents"] == 0
     with pytest.raises(ValueError, match="replay.policy"):
         make_replay_buffer(5, SHAPE, codec, "lifo")
     with pytest.raises(ValueError, match="replay.size"):
         make_replay_buffer(-1, SHAPE, codec, "ar1")
+
+
+def _unpacked_reference(size, shape, codec, policy):
+    """The storage before packing: one code per element, unpacked (FP32 slots holding the integer codes)."""
+    ref = make_replay_buffer(size, shape, make_latent_codec(None, 1.0), policy, num_classes=6)
+
+    def add(state, x, y, valid, key):
+        return ref.add(state, codec.encode(x).astype(jnp.float32), y, valid, key)
+
+    def read(state, slots):
+        codes, labels = ref.read(state, slots)
+        return codec.decode(codes), labels  # the same decode as the old uint8/uint16 storage
+
+    return ref.init, jax.jit(add), read
+
+
+@pytest.mark.parametrize("policy", ["ar1", "reservoir", "class_balanced"])
+@pytest.mark.parametrize("bits", [1, 3, 7, 8, 12, 16])
+def test_packed_storage_decodes_bit_identical_to_unpacked_codes(policy, bits):
+    shape = (3, 2, 5)  # 30 codes: E*Q is not a multiple of 32 for most Q
+    codec = make_latent_codec(bits, 4.0)
+    buf = make_replay_buffer(10, shape, codec, policy, num_classes=6)
+    ref_init, ref_add, ref_read = _unpacked_reference(10, shape, codec, policy)
+    add = jax.jit(buf.add)
+    state, ref = buf.init(), ref_init()
+    rng = np.random.default_rng(bits)
+    for i, n in enumerate([9, 4, 7, 2, 9, 5]):
+        x = rng.uniform(0, 4.5, (9, *shape)).astype(np.float32)  # some above the range: saturated codes
+        y = rng.integers(0, 5, 9).astype(np.int32)
+        valid = np.arange(9) < n
+        state = add(state, x, y, valid, jax.random.PRNGKey(i))
+        ref = ref_add(ref, x, y, valid, jax.random.PRNGKey(i))
+        assert state.latents.shape == (10, packed_words(30, bits)) and state.latents.dtype == jnp.uint32
+    np.testing.assert_array_equal(np.asarray(state.labels), np.asarray(ref.labels))
+    np.testing.assert_array_equal(np.asarray(state.filled), np.asarray(ref.filled))
+    slots = jnp.arange(10)
+    xs, ys = jax.jit(buf.read)(state, slots)
+    xr, yr = ref_read(ref, slots)
+    assert xs.dtype == jnp.float32 and xs.shape == (10, *shape)
+    np.testing.assert_array_equal(np.asarray(xs), np.asarray(xr))  # bit-identical floats
+    np.testing.assert_array_equal(np.asarray(ys), np.asarray(yr))
+    assert len(np.unique(np.asarray(xs))) > 2 ** min(bits, 4) // 2  # the latents are not all one code
+    xs, _ = buf.sample(state, jax.random.PRNGKey(7), 16)
+    assert set(np.unique(np.asarray(xs))) <= set(np.unique(np.asarray(xr)))
+
+
+def test_traced_bits_need_code_bits_and_pack_at_that_width():
+    shape = (2, 5)
+    x = np.random.default_rng(0).uniform(0, 4, (6, *shape)).astype(np.float32)
+
+    def run(bits):
+        codec = make_latent_codec(bits, 4.0)
+        traced = codec._replace(bits=jnp.int32(bits), dtype=jnp.uint8)  # as the vectorized sweep builds it
+        buf = make_replay_buffer(6, shape, traced, "ar1", num_classes=6, code_bits=8)
+        state = buf.add(buf.init(), x, np.zeros(6, np.int32), np.ones(6, bool), jax.random.PRNGKey(0))
+        assert state.latents.shape == (6, packed_words(10, 8)) and buf.code_bits == 8
+        return np.asarray(buf.read(state, jnp.arange(6))[0])
+
+    for bits in (3, 8):
+        codec = make_latent_codec(bits, 4.0)
+        buf = make_replay_buffer(6, shape, codec, "ar1", num_classes=6)
+        state = buf.add(buf.init(), x, np.zeros(6, np.int32), np.ones(6, bool), jax.random.PRNGKey(0))
+        np.testing.assert_array_equal(run(bits), np.asarray(buf.read(state, jnp.arange(6))[0]))
+    traced = make_latent_codec(8, 4.0)._replace(bits=jnp.int32(8))
+    with pytest.raises(ValueError, match="code_bits"):
+        make_replay_buffer(6, shape, traced, "ar1")
+    with pytest.raises(ValueError, match="code_bits"):
+        make_replay_buffer(6, shape, make_latent_codec(8, 4.0), "ar1", code_bits=7)
+    with pytest.raises(ValueError, match="code_bits"):
+        make_replay_buffer(6, shape, make_latent_codec(None, 4.0), "ar1", code_bits=8)
+
+
+@pytest.mark.parametrize("bits", [None, 1, 5, 8, 16])
+def test_ram_bytes(bits):
+    shape = (3, 7)  # 21 elements
+    buf = make_replay_buffer(11, shape, make_latent_codec(bits, 4.0), "ar1", num_classes=6)
+    state = buf.init()
+    per_latent = 4 * (21 if bits is None else -(-21 * bits // 32))
+    assert buf.latent_bytes == 11 * per_latent
+    nb = buffer_nbytes(state)
+    assert nb["latents"] == buf.latent_bytes == state.latents.nbytes
+    assert nb["labels"] == 11 * 4 and nb["bookkeeping"] == 11 + 4 + 4 + 6 * 4  # filled, seen, events, class_seen
+    assert nb["total"] == sum(a.nbytes for a in state)
+    assert buffer_nbytes(jax.eval_shape(buf.init)) == nb
+
+
+def test_packed_ram_equals_cost_model_at_paper_scale():
+    """RAM of the packed latents == the cost model's LR buffer minus its FP32 scale (l=19, N=1500, Q=1..16)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from clq.config import experiment_config
+    from clq.cost import memory_bytes
+    from clq.model import split_specs
+
+    conf = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "conf"))
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose("config", overrides=["model=mobilenet_v1_imagenet", "latent_layer=19", "replay.size=1500"])
+    exp = experiment_config(OmegaConf.to_container(cfg, resolve=True))
+    assert exp.model.input_size == 128
+    specs = exp.model.specs()
+    latent_shape = split_specs(specs, 19)[0][-1].out_shape
+    assert tuple(latent_shape) == (8, 8, 512)
+    for bits in range(1, 17):
+        buf = make_replay_buffer(1500, latent_shape, make_latent_codec(bits, 6.0), "ar1", exp.data.num_classes)
+        ram = buffer_nbytes(jax.eval_shape(buf.init))["latents"]
+        assert ram == buf.latent_bytes
+        assert ram == memory_bytes(specs, 19, 1500, bits)["lr_buffer"] - 4, bits
