@@ -6,9 +6,10 @@
     clq-run -m replay.bits=8,7,6 seed=0,1,2   # Hydra multirun
 
 Each run writes, in its run dir (``outputs/<date>/<time>`` or the multirun subdir): ``results.json`` (the
-resolved config, accuracy after each event, final accuracy, accuracy matrices, forgetting, the memory
-breakdown and cost report, timings), ``events.jsonl`` (one line per event, written as the run goes) and, by
-default, an offline wandb run under ``wandb/``.
+resolved config, accuracy after each event, final accuracy, accuracy matrices, forgetting, the cost model's
+memory breakdown on the device and its report, the replay buffer's measured RAM in this process, timings),
+``events.jsonl`` (one line per event, written as the run goes) and, by default, an offline wandb run under
+``wandb/``.
 """
 
 from __future__ import annotations
@@ -79,6 +80,11 @@ def _memory_report(exp: ExperimentConfig, specs) -> dict:
     return report
 
 
+#: What results.json's ``memory_bytes`` is, written beside it: the buffer's RAM is another figure.
+MEMORY_BYTES_SOURCE = ("cost model: bytes on the target device (latent replays bit-packed, paper.md §5 "
+                       "arithmetic); the replay buffer's measured RAM in this process is buffer.ram_bytes")
+
+
 def _summary_table(results: dict) -> str:
     mem = results.get("memory_bytes", {})
     rows = [
@@ -93,9 +99,17 @@ def _summary_table(results: dict) -> str:
     bits = "FP32" if lat["lr_bits"] is None else f"UINT-{lat['lr_bits']}"
     rows.append(("latent replays", f"{results['buffer']['size']} x {lat['elements']} elements ({bits}) at layer {lat['layer']}"))
     if "lr_buffer" in mem:
-        rows.append(("replay buffer memory", f"{mem['lr_buffer']:,} B ({mem['lr_buffer'] / 1e6:.3f} MB)"))
+        what = "FP32 latents" if lat["lr_bits"] is None else "codes bit-packed + one FP32 scale"
+        rows.append(("replay buffer on the device (cost model)",
+                     f"{mem['lr_buffer']:,} B ({mem['lr_buffer'] / 1e6:.3f} MB): {what}"))
+    ram = results["buffer"].get("ram_bytes")
+    if ram:
+        what = "FP32 latents" if lat["lr_bits"] is None else "packed uint32 words"
+        rows.append(("replay buffer in RAM here (measured)",
+                     f"{ram['total']:,} B ({ram['total'] / 1e6:.3f} MB): {ram['latents']:,} B {what} + "
+                     f"{ram['labels'] + ram['bookkeeping']:,} B labels and bookkeeping"))
     if "total" in mem:
-        rows.append(("total memory (cost model)", f"{mem['total']:,} B"))
+        rows.append(("total memory on the device (cost model)", f"{mem['total']:,} B"))
     cost = results.get("cost", {})
     if "latency_s" in cost:
         rows.append((f"latency / event on {cost.get('config', {}).get('target', 'target')} (cost model)",
@@ -152,7 +166,8 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
         )
         bar.close()
         results = {**base, "status": "completed", **results, "memory_bytes": memory["memory_bytes"],
-                   "cost": memory, "wall_time_s": round(time.perf_counter() - t0, 3)}
+                   "memory_bytes_source": MEMORY_BYTES_SOURCE, "cost": memory,
+                   "wall_time_s": round(time.perf_counter() - t0, 3)}
         write_json_atomic(os.path.join(run_dir, "results.json"), results)
         tracker.log_summary({k: results[k] for k in ("final_accuracy", "average_accuracy", "wall_time_s")}
                             | {"forgetting": results["forgetting"]["per_class"],
@@ -167,7 +182,7 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
         write_json_atomic(os.path.join(run_dir, "results.json"), {
             **base, "status": "failed", "error": f"{type(e).__name__}: {e}", "events": events,
             "accuracy_per_event": [r["accuracy"] for r in events], "memory_bytes": memory["memory_bytes"],
-            "wall_time_s": round(time.perf_counter() - t0, 3)})
+            "memory_bytes_source": MEMORY_BYTES_SOURCE, "wall_time_s": round(time.perf_counter() - t0, 3)})
         raise
     finally:
         tracker.finish(ok)

@@ -147,14 +147,15 @@ def _summary_rows(bits, acc_final: np.ndarray, memory: dict) -> list[dict]:
 
 
 def summary_table(rows: list[dict]) -> str:
-    """Mean ± std (over seeds, ddof=1) of the final accuracy and the replay buffer's memory, per bit-width."""
-    head = f"  {'Q_LR':>5}  {'seeds':>5}  {'final accuracy':>18}  {'LR buffer':>14}  {'total memory':>14}"
+    """Mean ± std (over seeds, ddof=1) of the final accuracy and the cost model's memory, per bit-width."""
+    head = f"  {'Q_LR':>5}  {'seeds':>5}  {'final accuracy':>18}  {'LR buffer*':>14}  {'total memory*':>14}"
     lines = [head]
     for r in rows:
         std = "" if math.isnan(r["final_accuracy_std"]) else f" ± {100 * r['final_accuracy_std']:.2f}"
         acc = f"{100 * r['final_accuracy_mean']:.2f}{std} %"
         lines.append(f"  {'U' + str(r['bits']):>5}  {r['seeds']:>5}  {acc:>18}  {r['memory_lr_buffer']:>12,} B"
                      f"  {r['memory_total']:>12,} B")
+    lines.append("  * cost model: bytes on the target device (latent replays bit-packed, one FP32 scale)")
     return "\n".join(lines)
 
 

@@ -25,14 +25,20 @@ def test_tiny_run_through_hydra_app(tmp_path):
     assert res["config"]["latent_layer"] == 23 and res["config"]["replay"]["size"] == 40
     elements = 1 * 1 * 128  # l=23 (dw, 512 x 0.25 channels) at 16 px: 1x1 spatial
     assert res["latent"]["elements"] == elements
-    assert res["memory_bytes"]["lr_buffer"] >= 40 * elements  # 40 UINT-8 latents (+ scale)
+    assert res["memory_bytes"]["lr_buffer"] == 40 * elements + 4  # cost model: 40 UINT-8 latents + scale
+    assert res["memory_bytes_source"].startswith("cost model")
+    ram = res["buffer"]["ram_bytes"]  # measured: 40 x 32 packed uint32 words, int32 labels, bookkeeping
+    assert ram["latents"] == 40 * (elements * 8 // 32) * 4 and ram["labels"] == 40 * 4
+    assert ram["total"] == ram["latents"] + ram["labels"] + ram["bookkeeping"]
     assert len(res["accuracy_matrix"]["per_class"]) == n_events
     assert res["compiled_event_shapes"] == 1  # every later event reused one compiled learning event
     assert "wall_time_s" in res and "forgetting" in res
     lines = (run_dir / "events.jsonl").read_text().splitlines()
     assert len(lines) == n_events
     assert glob.glob(str(run_dir / "wandb" / "offline-run-*"))  # a real offline wandb run
-    assert "final accuracy" in p.stdout and "replay buffer memory" in p.stdout
+    assert "final accuracy" in p.stdout and "replay buffer on the device (cost model)" in p.stdout
+    line = next(x for x in p.stdout.splitlines() if "replay buffer in RAM here (measured)" in x)
+    assert f"{ram['total']:,} B" in line and f"{ram['latents']:,} B packed uint32 words" in line
 
 
 @needs_fmnist

@@ -18,8 +18,8 @@ __all__ = ["AXIS_LABELS", "plot_accuracy_per_event", "plot_memory_breakdown", "p
            "target_memory_limits"]
 
 AXIS_LABELS = {
-    "memory_lr_buffer": "replay buffer memory (MB)",
-    "memory_total": "total memory of a learning event (MB)",
+    "memory_lr_buffer": "replay buffer memory (MB, cost model)",
+    "memory_total": "total memory of a learning event (MB, cost model)",
     "latency_s": "latency per learning event (s, cost model)",
     "energy_j": "energy per learning event (J, cost model)",
     "latency_s_adaptive": "adaptive-stage latency per learning event (s, cost model)",

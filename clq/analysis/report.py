@@ -41,8 +41,8 @@ def summary_table(agg, axes: Sequence[str] = COST_AXES):
       axes: cost columns; a ``front: <axis>`` column marks the configurations on each Pareto front.
 
     Returns:
-      DataFrame: configuration, seeds, accuracy (% mean +- std), forgetting (points), replay buffer (MB),
-      total memory (MB), fits, latency (s), energy (J), and one front column per axis.
+      DataFrame: configuration, seeds, accuracy (% mean +- std), forgetting (points), replay buffer and total
+      memory on the device (MB, cost model), fits, latency (s), energy (J), and one front column per axis.
     """
     import pandas as pd
 
@@ -58,7 +58,8 @@ def summary_table(agg, axes: Sequence[str] = COST_AXES):
     t["accuracy (%)"] = pm("final_accuracy")
     if "forgetting_mean" in agg:
         t["forgetting (points)"] = pm("forgetting")
-    for m, name in (("memory_lr_buffer", "replay buffer (MB)"), ("memory_total", "total memory (MB)")):
+    for m, name in (("memory_lr_buffer", "replay buffer, cost model (MB)"),
+                    ("memory_total", "total memory, cost model (MB)")):
         if f"{m}_mean" in agg:
             t[name] = (agg[f"{m}_mean"] / 1e6).round(3)
     for m, name in (("latency_s", "latency / event (s)"), ("energy_j", "energy / event (J)")):

@@ -364,7 +364,7 @@ def format_table(rep: dict) -> str:
       f"{ev['batch_size']} = {ev['new_per_batch']} new + {ev['replays_per_batch']} replays, "
       f"{ev['iterations_per_epoch']} iterations/epoch ({ev['iterations']} steps), {ev['samples']:,} training samples")
     w("")
-    w("Memory (bytes = elements x bits / 8; MB = 1e6 B)")
+    w("Memory on the device (cost model: bytes = elements x bits / 8, latent replays bit-packed; MB = 1e6 B)")
     for k in _MEMORY_KEYS:
         if k == "total":
             w(f"  {'total (excl. L1 tile copies)':30s} {_b(mem[k]):>14s}   {mem[k]:>14,d} B")

@@ -25,7 +25,7 @@ from clq.model.forward import fold_batch_norm, init_params
 from clq.model.specs import LayerSpec, split_specs
 from clq.quant.frozen import QuantConfig
 from clq.quant.latent import make_latent_codec
-from clq.replay.buffer import make_replay_buffer
+from clq.replay.buffer import buffer_nbytes, make_replay_buffer
 from clq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from clq.train.cwr import CWRState, cwr_apply, cwr_consolidate, cwr_init, cwr_reset
 from clq.train.evaluate import evaluate, make_predict
@@ -156,7 +156,8 @@ def run_continual(
         stage (a sweep over replay bits/size at one seed) compute each image's latent once between them.
     Returns:
       a JSON-able dict: accuracy_per_event, final_accuracy, accuracy matrices (per class, per session),
-      forgetting, per-event training metrics, latent facts, timing (seconds per phase).
+      forgetting, per-event training metrics, latent facts, the buffer's fill, class histogram and RAM bytes
+      (`clq.replay.buffer_nbytes` of its state: packed latents, labels, bookkeeping), timing (seconds per phase).
 
     Every random draw derives from `seed` by `fold_in(key, event)`, so a run resumed from a checkpoint
     produces bit-identical numbers to an uninterrupted one.
@@ -374,7 +375,9 @@ def run_continual(
                    "lr_scale": float(codec.scale), "lr_bits": replay.bits, "frozen_bits": frozen.bits},
         "buffer": {"filled": int(np.asarray(buf_state.filled).sum()), "size": replay.size,
                    "class_histogram": np.bincount(np.asarray(buf_state.labels)[np.asarray(buf_state.filled)],
-                                                  minlength=K).tolist()},
+                                                  minlength=K).tolist(),
+                   # Measured: the arrays this process holds (packed words), not the cost model's device bytes.
+                   "ram_bytes": buffer_nbytes(buf_state)},
         "compiled_event_shapes": len(events_cache),
         "warnings": warnings,
         "resumed_from_event": None if restored is None else restored[0],

@@ -31,7 +31,7 @@ def test_plot_tradeoff_front_and_limits(fake_sweep):
     np.testing.assert_allclose(front[0].get_ydata(), 100 * exp["final_accuracy_mean"])
     limits = {l.get_label().split(" (")[0]: l.get_xdata()[0] for l in ax.lines if l.get_label().startswith("vega")}
     assert limits == pytest.approx({n: b / 1e6 for n, b in target_memory_limits("vega")})
-    assert ax.get_xlabel() == "replay buffer memory (MB)"
+    assert ax.get_xlabel() == "replay buffer memory (MB, cost model)"
 
 
 def test_plot_tradeoff_latency_has_no_memory_lines(fake_sweep):
