@@ -1,7 +1,14 @@
 """Quantization: uniform primitives, the frozen stage (PTQ, integer-exact fake-quant forward, integer reference,
 export), latent-replay codecs and the quantization error report."""
 
-from clq.quant.export import ExportedStage, export_frozen_stage, load_frozen_stage
+from clq.quant.c_header import c_header_source
+from clq.quant.export import (
+    ExportedStage,
+    export_frozen_stage,
+    frozen_stage_tensors,
+    load_frozen_stage,
+    tensors_sha256,
+)
 from clq.quant.frozen import (
     INPUT_SCALE,
     LayerQuant,
@@ -20,6 +27,7 @@ from clq.quant.uniform import check_bits, code_range, dequantize, fake_quant, qu
 __all__ = [
     "INPUT_SCALE", "LayerQuant", "QuantConfig", "calibrate_activation_max", "frozen_forward_codes",
     "frozen_forward_fp32", "quantize_frozen_stage", "integer_forward", "ExportedStage", "export_frozen_stage",
-    "load_frozen_stage", "quantize_multiplier", "requantize", "requantize_jax", "LatentCodec",
+    "load_frozen_stage", "frozen_stage_tensors", "tensors_sha256", "c_header_source", "quantize_multiplier",
+    "requantize", "requantize_jax", "LatentCodec",
     "make_latent_codec", "QuantReport", "quant_error_report", "top1_agreement", "check_bits", "code_range", "dequantize", "fake_quant", "quantize", "storage_dtype",
 ]
