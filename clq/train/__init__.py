@@ -12,7 +12,14 @@ from clq.train.event import (
 )
 from clq.train.first_event import configure_head, population_bn_stats, train_first_event
 from clq.train.frozen_stage import FrozenStage, make_frozen_stage
-from clq.train.loop import ReplayConfig, TrainConfig, run_continual
+from clq.train.loop import (
+    ReplayConfig,
+    TrainConfig,
+    calibrate_frozen_stage,
+    folded_shapes,
+    restore_frozen_stage,
+    run_continual,
+)
 from clq.train.metrics import at_chance, average_accuracy, forgetting
 from clq.train.norm import ADAPTIVE_NORMS, FIRST_EVENT_NORMS, AdaptiveNorm, make_adaptive_norm
 
@@ -21,5 +28,5 @@ __all__ = [
     "make_optimizer", "minibatch_composition", "set_learning_rate", "population_bn_stats", "train_first_event",
     "FrozenStage", "make_frozen_stage", "ReplayConfig", "TrainConfig", "run_continual", "average_accuracy",
     "forgetting", "at_chance", "configure_head", "ADAPTIVE_NORMS", "FIRST_EVENT_NORMS", "AdaptiveNorm",
-    "make_adaptive_norm",
+    "make_adaptive_norm", "calibrate_frozen_stage", "folded_shapes", "restore_frozen_stage",
 ]

@@ -33,10 +33,11 @@ from clq.train.latent_cache import with_latent_cache
 from clq.train.event import make_learning_event, make_optimizer, minibatch_composition, set_learning_rate
 from clq.train.first_event import configure_head, train_first_event
 from clq.train.norm import make_adaptive_norm
-from clq.train.frozen_stage import make_frozen_stage
+from clq.train.frozen_stage import FrozenStage, make_frozen_stage
 from clq.train.metrics import at_chance, average_accuracy, forgetting
 
-__all__ = ["TrainConfig", "ReplayConfig", "run_continual", "NonFiniteError", "JOINT_MAX_BYTES"]
+__all__ = ["TrainConfig", "ReplayConfig", "run_continual", "NonFiniteError", "JOINT_MAX_BYTES", "folded_shapes",
+           "calibrate_frozen_stage", "restore_frozen_stage"]
 
 #: Largest FP32 latent set the joint upper bound trains on in memory.
 JOINT_MAX_BYTES = 8e9
@@ -121,6 +122,52 @@ class _Timer:
             self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t
 
 
+def folded_shapes(specs: Sequence[LayerSpec], train: TrainConfig):
+    """Shapes and dtypes of the folded network event 0 leaves: the restore template of a checkpoint's
+    ``folded`` tree (the classifier's form follows `train.head_bias` / `train.head_init`)."""
+
+    def folded():
+        params, stats = init_params(specs, jax.random.PRNGKey(0))
+        return fold_batch_norm(specs, configure_head(params, train.head_bias, train.head_init), stats)
+
+    return jax.eval_shape(folded)
+
+
+def calibrate_frozen_stage(
+    stream: Stream, specs: Sequence[LayerSpec], latent_layer: int, folded, quant: QuantConfig | None
+) -> FrozenStage:
+    """Layers 0..l of the folded network, calibrated on the first experience's images and quantized: the frozen
+    stage `run_continual` builds after event 0, and that `restore_frozen_stage` rebuilds from a checkpoint.
+
+    Args:
+      folded: the whole network's folded parameters (a sequence of dicts, one per spec).
+      quant: frozen-stage quantization, or None for an FP32 frozen stage.
+    """
+    frozen_specs, _ = split_specs(specs, latent_layer)
+    return make_frozen_stage(frozen_specs, folded[: latent_layer + 1], stream.train_images[stream.experiences[0]],
+                             quant)
+
+
+def restore_frozen_stage(
+    checkpoint_dir: str, fingerprint: str, stream: Stream, specs: Sequence[LayerSpec], latent_layer: int,
+    train: TrainConfig, quant: QuantConfig | None,
+) -> tuple[int, FrozenStage]:
+    """The frozen stage of a run, rebuilt from the folded network in its newest checkpoint.
+
+    Returns:
+      (event of the checkpoint, the FrozenStage), equal to the run's own (calibration is deterministic).
+    Raises:
+      CheckpointError: no complete checkpoint in `checkpoint_dir`, or one of another configuration.
+    """
+    restored = load_checkpoint(checkpoint_dir, {"folded": folded_shapes(specs, train)})
+    if restored is None:
+        raise CheckpointError(f"{checkpoint_dir} holds no complete checkpoint")
+    event, trees, meta = restored
+    if meta.get("fingerprint") != fingerprint:
+        raise CheckpointError(f"{checkpoint_dir} holds a checkpoint of a different configuration")
+    return event, calibrate_frozen_stage(stream, specs, latent_layer, trees["folded"], quant)
+
+
 def run_continual(
     stream: Stream,
     specs: Sequence[LayerSpec],
@@ -138,6 +185,7 @@ def run_continual(
     fingerprint: str = "",
     initial_params=None,
     latent_cache_dir: str | None = None,
+    on_frozen: Callable[[FrozenStage], None] | None = None,
 ) -> dict:
     """Run one QLR-CL experiment over `stream`.
 
@@ -154,6 +202,8 @@ def run_continual(
       initial_params: optional (params, bn_stats) in BN form that event 0 starts from (pretrained weights).
       latent_cache_dir: shared on-disk latent cache (`clq.train.latent_cache`): runs with the same frozen
         stage (a sweep over replay bits/size at one seed) compute each image's latent once between them.
+      on_frozen: called with the FrozenStage as soon as it is built (after event 0, or on resume), before any
+        latent is computed (`clq.run` exports it there when ``export=true``).
     Returns:
       a JSON-able dict: accuracy_per_event, final_accuracy, accuracy matrices (per class, per session),
       forgetting, per-event training metrics, latent facts, the buffer's fill, class histogram and RAM bytes
@@ -177,14 +227,15 @@ def run_continual(
     optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
     norm = make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum)
 
-    def after_event0():
-        """The folded network and the adaptive stage's (params, norm_state), as event 0 leaves them (shapes only)."""
+    def adaptive_after_event0():
+        """The adaptive stage's (params, norm_state) as event 0 leaves them (shapes only)."""
         params, stats = init_params(specs, k_first)
         params = configure_head(params, train.head_bias, train.head_init)
-        return fold_batch_norm(specs, params, stats), norm.init(params[latent_layer + 1 :], stats[latent_layer + 1 :])
+        return norm.init(params[latent_layer + 1 :], stats[latent_layer + 1 :])
 
     # Shapes of everything a checkpoint holds, to restore onto without deserialising objects.
-    folded_t, (adaptive_t, norm_t) = jax.eval_shape(after_event0)
+    folded_t = folded_shapes(specs, train)
+    adaptive_t, norm_t = jax.eval_shape(adaptive_after_event0)
     shape_buffer = make_replay_buffer(replay.size, latent_shape, make_latent_codec(replay.bits, 1.0),
                                       replay.policy, K)
     templates = {
@@ -219,7 +270,9 @@ def run_continual(
 
     # 2. Freeze + quantize layers 0..l, calibrated on the first experience (deterministic: redone on resume).
     with timer("frozen_calibration_s"):
-        frozen = make_frozen_stage(frozen_specs, folded[: latent_layer + 1], stream.train_images[exp0], quant)
+        frozen = calibrate_frozen_stage(stream, specs, latent_layer, folded, quant)
+    if on_frozen is not None:
+        on_frozen(frozen)
     cache = None
     if latent_cache_dir:
         # An FP32 stage has no quantized layers to hash: its parameters identify it.
