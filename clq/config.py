@@ -92,6 +92,7 @@ class ExperimentConfig:
     enforce_memory: bool = False
     latent_cache_dir: str | None = None
     compile_cache_dir: str | None = None
+    export: bool = False
 
 
 def _optional_path(cfg: Mapping, key: str) -> str | None:
@@ -297,6 +298,12 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
     if not isinstance(resume, bool):
         raise ConfigError(f"resume must be true or false, got {resume!r}")
     every = _int(cfg.get("checkpoint_every", 1), "checkpoint_every", 0)
+    export = _flag(cfg.get("export", False), "export")
+    if export and quant is None:
+        raise ConfigError("export=true writes the integer frozen stage, but quant.frozen_bits is null (an FP32 "
+                          "frozen stage has no integer tensors); set quant.frozen_bits (e.g. quant=int8) or "
+                          "export=false")
     return ExperimentConfig(model, data, quant, replay, train, tracking, latent_layer, seed, joint,
                             bool(cfg.get("progress", True)), target, resume, every, enforce,
-                            _optional_path(cfg, "latent_cache_dir"), _optional_path(cfg, "compile_cache_dir"))
+                            _optional_path(cfg, "latent_cache_dir"), _optional_path(cfg, "compile_cache_dir"),
+                            export)

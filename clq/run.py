@@ -119,8 +119,26 @@ def _summary_table(results: dict) -> str:
     return "\n".join([f"  {k:<{w}}  {v}" for k, v in rows] + [f"  warning: {m}" for m in results.get("warnings", [])])
 
 
+#: Config keys that only say how a run is watched or what it writes besides its results: a checkpoint written
+#: under other values of these is still this run's.
+WATCHED_KEYS = ("resume", "progress", "tracking", "checkpoint_every", "latent_cache_dir", "compile_cache_dir",
+                "export")
+
+
+def run_fingerprint(resolved: dict) -> str:
+    """SHA-256 of the resolved config without `WATCHED_KEYS`: what must match for a checkpoint to be resumed
+    (or exported by ``clq-export``)."""
+    return hashlib.sha256(json.dumps({k: v for k, v in resolved.items() if k not in WATCHED_KEYS},
+                                     sort_keys=True, default=str).encode()).hexdigest()
+
+
 def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
-    """Run one experiment; write results.json (also on failure, with the events completed so far)."""
+    """Run one experiment; write results.json (also on failure, with the events completed so far).
+
+    With ``exp.export`` the quantized frozen stage is written to ``<run_dir>/export/frozen_stage.{npz,json,h}``
+    as soon as it is built (`clq.export_run.write_export`), and results.json records its paths and SHA-256s
+    under ``export``.
+    """
     from tqdm.auto import tqdm
 
     from clq.train.loop import run_continual
@@ -151,10 +169,15 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
                                                       exp.model.num_classes, key=jax.random.PRNGKey(exp.seed))
         initial = (params, stats)
     base = {"config": resolved, "run_dir": run_dir, "stream": stream.summary()}
-    # What must match for a checkpoint to be resumed: everything but how the run is watched.
-    watched = ("resume", "progress", "tracking", "checkpoint_every", "latent_cache_dir", "compile_cache_dir")
-    fingerprint = hashlib.sha256(json.dumps({k: v for k, v in resolved.items() if k not in watched},
-                                            sort_keys=True, default=str).encode()).hexdigest()
+    fingerprint = run_fingerprint(resolved)
+
+    def on_frozen(stage):
+        from clq.export_run import EXPORT_DIR, write_export
+
+        # In `base`: a run that fails after event 0 still records the export it wrote.
+        base["export"] = write_export(os.path.join(run_dir, EXPORT_DIR), specs[: exp.latent_layer + 1],
+                                      stage.layers, exp.quant)
+
     ok = False
     try:
         results = run_continual(
@@ -163,6 +186,7 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
             checkpoint_dir=os.path.join(run_dir, "checkpoints") if exp.checkpoint_every else None,
             checkpoint_every=max(exp.checkpoint_every, 1), resume=exp.resume, fingerprint=fingerprint,
             initial_params=initial, latent_cache_dir=exp.latent_cache_dir,
+            on_frozen=on_frozen if exp.export else None,
         )
         bar.close()
         results = {**base, "status": "completed", **results, "memory_bytes": memory["memory_bytes"],
