@@ -100,6 +100,9 @@ def check_vectorizable(exp: ExperimentConfig) -> None:
     if exp.replay.size < 1:
         raise ConfigError(f"replay.size must be >= 1 for clq-vsweep (a sweep over replay bit-widths needs a "
                           f"buffer), got {exp.replay.size}")
+    if exp.export:
+        raise ConfigError("export must be false for clq-vsweep (it writes no frozen-stage export; its members share "
+                          "one frozen stage: export it with clq-run export=true at the same seed)")
 
 
 def check_stream(stream, exp: ExperimentConfig) -> None:
