@@ -19,9 +19,10 @@ of word 0 and its high bit is bit 0 of word 1. Example, Q=3, codes [1, 2, 3, 4, 
     word 1 = 5 >> 2 = 0x00000001   (bits 1..31 unused, zero)
 
 Implementation: ``G = lcm(Q, 32) / Q`` codes fill exactly ``lcm(Q, 32) / 32`` words, so within such a group
-every code's word index and shift are Python constants. Packing is an OR of statically shifted codes, unpacking
-static shifts and masks (a straddling code takes its high part from the next word); the codes are padded to whole
-groups and the words cut to ``W``. No scatter, no gather, shapes static: it jits, vmaps and fuses.
+every code's word index and shift are constants. Packing is an OR of statically shifted codes; unpacking takes
+each code's word (a gather with constant indices, none when Q divides 32), shifts by a constant vector and masks
+(a straddling code takes its high part from the next word). The codes are padded to whole groups and the words
+cut to ``W``. No scatter, shapes static: it jits, vmaps and fuses.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["packed_words", "pack", "unpack", "PACK_BITS"]
 
@@ -107,13 +109,15 @@ def unpack(words, bits: int, elements: int):
     w = jnp.asarray(words).astype(jnp.uint32)
     w = jnp.pad(w, [(0, 0)] * (w.ndim - 1) + [(0, n_groups * g_words - n_words)])
     w = w.reshape(*w.shape[:-1], n_groups, g_words)
-    mask = jnp.uint32(2**bits - 1)
-    codes = []
-    for j in range(g_codes):
-        k, s = divmod(j * bits, 32)
-        c = w[..., k] >> s
-        if s + bits > 32:
-            c = c | (w[..., k + 1] << (32 - s))
-        codes.append(c & mask if s + bits != 32 else c)
-    out = jnp.stack(codes, axis=-1).reshape(*w.shape[:-2], n_groups * g_codes)
-    return out[..., :elements]
+    # Per code of a group (NumPy constants): the word holding its low bits, their shift, and whether its high
+    # bits spill into the next word. One broadcast shift over a static gather of words is several times faster
+    # on XLA CPU than assembling the codes one by one (stacking G slices along the minor axis).
+    start = np.arange(g_codes) * bits
+    k, s = start // 32, start % 32
+    straddle = s + bits > 32
+    c = (w[..., k] if g_words > 1 else w) >> s.astype(np.uint32)  # g_words == 1: broadcast, no gather
+    if straddle.any():
+        hi = w[..., np.minimum(k + 1, g_words - 1)] << np.where(straddle, 32 - s, 0).astype(np.uint32)
+        c = c | (hi & np.where(straddle, 0xFFFFFFFF, 0).astype(np.uint32))
+    c = c & jnp.uint32(2**bits - 1)
+    return c.reshape(*c.shape[:-2], n_groups * g_codes)[..., :elements]
