@@ -232,6 +232,8 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
                 weight_mode=_get(q, "weight_mode", "asymmetric"),
                 activation_range=_get(q, "activation_range", "minmax"),
                 percentile=_float(_get(q, "percentile", 99.99), "quant.percentile"),
+                equalize=_flag(_get(q, "equalize", False), "quant.equalize"),
+                bias_correction=_flag(_get(q, "bias_correction", False), "quant.bias_correction"),
             )
         except ValueError as e:
             raise ConfigError(str(e)) from None

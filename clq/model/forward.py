@@ -252,11 +252,14 @@ def _restore(specs: Sequence[LayerSpec], x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], *last.out_shape)
 
 
-def activation(spec: LayerSpec, y: jax.Array) -> jax.Array:
+def activation(spec: LayerSpec, y: jax.Array, clip=None) -> jax.Array:
+    """The layer's activation. `clip` (float32 [C], optional) replaces ReLU6's upper bound 6 per channel:
+    cross-layer equalization (`clq.quant.equalize`) rescales channel c by 1/s_c, and ReLU6 then clips it at
+    6/s_c, so the equalized network computes the same function."""
     if spec.activation == "relu":
         return jax.nn.relu(y)
     if spec.activation == "relu6":
-        return jnp.clip(y, 0.0, 6.0)
+        return jnp.clip(y, 0.0, 6.0 if clip is None else clip)
     return y
 
 
@@ -377,7 +380,7 @@ def forward(specs: Sequence[LayerSpec], params: Sequence[dict], x: jax.Array) ->
         y = _maybe_flat(linear_op(spec, p.get("w"), _maybe_flat(x)))
         if "b" in p:
             y = y + p["b"]
-        x = activation(spec, y)
+        x = activation(spec, y, p.get("clip"))
     return _restore(specs, x)
 
 

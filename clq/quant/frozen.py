@@ -51,6 +51,8 @@ __all__ = [
     "calibrate_activation_max",
     "activation_histograms",
     "quantize_frozen_stage",
+    "dequantized_weights",
+    "calibrate_and_quantize",
     "frozen_forward_codes",
     "frozen_forward_fp32",
     "exact_chunks",
@@ -84,6 +86,10 @@ class QuantConfig:
         'mse' (the clipping value minimising the expected squared quantization + clipping error).
       percentile: in (50, 100], used by 'percentile'.
       histogram_bins: resolution of the activation histograms behind 'percentile' and 'mse'.
+      equalize: cross-layer equalization before quantizing (`clq.quant.equalize`): makes per-layer weight
+        scales hold on networks whose folded channels have very different ranges.
+      bias_correction: correct each layer's bias for the mean shift of its quantized weights, measured on the
+        calibration images (`clq.quant.equalize.bias_correction`).
     """
 
     bits: int = 8
@@ -92,6 +98,8 @@ class QuantConfig:
     activation_range: str = "minmax"
     percentile: float = 99.99
     histogram_bins: int = 2048
+    equalize: bool = False
+    bias_correction: bool = False
 
     def __post_init__(self):
         check_bits(self.bits, "quant.frozen_bits", lo=2, hi=8, allow_none=False)
@@ -108,6 +116,9 @@ class QuantConfig:
             64 <= self.histogram_bins <= 65536
         ):
             raise ValueError(f"quant.histogram_bins must be an integer in 64..65536, got {self.histogram_bins!r}")
+        for field in ("equalize", "bias_correction"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"quant.{field} must be true or false, got {getattr(self, field)!r}")
 
 
 class LayerQuant(NamedTuple):
@@ -127,7 +138,8 @@ class LayerQuant(NamedTuple):
       multiplier: int32 () or (C_out,), fixed-point M0 in [2^30, 2^31) with S_in*S_w/S_out ~= M0 * 2^-shift.
       shift: int32 () or (C_out,), right shift 1..62 (0 for pooling).
       act_min: int32 (), lowest output code (0: ReLU).
-      act_max: int32 (), highest output code (2^Q-1, lower for ReLU6 when 6 < a_max).
+      act_max: int32 () or (C_out,), highest output code (2^Q-1, lower for ReLU6 when 6 < a_max); per channel
+        when cross-layer equalization gave ReLU6 a per-channel bound (`clq.quant.equalize`).
     """
 
     w_codes: np.ndarray
@@ -317,10 +329,14 @@ def _quantize_weights(w: np.ndarray, b: np.ndarray, in_scale: float, config: Qua
     return codes.astype(np.int32), scale, zero.astype(np.int32), b_codes.astype(np.int32)
 
 
-def _act_max_code(spec: LayerSpec, out_scale: float, qmax: int) -> int:
+def _act_max_code(spec: LayerSpec, out_scale: float, qmax: int, clip=None) -> np.ndarray:
+    """int32 () (or (C,) with a per-channel ReLU6 bound `clip`): the code of the activation's upper bound."""
     if spec.activation == "relu6":
-        return int(min(qmax, np.floor(6.0 / np.float64(out_scale) + 0.5)))
-    return qmax
+        bound = np.float64(6.0) if clip is None else np.asarray(clip, np.float64)
+        code = np.minimum(qmax, np.floor(bound / np.float64(out_scale) + 0.5)).astype(np.int32)
+        # One bound shared by every channel is stored 0-d, the paper's per-layer clamp.
+        return np.int32(code.flat[0]) if code.size == 1 or np.all(code == code.flat[0]) else code
+    return np.int32(qmax)
 
 
 def pool_layer_quant(in_scale, out_scale, act_min, act_max) -> LayerQuant:
@@ -366,11 +382,61 @@ def quantize_frozen_stage(
         out_scale = np.float32(float(amax) / qmax)
         m = np.float64(in_scale) * w_scale.astype(np.float64) / np.float64(out_scale)
         multiplier, shift = quantize_multiplier(m)
-        act_max = _act_max_code(spec, out_scale, qmax)
+        act_max = _act_max_code(spec, out_scale, qmax, p.get("clip"))
         layers.append(LayerQuant(w_codes, w_scale, w_zero, b_codes, in_scale, out_scale, multiplier, shift,
-                                 np.int32(0), np.int32(act_max)))
+                                 np.int32(0), act_max))
         in_scale = out_scale
     return tuple(layers)
+
+
+def dequantized_weights(layers: Sequence[LayerQuant]) -> list:
+    """Per layer the float weights the integer kernel effectively applies, ``S_w (q_w - z_w)`` (float64, the
+    layer's weight shape; None for pooling)."""
+    out = []
+    for lq in layers:
+        if lq.w_codes.size == 0:
+            out.append(None)
+            continue
+        out.append((lq.w_codes.astype(np.float64) - lq.w_zero) * np.asarray(lq.w_scale, np.float64))
+    return out
+
+
+def calibrate_and_quantize(
+    specs: Sequence[LayerSpec], params: Sequence[dict], batches: Sequence[np.ndarray], config: QuantConfig
+) -> tuple[tuple[LayerQuant, ...], np.ndarray, tuple[dict, ...]]:
+    """The whole post-training quantization of a frozen stage: equalize, calibrate, quantize, correct biases.
+
+    1. `config.equalize`: cross-layer equalization (`clq.quant.equalize.equalize`), same function;
+    2. activation ranges calibrated on `batches` (`calibrate_activation_max`);
+    3. weights, biases and requantization (`quantize_frozen_stage`);
+    4. `config.bias_correction`: biases corrected for the weights' quantization error on `batches`
+       (`clq.quant.equalize.bias_correction`), then quantized again (weight codes depend on the bias only
+       through the scale floor of near-zero channels, `_quantize_weights`, whose weights are ~0 anyway).
+
+    Args:
+      specs, params: the frozen stage (layers 0..l) in folded form.
+      batches: float32 [B, H, W, C] calibration images in [0, 1] (the first experience's).
+      config: the quantization choices.
+    Returns:
+      (layers, a_max, reference): one `LayerQuant` per spec; the calibrated float32 [len(specs)] activation
+      maxima; and the FP32 parameters whose layer outputs the codes approximate (`params` equalized, without
+      bias correction: the same function as `params`, but intermediate channels in equalized units), the
+      reference for per-layer errors. The last layer's output is never rescaled.
+    """
+    from clq.quant.equalize import bias_correction, equalize
+
+    batches = list(batches)
+    specs, params = tuple(specs), tuple(params)
+    if config.equalize:
+        params = equalize(specs, params)
+    reference = params
+    a_max = calibrate_activation_max(specs, params, batches, config)
+    layers = quantize_frozen_stage(specs, params, a_max, config)
+    if config.bias_correction:
+        pixels = np.concatenate([np.round(np.asarray(b, np.float32) * 255.0).astype(np.uint8) for b in batches])
+        params = bias_correction(specs, params, lambda p: quantize_frozen_stage(specs, p, a_max, config), pixels)
+        layers = quantize_frozen_stage(specs, params, a_max, config)
+    return layers, a_max, reference
 
 
 def exact_chunks(w_eff, qmax_in: int) -> list[tuple[int, int]]:
@@ -479,7 +545,9 @@ def frozen_forward_codes(
             if isinstance(lq.act_max, jax.core.Tracer):
                 hi, qmax_in = jnp.minimum(lq.act_max, qmax), qmax
             else:
-                hi = qmax_in = min(int(lq.act_max), qmax)
+                hi = np.minimum(np.asarray(lq.act_max), qmax).astype(np.int32)  # () or per channel (C,)
+                qmax_in = int(hi.max())
+                hi = int(hi) if hi.ndim == 0 else hi
             codes = requantize_jax(acc, _concrete(lq.multiplier), _concrete(lq.shift), hi)
         q = codes.astype(jnp.float32)
         outs.append(q)

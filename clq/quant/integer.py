@@ -55,7 +55,7 @@ def check_accumulator_bounds(specs: Sequence[LayerSpec], layers: Sequence[LayerQ
         worst = qmax_in * w.sum(axis=0).max() + np.abs(lq.b_codes.astype(np.int64)).max()
         if worst >= 2**31:
             raise ValueError(f"layer {spec.index} ({spec.name}): accumulator may reach {worst} >= 2^31")
-        qmax_in = int(lq.act_max)
+        qmax_in = int(np.max(lq.act_max))
 
 
 def integer_layer(spec: LayerSpec, lq: LayerQuant, q: np.ndarray, rounding: str = "single") -> np.ndarray:
@@ -67,7 +67,7 @@ def integer_layer(spec: LayerSpec, lq: LayerQuant, q: np.ndarray, rounding: str 
       q: int32 [B, H, W, C_in] input codes.
       rounding: 'single' or 'double' (see `ROUNDINGS`).
     Returns:
-      int32 [B, *spec.out_shape] output codes in act_min..act_max.
+      int32 [B, *spec.out_shape] output codes in act_min..act_max (act_max per layer or per channel).
     """
     if spec.kind == "pool":
         n = q.shape[1] * q.shape[2]
@@ -87,7 +87,7 @@ def integer_layer(spec: LayerSpec, lq: LayerQuant, q: np.ndarray, rounding: str 
     else:
         raise ValueError(f"layer kind {spec.kind!r} cannot be in the frozen stage")
     acc = acc.astype(np.int32) + lq.b_codes.astype(np.int32)
-    return ROUNDINGS[rounding](acc, lq.multiplier, lq.shift, int(lq.act_min), int(lq.act_max))
+    return ROUNDINGS[rounding](acc, lq.multiplier, lq.shift, int(lq.act_min), np.asarray(lq.act_max, np.int32))
 
 
 def integer_forward(

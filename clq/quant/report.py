@@ -3,7 +3,8 @@
 For a folded network, a quantization config and two image sets (calibration, evaluation):
 
 * ``layer_sqnr_db[i]``: SQNR of layer i's dequantized 8-bit (``config.bits``) output codes, produced by the
-  integer-exact frozen stage, against the FP32 network's output of layer i (error accumulated over 0..i);
+  integer-exact frozen stage, against the FP32 network's output of layer i (error accumulated over 0..i; with
+  ``config.equalize``, the equalized network's, which computes the same function with rescaled channels);
 * ``latent_sqnr_db[i, j]``: SQNR of the latent at candidate ``latent_layer = i`` stored as UINT-``lr_bits[j]``
   replays (`clq.quant.latent.make_latent_codec`), for a quantized frozen stage ("U8 + U_Q" in paper.md §4)
   and for an FP32 frozen stage (``fp32_latent_sqnr_db``, "FP32 + U_Q");
@@ -14,7 +15,7 @@ SQNR = 10 log10(sum ref^2 / sum (ref - quantized)^2) over all images and element
 
 `photo_set` builds a small set of real images from scikit-image's bundled photos with random crops, flips
 and photometric jitter; `main` (console script ``clq-quant-report``) runs everything on the ImageNet
-MobileNet-V1 weights and writes a Markdown table, a JSON file and a plot.
+MobileNet-V1 weights for each weight scheme (`SCHEMES`) and writes a Markdown report and a JSON file.
 """
 
 from __future__ import annotations
@@ -36,10 +37,9 @@ from clq.quant.frozen import (
     INPUT_SCALE,
     LayerQuant,
     QuantConfig,
-    calibrate_activation_max,
+    calibrate_and_quantize,
     frozen_forward_codes,
     frozen_forward_fp32,
-    quantize_frozen_stage,
 )
 from clq.quant.latent import make_latent_codec
 
@@ -51,6 +51,10 @@ __all__ = [
     "top1_agreement",
     "format_report",
     "plot_report",
+    "scheme_report",
+    "format_comparison",
+    "plot_comparison",
+    "SCHEMES",
     "main",
     "PHOTO_NAMES",
 ]
@@ -170,8 +174,9 @@ def quant_error_report(
     """
     specs, params, lr_bits = tuple(specs), tuple(params), tuple(int(b) for b in lr_bits)
     cal = [xb.astype(np.float32) * INPUT_SCALE for _, xb, _ in padded_batches(calib_pixels, batch_size, fill="repeat")]
-    a_max = calibrate_activation_max(specs, params, cal, config)
-    layers = quantize_frozen_stage(specs, params, a_max, config)
+    # With equalization the codes of layer i approximate the *equalized* network's layer i (channels rescaled,
+    # same function), which is then the reference.
+    layers, a_max, params = calibrate_and_quantize(specs, params, cal, config)
     # A quantized latent spans what its codes can represent (pool layers inherit their input's scale); the
     # UINT-Q codecs are `make_latent_codec`'s, applied for all Q at once (broadcast over a trailing axis).
     q_amax = [float(lq.out_scale) * (2**config.bits - 1) for lq in layers]
@@ -323,65 +328,200 @@ def plot_report(report: QuantReport, path: str | Path) -> Path:
     return path
 
 
+#: The weight schemes `clq-quant-report` compares: the paper's per-layer scales, the same after cross-layer
+#: equalization and bias correction (`clq.quant.equalize`), and per-channel scales.
+SCHEMES = {
+    "per_layer": dict(weight_granularity="per_layer"),
+    "per_layer_equalized": dict(weight_granularity="per_layer", equalize=True, bias_correction=True),
+    "per_channel": dict(weight_granularity="per_channel"),
+}
+
+#: The two sample photos whose top-1 class the report follows (scikit-image's chelsea: a tabby / Egyptian cat;
+#: coffee: an espresso).
+SAMPLE_PHOTOS = ("chelsea", "coffee")
+
+
+def scheme_report(
+    specs: Sequence[LayerSpec],
+    params: Sequence[dict],
+    config: QuantConfig,
+    calib: np.ndarray,
+    evals: np.ndarray,
+    samples: np.ndarray,
+    latent_layers: Sequence[int],
+    batch_size: int = 32,
+) -> dict:
+    """Everything `clq-quant-report` says about one quantization config, as a JSON-ready dict.
+
+    The frozen stage is quantized once per latent layer l (layers 0..l, as a run does: equalization never
+    rescales the latent layer's outputs, so the stages for different l differ).
+
+    Args:
+      specs, params: the whole network in folded form.
+      config: the quantization.
+      calib, evals, samples: uint8 [N, H, W, 3] calibration views, evaluation views, sample photos.
+      latent_layers: the l to measure top-1 agreement at.
+    Returns:
+      dict with 'config', per-layer 'layer_sqnr_db' (stage 0..27), 'latent_sqnr_db' [L][Q] for lr_bits 2..8,
+      'top1_agreement' / 'top1_agreement_confident' {l: {'own'|'U7'|'U6': fraction}}, 'sample_top1' {l: {photo:
+      class}}, 'sample_top1_kept' {l: bool}, and the numbers of views.
+    """
+    last = max(s.index for s in specs if s.kind != "linear")
+    rep = quant_error_report(specs[: last + 1], params[: last + 1], calib, evals, config, batch_size=batch_size)
+    cal = [xb.astype(np.float32) * INPUT_SCALE for _, xb, _ in padded_batches(calib, batch_size, fill="repeat")]
+    out = {"config": dataclasses.asdict(config), "layer_index": rep.layer_index.tolist(),
+           "layer_sqnr_db": rep.layer_sqnr_db.round(2).tolist(), "lr_bits": rep.lr_bits.tolist(),
+           "latent_sqnr_db": rep.latent_sqnr_db.round(2).tolist(), "top1_agreement": {},
+           "top1_agreement_confident": {}, "sample_top1": {}, "sample_top1_kept": {}}
+    for l in latent_layers:
+        layers, _, _ = calibrate_and_quantize(specs[: l + 1], params[: l + 1], cal, config)
+        agree, top_fp, preds, p_fp = top1_agreement(specs, params, layers, [l], evals, config.bits,
+                                                    lr_bits=(None, 7, 6), batch_size=batch_size)
+        confident = p_fp > 0.5
+        name = {None: "own", 7: "U7", 6: "U6"}
+        out["top1_agreement"][str(l)] = {name[q]: round(v, 4) for q, v in agree[l].items()}
+        out["top1_agreement_confident"][str(l)] = {
+            name[q]: round(float(np.mean(p[confident] == top_fp[confident])), 4) for q, p in preds[l].items()}
+        _, s_fp, s_preds, _ = top1_agreement(specs, params, layers, [l], samples, config.bits, batch_size=batch_size)
+        out["sample_top1"][str(l)] = {n: int(c) for n, c in zip(SAMPLE_PHOTOS, s_preds[l][None])}
+        out["sample_top1_kept"][str(l)] = bool(np.all(s_preds[l][None] == s_fp))
+        out["views"], out["confident_views"] = len(evals), int(confident.sum())
+    return out
+
+
+def format_comparison(result: dict) -> str:
+    """Markdown: top-1 agreement and sample photos per scheme and l, then per-layer SQNR per scheme."""
+    schemes = result["schemes"]
+    ls = list(next(iter(schemes.values()))["top1_agreement"])
+    fp = ", ".join(f"{n} {c}" for n, c in result["fp32_sample_top1"].items())
+    lines = [f"## Top-1 agreement with FP32 (frozen 0..l quantized at {result['bits']} bit, the rest FP32)", "",
+             f"{result['views']} augmented views; in brackets the {result['confident_views']} whose FP32 top-1 "
+             f"probability exceeds 0.5. Sample photos: FP32 top-1 {fp}; 'kept' when both keep it.", "",
+             "| scheme | " + " | ".join(f"l = {l}" for l in ls) + " |", "|---|" + "---|" * len(ls)]
+    for name, r in schemes.items():
+        cells = []
+        for l in ls:
+            a, c = r["top1_agreement"][l]["own"], r["top1_agreement_confident"][l]["own"]
+            photos = "kept" if r["sample_top1_kept"][l] else "lost (" + ", ".join(
+                f"{n} {v}" for n, v in r["sample_top1"][l].items()) + ")"
+            cells.append(f"{100 * a:.1f} % ({100 * c:.1f} %), photos {photos}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    idx = next(iter(schemes.values()))["layer_index"]
+    lines += ["", "## SQNR of each layer's quantized output against FP32 [dB]", "",
+              "| layer | " + " | ".join(schemes) + " |", "|---|" + "---|" * len(schemes)]
+    for i, li in enumerate(idx):
+        lines.append(f"| {li} | " + " | ".join(f"{r['layer_sqnr_db'][i]:.1f}" for r in schemes.values()) + " |")
+    return "\n".join(lines)
+
+
+def plot_comparison(result: dict, path: str | Path) -> Path:
+    """Two panels: per-layer SQNR for each scheme; top-1 agreement per scheme and latent layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    schemes = result["schemes"]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for name, r in schemes.items():
+        ax0.plot(r["layer_index"], r["layer_sqnr_db"], "o-", ms=3, label=name)
+    ax0.set_xlabel("layer")
+    ax0.set_ylabel("SQNR vs FP32 [dB]")
+    ax0.set_title(f"{result['bits']}-bit frozen stage, output of each layer")
+    ax0.legend(fontsize=8)
+    ax0.grid(alpha=0.3)
+    ls = list(next(iter(schemes.values()))["top1_agreement"])
+    width = 0.8 / len(schemes)
+    for j, (name, r) in enumerate(schemes.items()):
+        ax1.bar(np.arange(len(ls)) + j * width, [100 * r["top1_agreement"][l]["own"] for l in ls], width, label=name)
+    ax1.set_xticks(np.arange(len(ls)) + 0.4 - width / 2, [f"l = {l}" for l in ls])
+    ax1.set_ylabel("top-1 agreement with FP32 [%]")
+    ax1.set_title(f"{result['views']} augmented photo views")
+    ax1.legend(fontsize=8)
+    ax1.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _key_value_args(argv: Sequence[str]) -> list[str]:
+    """Accept ``name=value`` (as clq-run and clq-cost take them) besides ``--name value``."""
+    out = []
+    for a in argv:
+        if not a.startswith("-") and "=" in a:
+            k, v = a.split("=", 1)
+            out += ["--" + k.replace("_", "-"), *v.split(",")]
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``clq-quant-report``: the error report and top-1 agreement on ImageNet MobileNet-V1 weights."""
+    """``clq-quant-report``: per-layer SQNR, top-1 agreement and the sample photos' top-1 on ImageNet
+    MobileNet-V1 weights, for each weight scheme in `SCHEMES`.
+
+    Options take ``--name value`` or ``name=value``; ``format=json`` prints the JSON instead of the tables. Bad
+    values are reported in one line naming the option, with exit code 2.
+    """
+    import sys
+
     from clq.model.forward import fold_batch_norm
     from clq.model.imagenet import load_imagenet_mobilenet_v1
 
     ap = argparse.ArgumentParser(prog="clq-quant-report", description=__doc__.split("\n")[0])
     ap.add_argument("--weights", default=None, help="TF-slim GraphDef (default: .cache/weights, see fetch_weights.sh)")
     ap.add_argument("--input-size", type=int, default=128)
-    ap.add_argument("--calib-images", type=int, default=64)
+    ap.add_argument("--calib-images", type=int, default=16)
     ap.add_argument("--eval-images", type=int, default=256)
-    ap.add_argument("--latent-layers", type=int, nargs="+", default=[19, 27])
+    ap.add_argument("--latent-layers", type=int, nargs="+", default=[19, 23, 27])
+    ap.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
     ap.add_argument("--bits", type=int, default=8)
-    ap.add_argument("--weight-granularity", default="per_layer")
     ap.add_argument("--weight-mode", default="asymmetric")
     ap.add_argument("--activation-range", default="minmax")
     ap.add_argument("--percentile", type=float, default=99.99)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--format", default="text", choices=["text", "json"])
     ap.add_argument("--out", default="outputs/quant_report")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(_key_value_args(sys.argv[1:] if argv is None else argv))
 
-    config = QuantConfig(bits=args.bits, weight_granularity=args.weight_granularity, weight_mode=args.weight_mode,
-                         activation_range=args.activation_range, percentile=args.percentile)
-    specs, params, stats = load_imagenet_mobilenet_v1(args.weights, input_size=args.input_size)
+    try:
+        configs = {n: QuantConfig(bits=args.bits, weight_mode=args.weight_mode, activation_range=args.activation_range,
+                                  percentile=args.percentile, **SCHEMES[n]) for n in args.schemes}
+        specs, params, stats = load_imagenet_mobilenet_v1(args.weights, input_size=args.input_size)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"clq-quant-report: {e}", file=sys.stderr)
+        return 2
+    bad = [l for l in args.latent_layers if not 0 <= l <= 27]
+    if bad:
+        print(f"clq-quant-report: latent-layers must be in 0..27, got {bad}", file=sys.stderr)
+        return 2
     folded = fold_batch_norm(specs, params, stats)
     calib = photo_set(args.calib_images, args.input_size, seed=1)
     evals = photo_set(args.eval_images, args.input_size, seed=2)
-    rep = quant_error_report(specs[:28], folded[:28], calib, evals, config, batch_size=args.batch_size)
-    agree, top_fp, preds, p_fp = top1_agreement(specs, folded, rep.layers, args.latent_layers, evals, config.bits,
-                                                lr_bits=(None, 7, 6), batch_size=args.batch_size)
-    confident = p_fp > 0.5
-    agree_conf = {l: {q: float(np.mean(p[confident] == top_fp[confident])) for q, p in d.items()}
-                  for l, d in preds.items()}
+    samples = np.stack([center_crop_resize(_photo(n), args.input_size) for n in SAMPLE_PHOTOS])
+    logits = forward(specs, folded, jnp.asarray(samples, jnp.float32) * INPUT_SCALE)
+    result = {"input_size": args.input_size, "bits": args.bits, "calib_images": args.calib_images,
+              "eval_images": args.eval_images, "calibration_seed": 1, "evaluation_seed": 2,
+              "fp32_sample_top1": {n: int(c) for n, c in zip(SAMPLE_PHOTOS, np.argmax(np.asarray(logits), -1))},
+              "schemes": {}}
+    for name, config in configs.items():
+        print(f"[clq-quant-report] {name} ...", file=sys.stderr, flush=True)
+        result["schemes"][name] = scheme_report(specs, folded, config, calib, evals, samples, args.latent_layers,
+                                                args.batch_size)
+    result["views"] = len(evals)
+    result["confident_views"] = next(iter(result["schemes"].values()))["confident_views"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = format_report(rep)
-    lines = [f"# Frozen-stage quantization error, ImageNet MobileNet-V1 1.0 at {args.input_size} px",
-             "", f"config: {config}", f"calibration: {args.calib_images} photos (seed 1); "
-             f"evaluation: {args.eval_images} photos (seed 2)", "", table, "",
-             "## Top-1 agreement with FP32 (frozen 0..l quantized, rest FP32)", "",
-             f"all {len(evals)} views; in brackets the {int(confident.sum())} views whose FP32 top-1 probability "
-             "exceeds 0.5", ""]
-    for l, d in agree.items():
-        lines.append(f"- l={l}: " + ", ".join(
-            f"U{config.bits}+{'U' + str(q) if q else 'own codes'}: {100 * v:.1f} % ({100 * agree_conf[l][q]:.1f} %)"
-            for q, v in d.items()))
-    text = "\n".join(lines)
+    text = "\n".join([f"# Frozen-stage quantization, ImageNet MobileNet-V1 1.0 at {args.input_size} px", "",
+                      f"calibration: {args.calib_images} augmented photos (seed 1); evaluation: {args.eval_images} "
+                      "others (seed 2)", "", format_comparison(result)])
     (out / "report.md").write_text(text + "\n")
-    (out / "report.json").write_text(json.dumps({
-        "config": dataclasses.asdict(config), "input_size": args.input_size,
-        "layer_index": rep.layer_index.tolist(), "layer_sqnr_db": rep.layer_sqnr_db.tolist(),
-        "lr_bits": rep.lr_bits.tolist(), "latent_sqnr_db": rep.latent_sqnr_db.tolist(),
-        "fp32_latent_sqnr_db": rep.fp32_latent_sqnr_db.tolist(), "a_max": rep.a_max.tolist(),
-        "top1_agreement": {str(l): {str(q): v for q, v in d.items()} for l, d in agree.items()},
-        "top1_agreement_confident": {str(l): {str(q): v for q, v in d.items()} for l, d in agree_conf.items()},
-        "confident_views": int(confident.sum()), "views": len(evals),
-    }, indent=1))
-    plot_report(rep, out / "report.png")
-    print(text)
-    print(f"\nwritten: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'}")
+    (out / "report.json").write_text(json.dumps(result, indent=1))
+    plot_comparison(result, out / "report.png")
+    print(json.dumps(result, indent=1) if args.format == "json" else text)
+    print(f"written: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'}", file=sys.stderr)
     return 0
 
 

@@ -15,8 +15,8 @@ from clq.quant.frozen import (
     INPUT_SCALE,
     QuantConfig,
     calibrate_activation_max,
+    calibrate_and_quantize,
     frozen_forward_codes,
-    quantize_frozen_stage,
 )
 
 __all__ = ["FrozenStage", "make_frozen_stage"]
@@ -57,13 +57,12 @@ def make_frozen_stage(
     """
     cal = [calibration_images[i : i + batch_size].astype(np.float32) * INPUT_SCALE
            for i in range(0, len(calibration_images), batch_size)]
-    a_max_all = calibrate_activation_max(frozen_specs, frozen_params, cal, config or QuantConfig())
-    a_max = float(a_max_all[-1])
     if config is None:
+        a_max = float(calibrate_activation_max(frozen_specs, frozen_params, cal, QuantConfig())[-1])
         fn = jax.jit(lambda px: forward(frozen_specs, frozen_params, px.astype(jnp.float32) * INPUT_SCALE))
         layers, scale, out_dtype = (), np.float32(1.0), np.float32
     else:
-        layers = quantize_frozen_stage(frozen_specs, frozen_params, a_max_all, config)
+        layers, _, _ = calibrate_and_quantize(frozen_specs, frozen_params, cal, config)
         fn = jax.jit(lambda px: frozen_forward_codes(frozen_specs, layers, px, config.bits))
         scale, out_dtype = np.float32(layers[-1].out_scale), np.uint8
         # The LR codec must see the range the codes really span, so that lr_bits == frozen bits keeps the
