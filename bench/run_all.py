@@ -7,7 +7,8 @@
 Benchmarks (each also runs alone; see its docstring): `bench_cost` (cost-model grid throughput),
 `bench_adaptive` (adaptive-stage FLOP/s vs the FP32 matmul peak), `bench_e2e` (default experiment, phase
 split, persistent compilation cache), `bench_torch_reference` (clq vs the PyTorch ar1 loop),
-`bench_vectorized` (K bit-widths x S seeds as one program). Each ratio is measured against a baseline in the
+`bench_vectorized` (K bit-widths x S seeds as one program), `bench_replay_read` (a replay mini-batch read from
+the bit-packed buffer vs from unpacked codes). Each ratio is measured against a baseline in the
 same invocation; the machine is shared, so every benchmark repeats and reports best and median.
 """
 
@@ -25,7 +26,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from bench.common import RESULTS, machine, write_result  # noqa: E402
 
-ORDER = ("cost", "adaptive", "e2e", "torch_reference", "vectorized")
+ORDER = ("cost", "adaptive", "e2e", "torch_reference", "vectorized", "replay_read")
 
 
 def _run(name: str, out_dir: str, quick: bool) -> dict:
@@ -52,6 +53,10 @@ def _run(name: str, out_dir: str, quick: bool) -> dict:
         from bench import bench_vectorized
 
         return bench_vectorized.main(["--out", out] + (["--events", "4", "--seeds", "0", "1"] if quick else []))
+    if name == "replay_read":
+        from bench import bench_replay_read
+
+        return bench_replay_read.main(["--out", out] + (["--bits", "7", "8", "--repeats", "10"] if quick else []))
     raise ValueError(name)
 
 
@@ -95,6 +100,11 @@ def table(res: dict) -> list[tuple[str, str, str]]:
                      f"{r['sweep_with_shared_and_compile_over_one_run']:.2f}x (compiled: "
                      f"{r['sweep_with_shared_over_one_run']:.2f}x; vs {len(v['lr_bits']) * len(v['seeds'])} separate "
                      f"runs {r['speedup_vs_KxS_separate_runs']:.2f}x faster)"))
+    if "replay_read" in res:
+        for shape, by_bits in res["replay_read"]["read"].items():
+            ratios = {int(b): m["ratio_best"] for b, m in by_bits.items()}
+            rows.append((f"replay mini-batch read, packed / unpacked codes, {shape}", "-",
+                         ", ".join(f"Q={b}: {r:.2f}x" for b, r in sorted(ratios.items()))))
     if "cost" in res:
         rows.append(("cost-model grid throughput", ">= 100,000 configurations/s",
                      f"{res['cost']['configurations_per_second']:,.0f} /s"))
