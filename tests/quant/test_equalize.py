@@ -126,8 +126,7 @@ def test_quant_config_rejects_non_boolean_flags():
 def test_per_layer_with_equalization_holds_on_imagenet_weights():
     """The paper's per-layer 8-bit + equalization + bias correction, 128 px, calibrated on 16 photo views:
     both sample photos keep their class (chelsea a tabby / Egyptian cat, coffee an espresso) at l = 19 and 27,
-    and top-1 agreement with FP32 on held-out views is at least per-channel's minus 5 points (plain per-layer
-    agrees on ~5 %)."""
+    and top-1 agreement with FP32 on held-out views is at least per-channel's minus 5 points."""
     from clq.model.imagenet import load_imagenet_mobilenet_v1
     from skimage import data
 
@@ -136,11 +135,10 @@ def test_per_layer_with_equalization_holds_on_imagenet_weights():
     folded = fold_batch_norm(specs, params, stats)
     cal = [photo_set(16, size, seed=1).astype(np.float32) * INPUT_SCALE]
     photos = np.stack([center_crop_resize(data.chelsea(), size), center_crop_resize(data.coffee(), size)])
-    views = np.concatenate([photos, photo_set(40, size, seed=2)])
+    views = np.concatenate([photos, photo_set(30, size, seed=2)])
     agreement = {}
     for name, cfg in (("per_layer_equalized", QuantConfig(equalize=True, bias_correction=True)),
-                      ("per_channel", QuantConfig(weight_granularity="per_channel")),
-                      ("per_layer", QuantConfig())):
+                      ("per_channel", QuantConfig(weight_granularity="per_channel"))):
         for l in (19, 27):
             layers, _, _ = calibrate_and_quantize(specs[: l + 1], folded[: l + 1], cal, cfg)
             agree, top_fp, preds, _ = top1_agreement(specs, folded, layers, [l], views)
@@ -149,4 +147,4 @@ def test_per_layer_with_equalization_holds_on_imagenet_weights():
                 assert preds[l][None][0] in (TABBY, EGYPTIAN_CAT) and preds[l][None][1] == ESPRESSO, (l, preds[l][None][:2])
     for l in (19, 27):
         assert agreement["per_layer_equalized", l] >= agreement["per_channel", l] - 0.05, agreement
-        assert agreement["per_layer", l] < 0.3, agreement
+        assert agreement["per_layer_equalized", l] > 0.6, agreement  # plain per-layer: ~5 % (docs/quantization.md §6)
