@@ -43,3 +43,24 @@ def test_photo_set_is_deterministic_real_images():
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, photo_set(17, 24, seed=4))
     assert a.std() > 20 and len({img.tobytes() for img in a}) == 17
+
+
+def test_comparison_table_says_which_sample_photos_keep_their_class(tmp_path):
+    from clq.quant.report import _key_value_args, format_comparison, plot_comparison
+
+    def scheme(chelsea, coffee, exact):
+        return {"layer_index": [0, 1], "layer_sqnr_db": [30.0, 20.0],
+                "top1_agreement": {"19": {"own": 0.8}}, "top1_agreement_confident": {"19": {"own": 0.9}},
+                "sample_top1": {"19": {"chelsea": chelsea, "coffee": coffee}},
+                "sample_top1_kept": {"19": exact},
+                "sample_class_kept": {"19": chelsea in range(282, 287) and coffee == 968}}
+
+    result = {"bits": 8, "views": 10, "confident_views": 7, "fp32_sample_top1": {"chelsea": 286, "coffee": 968},
+              "schemes": {"a": scheme(286, 968, True), "b": scheme(282, 968, False), "c": scheme(530, 507, False)}}
+    rows = {line.split("|")[1].strip(): line for line in format_comparison(result).splitlines() if line.startswith("| ")}
+    assert "top-1 kept" in rows["a"] and "80.0 % (90.0 %)" in rows["a"]
+    assert "class kept (chelsea 282" in rows["b"]
+    assert "lost (chelsea 530, coffee 507)" in rows["c"]
+    assert plot_comparison(result, tmp_path / "c.png").stat().st_size > 1000
+    assert _key_value_args(["format=json", "latent_layers=19,27", "--bits", "8"]) == [
+        "--format", "json", "--latent-layers", "19", "27", "--bits", "8"]
