@@ -110,13 +110,13 @@ def clq_event(specs, layer: int, repeats: int, n_new=300, buffer_size=1500, batc
     params = jax.tree.map(jnp.array, params)
     opt_state = opt.init(params)
     t0 = time.perf_counter()
-    params, opt_state, m = event(params, opt_state, new_x, new_y, jnp.int32(n_new), state, jax.random.PRNGKey(1))
+    params, opt_state, m, _ = event(params, opt_state, new_x, new_y, jnp.int32(n_new), state, jax.random.PRNGKey(1))
     jax.block_until_ready(m)
     first = time.perf_counter() - t0
     times = []
     for r in range(repeats):
         t0 = time.perf_counter()
-        params, opt_state, m = event(params, opt_state, new_x, new_y, jnp.int32(n_new), state, jax.random.PRNGKey(r))
+        params, opt_state, m, _ = event(params, opt_state, new_x, new_y, jnp.int32(n_new), state, jax.random.PRNGKey(r))
         jax.block_until_ready((params, m))
         times.append((time.perf_counter() - t0) / comp.iterations_per_epoch)
     return {"step_s": best_and_median(times), "first_call_s": first, "steps_per_call": comp.iterations_per_epoch,

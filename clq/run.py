@@ -74,8 +74,9 @@ def _memory_report(exp: ExperimentConfig, specs) -> dict:
     if exp.enforce_memory and not report["fits"]:
         over = ", ".join(f"{tier} by {b:,} B" for tier, b in report["overflow"].items())
         raise ConfigError(
-            f"the configuration does not fit target {exp.target!r} (target.enforce_memory=true): {over}; "
-            f"the replay buffer alone is {report['memory_bytes']['lr_buffer']:,} B (replay.size={exp.replay.size}, "
+            f"the configuration does not fit target {exp.target!r} (target.enforce_memory=true; cost model, packed "
+            f"replays): {over}; the replay buffer alone is {report['memory_bytes']['lr_buffer']:,} B on the device "
+            f"(replay.size={exp.replay.size}, "
             f"replay.bits={exp.replay.bits}, latent_layer={exp.latent_layer})")
     return report
 
