@@ -26,11 +26,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["EXPORT_DIR", "EXPORT_NAME", "ExportError", "write_export", "export_run", "main"]
+from clq.quant.export import EXPORT_DIR, EXPORT_NAME, write_export
 
-#: Where a run keeps its export, relative to the run dir, and the files' stem.
-EXPORT_DIR = "export"
-EXPORT_NAME = "frozen_stage"
+__all__ = ["EXPORT_DIR", "EXPORT_NAME", "ExportError", "write_export", "export_run", "main"]
 
 
 class ExportError(Exception):
@@ -39,23 +37,6 @@ class ExportError(Exception):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-def write_export(out_dir: str | os.PathLike, frozen_specs, layers, config, c_prefix: str = "clq") -> dict:
-    """Write ``<out_dir>/frozen_stage.{npz,json,h}``.
-
-    Args:
-      frozen_specs: layer specs 0..l; layers: their `LayerQuant` (`FrozenStage.layers`); config: the QuantConfig.
-    Returns:
-      JSON-able record: the three paths and the npz / tensors / C header SHA-256s.
-    """
-    from clq.quant.export import export_frozen_stage
-
-    npz, js = export_frozen_stage(Path(out_dir) / EXPORT_NAME, frozen_specs, layers, config, c_prefix=c_prefix)
-    manifest = json.loads(js.read_text())
-    header = js.parent / manifest["c_header"]["file"]
-    return {"npz": str(npz), "json": str(js), "c_header": str(header), "npz_sha256": manifest["npz_sha256"],
-            "tensors_sha256": manifest["tensors_sha256"], "c_header_sha256": manifest["c_header"]["sha256"]}
 
 
 def _read_results(run_dir: str) -> dict:

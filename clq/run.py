@@ -33,7 +33,8 @@ from clq.config import ConfigError, ExperimentConfig, experiment_config
 from clq.train.checkpoint import CheckpointError
 from clq.tracking import make_tracker, write_json_atomic
 
-__all__ = ["main", "run_experiment", "load_stream"]
+__all__ = ["main", "run_experiment", "load_stream", "memory_report", "run_fingerprint", "enable_compile_cache",
+           "end_failed_run", "CONF_DIR", "WATCHED_KEYS", "MEMORY_BYTES_SOURCE"]
 
 
 def load_stream(exp: ExperimentConfig):
@@ -59,7 +60,7 @@ def load_stream(exp: ExperimentConfig):
         raise ConfigError(str(e)) from None
 
 
-def _memory_report(exp: ExperimentConfig, specs) -> dict:
+def memory_report(exp: ExperimentConfig, specs) -> dict:
     """The cost model's report for this configuration; with target.enforce_memory, refuse what does not fit."""
     from clq.cost import cost_report, load_target
 
@@ -137,7 +138,7 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
     """Run one experiment; write results.json (also on failure, with the events completed so far).
 
     With ``exp.export`` the quantized frozen stage is written to ``<run_dir>/export/frozen_stage.{npz,json,h}``
-    as soon as it is built (`clq.export_run.write_export`), and results.json records its paths and SHA-256s
+    as soon as it is built (`clq.quant.export.write_export`), and results.json records its paths and SHA-256s
     under ``export``.
     """
     from tqdm.auto import tqdm
@@ -146,7 +147,7 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
 
     t0 = time.perf_counter()
     specs = exp.model.specs()
-    memory = _memory_report(exp, specs)  # cheap, and a bad target fails before any compute
+    memory = memory_report(exp, specs)  # cheap, and a bad target fails before any compute
     stream = load_stream(exp)
     tracker = make_tracker(run_dir, exp.tracking.backend, resolved, exp.tracking.project, exp.tracking.mode,
                            exp.tracking.group)
@@ -173,7 +174,7 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
     fingerprint = run_fingerprint(resolved)
 
     def on_frozen(stage):
-        from clq.export_run import EXPORT_DIR, write_export
+        from clq.quant.export import EXPORT_DIR, write_export
 
         # In `base`: a run that fails after event 0 still records the export it wrote.
         base["export"] = write_export(os.path.join(run_dir, EXPORT_DIR), specs[: exp.latent_layer + 1],
@@ -248,7 +249,7 @@ def enable_compile_cache(cache_dir: str | None) -> None:
     jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_MAX_BYTES)
 
 
-def _failed(code: int, message: str, run_dir: str, resolved: dict | None, error: str) -> None:
+def end_failed_run(code: int, message: str, run_dir: str, resolved: dict | None, error: str) -> None:
     """End a failed run: a single run exits with `code`; a multirun member records the failure and returns.
 
     sys.exit inside a sweep member ends the whole sweep (Hydra's basic launcher loop, a joblib/loky worker and
@@ -279,22 +280,23 @@ def _app(cfg: DictConfig) -> float | None:
         exp = experiment_config(resolved)
         enable_compile_cache(exp.compile_cache_dir)
     except (OmegaConfBaseException, ConfigError) as e:
-        return _failed(2, f"clq-run: config error: {e}", run_dir, resolved, f"ConfigError: {e}")
+        return end_failed_run(2, f"clq-run: config error: {e}", run_dir, resolved, f"ConfigError: {e}")
     if multirun and exp.tracking.group is None:
         # Ad-hoc `clq-run -m` sweeps are grouped too: the sweep's folder, the same string for every member.
         exp = replace(exp, tracking=replace(exp.tracking, group=str(hc.sweep.dir)))
     try:
         results = run_experiment(exp, resolved, run_dir)
     except (ConfigError, FileNotFoundError, CheckpointError) as e:
-        return _failed(2, f"clq-run: error: {e}", run_dir, resolved, f"{type(e).__name__}: {e}")
+        return end_failed_run(2, f"clq-run: error: {e}", run_dir, resolved, f"{type(e).__name__}: {e}")
     except FloatingPointError as e:
-        return _failed(3, f"clq-run: numerical error: {e} (events so far are in {run_dir}/results.json)", run_dir,
-                       resolved, f"FloatingPointError: {e}")
+        return end_failed_run(3, f"clq-run: numerical error: {e} (events so far are in {run_dir}/results.json)",
+                              run_dir, resolved, f"FloatingPointError: {e}")
     except Exception as e:
         if not multirun:
             raise  # a single run keeps Python's traceback and exit status
         traceback.print_exc()
-        return _failed(1, f"clq-run: error: {type(e).__name__}: {e}", run_dir, resolved, f"{type(e).__name__}: {e}")
+        return end_failed_run(1, f"clq-run: error: {type(e).__name__}: {e}", run_dir, resolved,
+                              f"{type(e).__name__}: {e}")
     print(f"\nclq-run finished: {run_dir}/results.json")
     print(_summary_table(results))
     return results["final_accuracy"]

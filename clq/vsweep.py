@@ -39,7 +39,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from clq.analysis.collect import VSWEEP_FILE  # the run dir's marker: collect_runs lists its members, not it
 from clq.config import ConfigError, ExperimentConfig, experiment_config
-from clq.run import CONF_DIR, _failed, _memory_report, enable_compile_cache, load_stream
+from clq.run import CONF_DIR, enable_compile_cache, end_failed_run, load_stream, memory_report
 from clq.tracking import write_json_atomic
 
 __all__ = ["VSweepConfig", "vsweep_config", "check_vectorizable", "member_name", "run_vsweep", "main"]
@@ -172,7 +172,7 @@ def run_vsweep(exp: ExperimentConfig, vs: VSweepConfig, resolved: dict, run_dir:
 
     t0 = time.perf_counter()
     specs = exp.model.specs()
-    memory = {b: _memory_report(replace(exp, replay=replace(exp.replay, bits=b)), specs) for b in vs.bits}
+    memory = {b: memory_report(replace(exp, replay=replace(exp.replay, bits=b)), specs) for b in vs.bits}
     _log(f"{len(vs.bits)} bit-widths {list(vs.bits)} x {len(vs.seeds)} seeds {list(vs.seeds)} = "
          f"{len(vs.bits) * len(vs.seeds)} members; base seed {exp.seed} (stream, event 0, frozen stage)")
     stream = load_stream(exp)
@@ -281,13 +281,13 @@ def _app(cfg: DictConfig) -> float | None:
         check_vectorizable(exp)
         enable_compile_cache(exp.compile_cache_dir)
     except (OmegaConfBaseException, ConfigError) as e:
-        return _failed(2, f"clq-vsweep: config error: {e}", run_dir, resolved, f"ConfigError: {e}")
+        return end_failed_run(2, f"clq-vsweep: config error: {e}", run_dir, resolved, f"ConfigError: {e}")
     try:
         summary = run_vsweep(exp, vs, resolved, run_dir)
     except (ConfigError, FileNotFoundError) as e:
-        return _failed(2, f"clq-vsweep: error: {e}", run_dir, resolved, f"{type(e).__name__}: {e}")
+        return end_failed_run(2, f"clq-vsweep: error: {e}", run_dir, resolved, f"{type(e).__name__}: {e}")
     except FloatingPointError as e:
-        return _failed(3, f"clq-vsweep: numerical error: {e}", run_dir, resolved, f"FloatingPointError: {e}")
+        return end_failed_run(3, f"clq-vsweep: numerical error: {e}", run_dir, resolved, f"FloatingPointError: {e}")
     print(f"\nclq-vsweep finished: {run_dir}/{VSWEEP_FILE} and {len(vs.bits) * len(vs.seeds)} member folders "
           f"(python -m clq.analysis {run_dir})")
     print(summary_table(summary["summary"]))

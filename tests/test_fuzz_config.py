@@ -12,7 +12,7 @@ from clq.config import ConfigError, experiment_config
 from clq.model import split_specs
 from clq.quant import make_latent_codec
 from clq.replay import make_replay_buffer
-from clq.run import _memory_report
+from clq.run import memory_report
 from clq.train import make_optimizer, minibatch_composition
 
 CONF = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "conf"))
@@ -51,7 +51,7 @@ def test_any_override_set_fails_cleanly_or_builds(composer, ov):
     cfg = composer([f"{k}={v}" for k, v in ov.items()])
     try:
         exp = experiment_config(cfg)
-        _memory_report(exp, exp.model.specs())  # the cost model's checks, incl. target.enforce_memory
+        memory_report(exp, exp.model.specs())  # the cost model's checks, incl. target.enforce_memory
     except ConfigError as e:
         msg = str(e)
         assert any(k in msg for k in ov) or "model.num_classes" in msg, (ov, msg)

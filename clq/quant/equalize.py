@@ -41,6 +41,7 @@ import numpy as np
 
 from clq.model.forward import activation, linear_op
 from clq.model.specs import LayerSpec
+from clq.quant.frozen import INPUT_SCALE, dequantized_weights, frozen_forward_codes
 
 __all__ = ["equalize", "equalization_pairs", "bias_correction"]
 
@@ -192,8 +193,6 @@ def bias_correction(
     Returns:
       params with every 'b' corrected (float32 [C]).
     """
-    from clq.quant.frozen import INPUT_SCALE, dequantized_weights, frozen_forward_codes
-
     specs = tuple(specs)
     corrected = [{k: np.asarray(v, np.float32) for k, v in p.items()} for p in params]
     pixels = np.asarray(pixels)[:BIAS_CORRECTION_IMAGES]

@@ -50,11 +50,14 @@ from clq.quant.c_header import c_header_source, check_c_prefix
 from clq.quant.frozen import INPUT_SCALE, LayerQuant, QuantConfig, pool_layer_quant
 
 __all__ = ["FORMAT", "VERSION", "ExportedStage", "export_frozen_stage", "frozen_stage_tensors", "load_frozen_stage",
-           "tensors_sha256"]
+           "tensors_sha256", "EXPORT_DIR", "EXPORT_NAME", "write_export"]
 
 FORMAT = "clq-frozen-stage"
 #: 2: tensors_sha256, the C header, deterministic .npz, per-channel act_min/act_max allowed.
 VERSION = 2
+#: Where a run keeps its export, relative to the run dir, and the files' stem.
+EXPORT_DIR = "export"
+EXPORT_NAME = "frozen_stage"
 
 _FIELDS = ("weights", "weight_zero_point", "weight_scale", "bias", "multiplier", "shift",
            "act_min", "act_max", "in_scale", "out_scale")
@@ -271,3 +274,18 @@ def load_frozen_stage(path: str | Path) -> ExportedStage:
     if tensors_sha256(arrays) != manifest["tensors_sha256"]:
         raise ValueError(f"{npz_path}: tensors SHA-256 does not match the manifest")
     return ExportedStage(tuple(specs), tuple(layers), config, manifest)
+
+
+def write_export(out_dir: str | os.PathLike, frozen_specs, layers, config, c_prefix: str = "clq") -> dict:
+    """Write ``<out_dir>/frozen_stage.{npz,json,h}`` (a run's export, `EXPORT_DIR` in its run dir).
+
+    Args:
+      frozen_specs: layer specs 0..l; layers: their `LayerQuant` (`FrozenStage.layers`); config: the QuantConfig.
+    Returns:
+      JSON-able record: the three paths and the npz / tensors / C header SHA-256s.
+    """
+    npz, js = export_frozen_stage(Path(out_dir) / EXPORT_NAME, frozen_specs, layers, config, c_prefix=c_prefix)
+    manifest = json.loads(js.read_text())
+    header = js.parent / manifest["c_header"]["file"]
+    return {"npz": str(npz), "json": str(js), "c_header": str(header), "npz_sha256": manifest["npz_sha256"],
+            "tensors_sha256": manifest["tensors_sha256"], "c_header_sha256": manifest["c_header"]["sha256"]}

@@ -52,7 +52,6 @@ __all__ = [
     "activation_histograms",
     "quantize_frozen_stage",
     "dequantized_weights",
-    "calibrate_and_quantize",
     "frozen_forward_codes",
     "frozen_forward_fp32",
     "exact_chunks",
@@ -399,44 +398,6 @@ def dequantized_weights(layers: Sequence[LayerQuant]) -> list:
             continue
         out.append((lq.w_codes.astype(np.float64) - lq.w_zero) * np.asarray(lq.w_scale, np.float64))
     return out
-
-
-def calibrate_and_quantize(
-    specs: Sequence[LayerSpec], params: Sequence[dict], batches: Sequence[np.ndarray], config: QuantConfig
-) -> tuple[tuple[LayerQuant, ...], np.ndarray, tuple[dict, ...]]:
-    """The whole post-training quantization of a frozen stage: equalize, calibrate, quantize, correct biases.
-
-    1. `config.equalize`: cross-layer equalization (`clq.quant.equalize.equalize`), same function;
-    2. activation ranges calibrated on `batches` (`calibrate_activation_max`);
-    3. weights, biases and requantization (`quantize_frozen_stage`);
-    4. `config.bias_correction`: biases corrected for the weights' quantization error on `batches`
-       (`clq.quant.equalize.bias_correction`), then quantized again (weight codes depend on the bias only
-       through the scale floor of near-zero channels, `_quantize_weights`, whose weights are ~0 anyway).
-
-    Args:
-      specs, params: the frozen stage (layers 0..l) in folded form.
-      batches: float32 [B, H, W, C] calibration images in [0, 1] (the first experience's).
-      config: the quantization choices.
-    Returns:
-      (layers, a_max, reference): one `LayerQuant` per spec; the calibrated float32 [len(specs)] activation
-      maxima; and the FP32 parameters whose layer outputs the codes approximate (`params` equalized, without
-      bias correction: the same function as `params`, but intermediate channels in equalized units), the
-      reference for per-layer errors. The last layer's output is never rescaled.
-    """
-    from clq.quant.equalize import bias_correction, equalize
-
-    batches = list(batches)
-    specs, params = tuple(specs), tuple(params)
-    if config.equalize:
-        params = equalize(specs, params)
-    reference = params
-    a_max = calibrate_activation_max(specs, params, batches, config)
-    layers = quantize_frozen_stage(specs, params, a_max, config)
-    if config.bias_correction:
-        pixels = np.concatenate([np.round(np.asarray(b, np.float32) * 255.0).astype(np.uint8) for b in batches])
-        params = bias_correction(specs, params, lambda p: quantize_frozen_stage(specs, p, a_max, config), pixels)
-        layers = quantize_frozen_stage(specs, params, a_max, config)
-    return layers, a_max, reference
 
 
 def exact_chunks(w_eff, qmax_in: int) -> list[tuple[int, int]]:

@@ -37,10 +37,10 @@ from clq.quant.frozen import (
     INPUT_SCALE,
     LayerQuant,
     QuantConfig,
-    calibrate_and_quantize,
     frozen_forward_codes,
     frozen_forward_fp32,
 )
+from clq.quant.ptq import calibrate_and_quantize
 from clq.quant.latent import make_latent_codec
 
 __all__ = [

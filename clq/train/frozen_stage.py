@@ -15,9 +15,9 @@ from clq.quant.frozen import (
     INPUT_SCALE,
     QuantConfig,
     calibrate_activation_max,
-    calibrate_and_quantize,
     frozen_forward_codes,
 )
+from clq.quant.ptq import calibrate_and_quantize
 
 __all__ = ["FrozenStage", "make_frozen_stage"]
 

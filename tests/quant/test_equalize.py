@@ -10,7 +10,7 @@ from clq.model.forward import fold_batch_norm, forward
 from clq.model.imagenet import default_weights_path
 from clq.quant import INPUT_SCALE, QuantConfig, frozen_forward_codes, integer_forward
 from clq.quant.equalize import equalization_pairs, equalize
-from clq.quant.frozen import calibrate_and_quantize
+from clq.quant.ptq import calibrate_and_quantize
 from clq.quant.report import center_crop_resize, photo_set, top1_agreement
 
 TABBY, EGYPTIAN_CAT, ESPRESSO = 282, 286, 968  # 1001-way indices (0 = background)

@@ -16,7 +16,7 @@ from clq.data.core50.filelists import (
     load_scenario,
     parse_filelist,
 )
-from clq.data.core50.images import FolderStore, ImageStore, LazyImages, ZipStore, decode_png, open_image_store
+from clq.data.core50.images import FolderStore, ImageStore, LazyImages, ZipStore, decode_png
 from clq.data.core50.layout import (
     ARCHIVE_FOLDER,
     CATEGORY_NAMES,
@@ -32,7 +32,7 @@ from clq.data.core50.layout import (
     image_path,
     parse_image_path,
 )
-from clq.data.core50.stream import LABELS, Core50Stream, load_core50_stream, stream_from_scenario
+from clq.data.core50.stream import LABELS, Core50Stream, load_core50_stream, open_image_store, stream_from_scenario
 from clq.data.core50.synthetic import synthetic_image, write_filelist, write_image_tree, write_nicv2_protocol
 
 __all__ = [

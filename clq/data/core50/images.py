@@ -22,9 +22,8 @@ import numpy as np
 from PIL import Image
 
 from clq.data.core50.checksums import OFFICIAL_FILES, verify_md5
-from clq.data.core50.layout import ARCHIVE_FOLDER
 
-__all__ = ["ImageStore", "FolderStore", "ZipStore", "LazyImages", "decode_png", "resize_image", "open_image_store"]
+__all__ = ["ImageStore", "FolderStore", "ZipStore", "LazyImages", "decode_png", "resize_image"]
 
 _IMAGE_RE = re.compile(r"(.*?)(s\d{1,2}/o\d{1,2}/C_\d{2}_\d{2}_\d{3}\.png)")
 
@@ -176,39 +175,6 @@ class ZipStore:
 
     def paths(self) -> list[str]:
         return sorted(self._names)
-
-
-def open_image_store(root: str, verify: bool = True) -> ImageStore:
-    """The image store for `root`, which may be
-
-    * the extracted ``core50_128x128/`` folder, or a folder that contains it;
-    * ``core50_128x128.zip``, or a folder that contains it (and no extracted copy);
-    * a TFDS data dir holding the prepared ``core50`` dataset (`clq.data.tfds`).
-
-    Raises:
-      FileNotFoundError naming `root` and the layouts looked for.
-    """
-    root = os.path.abspath(os.path.expanduser(root))
-    if os.path.isfile(root):
-        return ZipStore(root, verify)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: CORe50 data not found (data.path)")
-    if os.path.isdir(os.path.join(root, ARCHIVE_FOLDER)):
-        return FolderStore(os.path.join(root, ARCHIVE_FOLDER))
-    if os.path.isfile(os.path.join(root, ARCHIVE_FOLDER + ".zip")):
-        return ZipStore(os.path.join(root, ARCHIVE_FOLDER + ".zip"), verify)
-    if any(re.fullmatch(r"s\d{1,2}", d) and os.path.isdir(os.path.join(root, d)) for d in os.listdir(root)):
-        return FolderStore(root)
-    from clq.data.tfds.core50 import find_prepared_core50  # TFDS is only imported when it is needed
-
-    prepared = find_prepared_core50(root)
-    if prepared is not None:
-        from clq.data.tfds.core50 import TfdsCore50Store
-
-        return TfdsCore50Store(prepared)
-    raise FileNotFoundError(
-        f"{root}: no CORe50 images found; expected {ARCHIVE_FOLDER}/ (s1..s11/o1..o50/C_*.png), "
-        f"{ARCHIVE_FOLDER}.zip, or a TFDS data dir with the prepared 'core50' dataset")
 
 
 class LazyImages:

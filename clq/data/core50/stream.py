@@ -9,19 +9,54 @@ slices. Only paths, labels and session ids (a few MB) are held in memory.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from clq.data.core50.filelists import FileList, FileListSource, Scenario, find_filelists, load_scenario
-from clq.data.core50.images import ImageStore, LazyImages, open_image_store
-from clq.data.core50.layout import NUM_CATEGORIES, NUM_OBJECTS, SESSION_NAMES, category_of
+from clq.data.core50.images import FolderStore, ImageStore, LazyImages, ZipStore
+from clq.data.core50.layout import ARCHIVE_FOLDER, NUM_CATEGORIES, NUM_OBJECTS, SESSION_NAMES, category_of
 from clq.data.stream import Stream
 
-__all__ = ["Core50Stream", "load_core50_stream", "stream_from_scenario", "LABELS"]
+__all__ = ["Core50Stream", "load_core50_stream", "stream_from_scenario", "open_image_store", "LABELS"]
 
 #: `labels` choices: 50 objects (the papers) or 10 categories.
 LABELS = ("object", "category")
+
+
+def open_image_store(root: str, verify: bool = True) -> ImageStore:
+    """The image store for `root`, which may be
+
+    * the extracted ``core50_128x128/`` folder, or a folder that contains it;
+    * ``core50_128x128.zip``, or a folder that contains it (and no extracted copy);
+    * a TFDS data dir holding the prepared ``core50`` dataset (`clq.data.tfds`).
+
+    Raises:
+      FileNotFoundError naming `root` and the layouts looked for.
+    """
+    root = os.path.abspath(os.path.expanduser(root))
+    if os.path.isfile(root):
+        return ZipStore(root, verify)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root}: CORe50 data not found (data.path)")
+    if os.path.isdir(os.path.join(root, ARCHIVE_FOLDER)):
+        return FolderStore(os.path.join(root, ARCHIVE_FOLDER))
+    if os.path.isfile(os.path.join(root, ARCHIVE_FOLDER + ".zip")):
+        return ZipStore(os.path.join(root, ARCHIVE_FOLDER + ".zip"), verify)
+    if any(re.fullmatch(r"s\d{1,2}", d) and os.path.isdir(os.path.join(root, d)) for d in os.listdir(root)):
+        return FolderStore(root)
+    from clq.data.tfds.core50 import find_prepared_core50  # TFDS is only imported when it is needed
+
+    prepared = find_prepared_core50(root)
+    if prepared is not None:
+        from clq.data.tfds.core50 import TfdsCore50Store
+
+        return TfdsCore50Store(prepared)
+    raise FileNotFoundError(
+        f"{root}: no CORe50 images found; expected {ARCHIVE_FOLDER}/ (s1..s11/o1..o50/C_*.png), "
+        f"{ARCHIVE_FOLDER}.zip, or a TFDS data dir with the prepared 'core50' dataset")
 
 
 @dataclass
