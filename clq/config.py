@@ -1,46 +1,81 @@
-"""Typed experiment configuration and its validation: the boundary between Hydra and the library.
+"""Typed experiment configuration: the boundary between Hydra and the library.
 
-`experiment_config(cfg)` turns a composed Hydra `DictConfig` (or any mapping) into frozen dataclasses and
-checks every field before anything is computed. Each problem raises `ConfigError` naming the field and the
-allowed values; `clq-run` prints it and exits with status 2.
+The YAML of each config group (conf/<group>/*.yaml, composed by conf/config.yaml) is the only place a default
+lives. `experiment_config(cfg)` reads every key of a composed, resolved config (a missing key is an error naming
+it; nothing is filled in here) into frozen dataclasses, and each dataclass checks its fields once, on
+construction, with the checks of `clq.checks`: `ModelConfig`, `DataConfig`, `TrackingConfig` here,
+`clq.train.config.TrainConfig` / `ReplayConfig`, `clq.quant.frozen.QuantConfig`, and `ExperimentConfig` for the
+top-level keys and the relations between groups (the mini-batch rule is `clq.train.event.minibatch_composition`,
+the one the learning events use). Each problem raises `ConfigError` naming the field and the allowed values;
+`clq-run` prints it and exits with status 2.
 """
 
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from clq.checks import check_choice, check_flag, check_int, check_number
 from clq.data import DATASETS
 from clq.data.sessions import SESSIONS
 from clq.model.specs import mobilenet_v1_specs, validate_latent_layer
 from clq.quant.frozen import QuantConfig
 from clq.quant.uniform import check_bits
-from clq.replay.buffer import POLICIES
-from clq.train.first_event import HEAD_INITS, SCHEDULES
-from clq.train.loop import ReplayConfig, TrainConfig
-from clq.train.norm import ADAPTIVE_NORMS, FIRST_EVENT_NORMS
+from clq.train.config import TRAIN_KEYS, ReplayConfig, TrainConfig
+from clq.train.event import minibatch_composition
 
-__all__ = ["ConfigError", "ModelConfig", "DataConfig", "TrackingConfig", "ExperimentConfig", "experiment_config"]
+__all__ = ["ConfigError", "ModelConfig", "DataConfig", "TrackingConfig", "ExperimentConfig", "experiment_config",
+           "TRACKING_BACKENDS", "WANDB_MODES"]
 
 TRACKING_BACKENDS = ("wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
+#: data.labels of CORe50 -> data.num_classes it needs.
+CORE50_CLASSES = {"object": 50, "category": 10}
+#: Keys of the stream built from a classification set (data=fashion_mnist_nic, data=arrays), not of CORe50.
+NIC_KEYS = ("sessions", "initial_classes", "initial_images_per_class", "test_size")
+#: Keys of CORe50's official protocol (data=core50).
+CORE50_KEYS = ("scenario", "run", "test_list", "filelists", "labels", "strict", "max_events")
+#: QuantConfig field -> its key in the ``quant`` group (``frozen_bits: null`` means no QuantConfig).
+QUANT_KEYS = {"weight_granularity": "weight_granularity", "weight_mode": "weight_mode",
+              "activation_range": "activation_range", "percentile": "percentile", "equalize": "equalize",
+              "bias_correction": "bias_correction"}
 
 
 class ConfigError(ValueError):
     """A config value is invalid; the message names the field and the allowed values."""
 
 
+def _path_or_none(value, field: str) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{field} must be a path or null, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "mobilenet_v1"
-    width: float = 0.5
-    input_size: int = 32
-    num_classes: int = 10
-    activation: str = "relu"
-    weights: str | None = None  # None: event 0 trains from scratch; 'imagenet': TF-slim ImageNet weights
-    weights_path: str | None = None
+    """The network (conf/model): MobileNet-V1 of `width` at `input_size` px, `weights` None (event 0 trains from
+    scratch) or 'imagenet' (the TF-slim ImageNet weights, read from `weights_path` or the default cache)."""
+
+    name: str
+    width: float
+    input_size: int
+    num_classes: int
+    activation: str
+    weights: str | None
+    weights_path: str | None
+
+    def __post_init__(self):
+        check_choice(self.name, "model.name", ("mobilenet_v1",))
+        check_number(self.width, "model.width", 0.0, 4.0, lo_open=True)
+        check_int(self.input_size, "model.input_size", 8, 1024)
+        check_int(self.num_classes, "model.num_classes", 2)
+        check_choice(self.activation, "model.activation", ("relu", "relu6"))
+        check_choice(self.weights, "model.weights", (None, "imagenet"))
+        _path_or_none(self.weights_path, "model.weights_path")
+        if self.weights == "imagenet" and (self.width != 1.0 or self.activation != "relu6"):
+            raise ValueError("model.weights=imagenet needs model.width=1.0 and model.activation=relu6 (the TF-slim "
+                             f"MobileNet-V1 1.0), got width={self.width}, activation={self.activation}")
 
     def specs(self):
         return mobilenet_v1_specs(self.width, self.input_size, self.num_classes, 3, self.activation)
@@ -48,264 +83,202 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "fashion_mnist"
-    path: str = "/usr/share/datasets/fashion-mnist"
-    num_classes: int = 10
-    sessions: tuple = SESSIONS
-    initial_classes: int = 5
-    initial_images_per_class: int = 600
-    images_per_event: int = 300
-    test_size: int = 10000
-    # CORe50 only (data=core50): the official protocol, its run and test list.
-    scenario: str = "nicv2_391"
-    run: int = 0
-    test_list: str = "test_filelist_20.txt"
-    filelists: str | None = None
-    labels: str = "object"
-    strict: bool = True
-    max_events: int | None = None
+    """The dataset and its continual-learning stream (conf/data).
+
+    `NIC_KEYS` are set for the streams built from a classification set (fashion_mnist, arrays) and None for
+    CORe50; `CORE50_KEYS` are set for CORe50 and None otherwise. `images_per_event` is the size of a learning
+    event (for CORe50, the cost model's: its batches hold 293-300 images).
+    """
+
+    name: str
+    path: str
+    num_classes: int
+    images_per_event: int
+    sessions: tuple | None
+    initial_classes: int | None
+    initial_images_per_class: int | None
+    test_size: int | None
+    scenario: str | None
+    run: int | None
+    test_list: str | None
+    filelists: str | None
+    labels: str | None
+    strict: bool | None
+    max_events: int | None
+
+    def __post_init__(self):
+        check_choice(self.name, "data.name", DATASETS)
+        if not isinstance(self.path, str) or not self.path:
+            raise ValueError(f"data.path must be a file or folder path, got {self.path!r}")
+        check_int(self.num_classes, "data.num_classes", 2)
+        check_int(self.images_per_event, "data.images_per_event", 1)
+        core50 = self.name == "core50"
+        for key in NIC_KEYS if core50 else CORE50_KEYS:
+            if getattr(self, key) is not None:
+                raise ValueError(f"data.{key} is not a key of data.name={self.name}")
+        if core50:
+            from clq.data.core50 import SCENARIOS
+
+            check_choice(self.scenario, "data.scenario", SCENARIOS)
+            check_int(self.run, "data.run", 0, 9)
+            if not isinstance(self.test_list, str) or not self.test_list:
+                raise ValueError(f"data.test_list must be a file-list name, got {self.test_list!r}")
+            _path_or_none(self.filelists, "data.filelists")
+            check_choice(self.labels, "data.labels", tuple(CORE50_CLASSES))
+            check_flag(self.strict, "data.strict")
+            if self.max_events is not None:
+                check_int(self.max_events, "data.max_events", 1)
+            need = CORE50_CLASSES[self.labels]
+            if self.num_classes != need:
+                raise ValueError(f"data.num_classes must be {need} for CORe50 with data.labels={self.labels}, "
+                                 f"got {self.num_classes}")
+            return
+        s = self.sessions
+        if not isinstance(s, tuple) or not s or any(x not in SESSIONS for x in s) or len(set(s)) != len(s):
+            raise ValueError(f"data.sessions must be a non-empty list of distinct names from {list(SESSIONS)}, "
+                             f"got {s if not isinstance(s, tuple) else list(s)!r}")
+        check_int(self.initial_classes, "data.initial_classes", 1, self.num_classes)
+        check_int(self.initial_images_per_class, "data.initial_images_per_class", 1)
+        check_int(self.test_size, "data.test_size", 1)
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    backend: str = "wandb"
-    project: str = "clq"
-    mode: str = "offline"
-    group: str | None = None
+    """Where a run is tracked besides its results.json (conf/tracking): `backend` 'wandb' (with `project`,
+    `mode` and `group`) or 'none' (the other fields None)."""
+
+    backend: str
+    project: str | None
+    mode: str | None
+    group: str | None
+
+    def __post_init__(self):
+        check_choice(self.backend, "tracking.backend", TRACKING_BACKENDS)
+        if self.backend == "none":
+            return
+        if not isinstance(self.project, str) or not self.project:
+            raise ValueError(f"tracking.project must be a project name, got {self.project!r}")
+        check_choice(self.mode, "tracking.mode", WANDB_MODES)
+        if self.group is not None and not isinstance(self.group, str):
+            raise ValueError(f"tracking.group must be a name or null, got {self.group!r}")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """One clq-run experiment: the groups plus the top-level keys of conf/config.yaml, checked together."""
+
     model: ModelConfig
     data: DataConfig
     quant: QuantConfig | None
     replay: ReplayConfig
     train: TrainConfig
     tracking: TrackingConfig
-    latent_layer: int = 19
-    seed: int = 0
-    joint_upper_bound: bool = False
-    progress: bool = True
-    target: str = "vega"
-    resume: bool = True
-    checkpoint_every: int = 1
-    enforce_memory: bool = False
-    latent_cache_dir: str | None = None
-    compile_cache_dir: str | None = None
-    export: bool = False
+    latent_layer: int
+    seed: int
+    joint_upper_bound: bool
+    progress: bool
+    target: str
+    resume: bool
+    checkpoint_every: int
+    enforce_memory: bool
+    latent_cache_dir: str | None
+    compile_cache_dir: str | None
+    export: bool
+
+    def __post_init__(self):
+        validate_latent_layer(self.model.specs(), self.latent_layer)
+        check_int(self.seed, "seed", 0, 2**31 - 1)
+        for name in ("joint_upper_bound", "progress", "resume", "export"):
+            check_flag(getattr(self, name), name)
+        check_flag(self.enforce_memory, "target.enforce_memory")
+        if not isinstance(self.target, str) or not self.target:
+            raise ValueError(f"target.name must be a target name, got {self.target!r}")
+        check_int(self.checkpoint_every, "checkpoint_every", 0)
+        for name in ("latent_cache_dir", "compile_cache_dir"):
+            _path_or_none(getattr(self, name), name)
+        if self.model.num_classes != self.data.num_classes:
+            raise ValueError(f"model.num_classes ({self.model.num_classes}) must equal data.num_classes "
+                             f"({self.data.num_classes})")
+        if self.train.first_norm == "ar1" and self.model.weights is None:
+            raise ValueError("train.first_event.norm=ar1 keeps the pretrained statistics below the latent layer "
+                             "and needs pretrained weights (model.weights=imagenet); use train.first_event.norm="
+                             "batch for a network trained from scratch")
+        minibatch_composition(self.data.images_per_event, self.replay.size, self.train.batch_size)
+        if self.export and self.quant is None:
+            raise ValueError("export=true writes the integer frozen stage, but quant.frozen_bits is null (an FP32 "
+                             "frozen stage has no integer tensors); set quant.frozen_bits (e.g. quant=int8) or "
+                             "export=false")
 
 
-def _optional_path(cfg: Mapping, key: str) -> str | None:
-    """A directory field: a non-empty string (``~`` expanded) or null."""
-    v = cfg.get(key)
-    if v is None or v == "":
+def _key(m: Mapping, key: str, field: str):
+    """`m[key]` (a dotted key reads nested groups); a missing key is a `ConfigError` naming `field`."""
+    for part in key.split("."):
+        if not isinstance(m, Mapping):
+            raise ConfigError(f"{field.rsplit('.', 1)[0]} must be a group of keys, got {m!r}")
+        if part not in m:
+            raise ConfigError(f"{field} is missing: every key is set in the YAML of its config group (conf/)")
+        m = m[part]
+    return m
+
+
+def _directory(value, field: str) -> str | None:
+    """A directory key: a non-empty string (``~`` expanded) or null / empty (off)."""
+    if value is None or value == "":
         return None
-    if not isinstance(v, str):
-        raise ConfigError(f"{key} must be a directory path or null, got {v!r}")
-    return os.path.expanduser(v)
+    if not isinstance(value, str):
+        raise ConfigError(f"{field} must be a directory path or null, got {value!r}")
+    return os.path.expanduser(value)
 
 
-def _get(m: Mapping, key: str, default=None):
-    return m[key] if key in m and m[key] is not None else default
-
-
-def _int(value, field: str, lo: int | None = None, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{field} must be an integer{_range(lo, hi)}, got {value!r}")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"{field} must be an integer{_range(lo, hi)}, got {value}")
-    return value
-
-
-def _float(value, field: str, lo: float | None = None, hi: float | None = None, lo_open=False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise ConfigError(f"{field} must be a number, got {value!r}")
-    if (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi):
-        lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
-        hi_s = "" if hi is None else f"<= {hi}"
-        raise ConfigError(f"{field} must be {' and '.join(s for s in (lo_s, hi_s) if s)}, got {value}")
-    return float(value)
-
-
-def _flag(value, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{field} must be true or false, got {value!r}")
-    return value
-
-
-def _choice(value, field: str, allowed) -> str:
-    if value not in allowed:
-        raise ConfigError(f"{field} must be one of {list(allowed)}, got {value!r}")
-    return value
-
-
-def _range(lo, hi) -> str:
-    if lo is not None and hi is not None:
-        return f" in {lo}..{hi}"
-    if lo is not None:
-        return f" >= {lo}"
-    return ""
-
-
-def _bits(value, field: str, lo: int, hi: int):
-    if isinstance(value, str) and value.lower() in ("null", "none", "fp32"):
-        return None
-    try:
-        return check_bits(value, field, lo, hi)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+def _bits(value):
+    """A bit-width key: YAML's null, or the strings 'null' / 'none' / 'fp32' (sweep values), mean FP32."""
+    return None if isinstance(value, str) and value.lower() in ("null", "none", "fp32") else value
 
 
 def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
-    """Validate a composed config and return typed objects. Raises `ConfigError` on the first bad field."""
-    m, d, q, r, t, tr = (cfg.get(k) or {} for k in ("model", "data", "quant", "replay", "train", "tracking"))
-
-    model = ModelConfig(
-        name=_choice(_get(m, "name", "mobilenet_v1"), "model.name", ("mobilenet_v1",)),
-        width=_float(_get(m, "width", 1.0), "model.width", 0.0, 4.0, lo_open=True),
-        input_size=_int(_get(m, "input_size", 128), "model.input_size", 8, 1024),
-        num_classes=_int(_get(m, "num_classes", 10), "model.num_classes", 2),
-        activation=_choice(_get(m, "activation", "relu"), "model.activation", ("relu", "relu6")),
-        weights=_choice(m.get("weights"), "model.weights", (None, "imagenet")),
-        weights_path=m.get("weights_path"),
-    )
-    if model.weights == "imagenet" and (model.width != 1.0 or model.activation != "relu6"):
-        raise ConfigError("model.weights=imagenet needs model.width=1.0 and model.activation=relu6 "
-                          f"(the TF-slim MobileNet-V1 1.0), got width={model.width}, activation={model.activation}")
-    specs = model.specs()
+    """Read a composed, resolved config into typed objects. Raises `ConfigError` on the first missing or bad
+    field, before anything is computed."""
+    groups = {g: _key(cfg, g, g) for g in ("model", "data", "quant", "replay", "train", "tracking", "target")}
+    m, d, q, r, t, tr, tg = (groups[g] for g in ("model", "data", "quant", "replay", "train", "tracking", "target"))
     try:
-        latent_layer = validate_latent_layer(specs, cfg.get("latent_layer", 19))
+        model = ModelConfig(**{k: _key(m, k, f"model.{k}") for k in (
+            "name", "width", "input_size", "num_classes", "activation", "weights", "weights_path")})
+
+        name = _key(d, "name", "data.name")
+        extra = CORE50_KEYS if name == "core50" else NIC_KEYS
+        data = {k: _key(d, k, f"data.{k}") for k in ("name", "path", "num_classes", "images_per_event", *extra)}
+        if "sessions" in data:
+            sessions = data["sessions"]
+            if isinstance(sessions, str) or not hasattr(sessions, "__iter__"):
+                raise ConfigError(f"data.sessions must be a list of names from {list(SESSIONS)}, got {sessions!r}")
+            data["sessions"] = tuple(sessions)
+        data = DataConfig(**{k: data.get(k) for k in DataConfig.__dataclass_fields__})
+
+        frozen_bits = _bits(_key(q, "frozen_bits", "quant.frozen_bits"))
+        if frozen_bits is None:
+            quant = None
+        else:
+            check_bits(frozen_bits, "quant.frozen_bits", 2, 8, allow_none=False)
+            quant = QuantConfig(bits=frozen_bits, **{f: _key(q, k, f"quant.{k}") for f, k in QUANT_KEYS.items()})
+
+        replay = ReplayConfig(size=_key(r, "size", "replay.size"),
+                              bits=_bits(_key(r, "bits", "replay.bits")),
+                              policy=_key(r, "policy", "replay.policy"))
+        train = TrainConfig(**{f: _key(t, k, f"train.{k}") for f, k in TRAIN_KEYS.items()})
+
+        backend = _key(tr, "backend", "tracking.backend")
+        wandb = {k: _key(tr, k, f"tracking.{k}") for k in ("project", "mode", "group")} if backend == "wandb" else {}
+        tracking = TrackingConfig(backend, wandb.get("project"), wandb.get("mode"), wandb.get("group"))
+
+        top = {k: _key(cfg, k, k) for k in ("latent_layer", "seed", "joint_upper_bound", "progress", "resume",
+                                            "checkpoint_every", "export")}
+        return ExperimentConfig(
+            model, data, quant, replay, train, tracking, target=_key(tg, "name", "target.name"),
+            enforce_memory=_key(tg, "enforce_memory", "target.enforce_memory"),
+            latent_cache_dir=_directory(_key(cfg, "latent_cache_dir", "latent_cache_dir"), "latent_cache_dir"),
+            compile_cache_dir=_directory(_key(cfg, "compile_cache_dir", "compile_cache_dir"), "compile_cache_dir"),
+            **top)
+    except ConfigError:
+        raise
     except ValueError as e:
         raise ConfigError(str(e)) from None
-
-    sessions = _get(d, "sessions", SESSIONS)
-    if isinstance(sessions, str) or not hasattr(sessions, "__iter__"):
-        raise ConfigError(f"data.sessions must be a list of names from {list(SESSIONS)}, got {sessions!r}")
-    sessions = tuple(sessions)
-    bad = [s for s in sessions if s not in SESSIONS]
-    if not sessions or bad or len(set(sessions)) != len(sessions):
-        raise ConfigError(f"data.sessions must be a non-empty list of distinct names from {list(SESSIONS)}, "
-                          f"got {list(sessions)}")
-    num_classes = _int(_get(d, "num_classes", 10), "data.num_classes", 2)
-    if model.num_classes != num_classes:
-        raise ConfigError(f"model.num_classes ({model.num_classes}) must equal data.num_classes ({num_classes})")
-    path = d.get("path")
-    if not isinstance(path, str) or not path:
-        raise ConfigError(f"data.path must be a file or folder path, got {path!r}")
-    name = _choice(_get(d, "name", "fashion_mnist"), "data.name", DATASETS)
-    core50 = {}
-    if name == "core50":
-        from clq.data.core50 import LABELS, SCENARIOS
-
-        core50 = dict(
-            scenario=_choice(_get(d, "scenario", "nicv2_391"), "data.scenario", SCENARIOS),
-            run=_int(_get(d, "run", 0), "data.run", 0, 9),
-            test_list=str(_get(d, "test_list", "test_filelist_20.txt")),
-            filelists=d.get("filelists"),
-            labels=_choice(_get(d, "labels", "object"), "data.labels", LABELS),
-            strict=bool(_get(d, "strict", True)),
-            max_events=None if d.get("max_events") is None else _int(d["max_events"], "data.max_events", 1),
-        )
-        need = 50 if core50["labels"] == "object" else 10
-        if num_classes != need:
-            raise ConfigError(f"data.num_classes must be {need} for CORe50 with data.labels={core50['labels']}, "
-                              f"got {num_classes}")
-    data = DataConfig(
-        name=name,
-        path=path,
-        num_classes=num_classes,
-        sessions=sessions,
-        initial_classes=_int(_get(d, "initial_classes", 5), "data.initial_classes", 1, num_classes),
-        initial_images_per_class=_int(_get(d, "initial_images_per_class", 600), "data.initial_images_per_class", 1),
-        images_per_event=_int(_get(d, "images_per_event", 300), "data.images_per_event", 1),
-        test_size=_int(_get(d, "test_size", 10000), "data.test_size", 1),
-        **core50,
-    )
-
-    frozen_bits = _bits(q.get("frozen_bits", 8), "quant.frozen_bits", 2, 8)
-    quant = None
-    if frozen_bits is not None:
-        try:
-            quant = QuantConfig(
-                bits=frozen_bits,
-                weight_granularity=_get(q, "weight_granularity", "per_layer"),
-                weight_mode=_get(q, "weight_mode", "asymmetric"),
-                activation_range=_get(q, "activation_range", "minmax"),
-                percentile=_float(_get(q, "percentile", 99.99), "quant.percentile"),
-                equalize=_flag(_get(q, "equalize", False), "quant.equalize"),
-                bias_correction=_flag(_get(q, "bias_correction", False), "quant.bias_correction"),
-            )
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-
-    replay = ReplayConfig(
-        size=_int(r.get("size", 1500), "replay.size", 0),
-        bits=_bits(r.get("bits", 8), "replay.bits", 1, 16),
-        policy=_choice(r.get("policy", "ar1"), "replay.policy", POLICIES),
-    )
-
-    fe = t.get("first_event") or {}
-    head = t.get("head") or {}
-    try:
-        train = TrainConfig(
-            epochs=_int(_get(t, "epochs", 4), "train.epochs", 1),
-            batch_size=_int(_get(t, "batch_size", 128), "train.batch_size", 1),
-            lr=_float(_get(t, "lr", 5e-5), "train.lr", 0.0, lo_open=True),
-            momentum=_float(_get(t, "momentum", 0.9), "train.momentum", 0.0, 0.999),
-            weight_decay=_float(_get(t, "weight_decay", 5e-4), "train.weight_decay", 0.0),
-            first_epochs=_int(_get(fe, "epochs", 12), "train.first_event.epochs", 1),
-            first_lr=_float(_get(fe, "lr", 0.05), "train.first_event.lr", 0.0, lo_open=True),
-            first_batch_size=_int(_get(fe, "batch_size", 64), "train.first_event.batch_size", 1),
-            eval_batch_size=_int(_get(t, "eval_batch_size", 1000), "train.eval_batch_size", 1),
-            joint_epochs=_int(_get(t, "joint_epochs", 10), "train.joint_epochs", 1),
-            strategy=_choice(_get(t, "strategy", "qlr"), "train.strategy", TrainConfig.STRATEGIES),
-            first_norm=_choice(_get(fe, "norm", "batch"), "train.first_event.norm", FIRST_EVENT_NORMS),
-            first_schedule=_choice(_get(fe, "schedule", "cosine"), "train.first_event.schedule", SCHEDULES),
-            adaptive_norm=_choice(_get(t, "adaptive_norm", "fold"), "train.adaptive_norm", ADAPTIVE_NORMS),
-            norm_momentum=_float(_get(t, "norm_momentum", 5e-5), "train.norm_momentum", 0.0, 1.0),
-            head_bias=_flag(_get(head, "bias", True), "train.head.bias"),
-            head_init=_choice(_get(head, "init", "random"), "train.head.init", HEAD_INITS),
-            reset_momentum=_flag(_get(t, "reset_momentum", False), "train.reset_momentum"),
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if train.first_norm == "ar1" and model.weights is None:
-        raise ConfigError("train.first_event.norm=ar1 keeps the pretrained statistics below the latent layer and "
-                          "needs pretrained weights (model.weights=imagenet); use train.first_event.norm=batch "
-                          "for a network trained from scratch")
-    if replay.size > 0:
-        new = int(train.batch_size * data.images_per_event / (data.images_per_event + replay.size) + 0.5)
-        if new < 1:
-            raise ConfigError(
-                f"train.batch_size={train.batch_size} with replay.size={replay.size} and data.images_per_event="
-                f"{data.images_per_event} leaves {new} new samples per mini-batch; it must be >= 1 "
-                "(raise train.batch_size or lower replay.size)")
-
-    tracking = TrackingConfig(
-        backend=_choice(_get(tr, "backend", "none"), "tracking.backend", TRACKING_BACKENDS),
-        project=str(_get(tr, "project", "clq")),
-        mode=_choice(_get(tr, "mode", "offline"), "tracking.mode", WANDB_MODES),
-        group=_get(tr, "group"),
-    )
-    seed = _int(cfg.get("seed", 0), "seed", 0, 2**31 - 1)
-    joint = cfg.get("joint_upper_bound", False)
-    if not isinstance(joint, bool):
-        raise ConfigError(f"joint_upper_bound must be true or false, got {joint!r}")
-    target_cfg = cfg.get("target") or {}
-    target = target_cfg.get("name", "vega") if isinstance(target_cfg, Mapping) else str(target_cfg)
-    enforce = target_cfg.get("enforce_memory", False) if isinstance(target_cfg, Mapping) else False
-    if not isinstance(enforce, bool):
-        raise ConfigError(f"target.enforce_memory must be true or false, got {enforce!r}")
-    resume = cfg.get("resume", True)
-    if not isinstance(resume, bool):
-        raise ConfigError(f"resume must be true or false, got {resume!r}")
-    every = _int(cfg.get("checkpoint_every", 1), "checkpoint_every", 0)
-    export = _flag(cfg.get("export", False), "export")
-    if export and quant is None:
-        raise ConfigError("export=true writes the integer frozen stage, but quant.frozen_bits is null (an FP32 "
-                          "frozen stage has no integer tensors); set quant.frozen_bits (e.g. quant=int8) or "
-                          "export=false")
-    return ExperimentConfig(model, data, quant, replay, train, tracking, latent_layer, seed, joint,
-                            bool(cfg.get("progress", True)), target, resume, every, enforce,
-                            _optional_path(cfg, "latent_cache_dir"), _optional_path(cfg, "compile_cache_dir"),
-                            export)

@@ -7,6 +7,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from clq.config import ConfigError, experiment_config
+from clq.quant.frozen import QuantConfig
+from clq.train.config import TRAIN_KEYS, ReplayConfig, TrainConfig
+from clq.train.event import minibatch_composition
 
 CONF = os.path.join(os.path.dirname(__file__), "..", "conf")
 GROUPS = {g: sorted(f[:-5] for f in os.listdir(os.path.join(CONF, g)) if f.endswith(".yaml"))
@@ -81,3 +84,56 @@ def test_imagenet_preset_is_the_papers_setting_with_ar1s_event_0():
     assert (exp.train.first_norm, exp.train.first_schedule, exp.train.head_bias, exp.train.head_init) == (
         "ar1", "constant", False, "zeros")
     assert len(exp.data.sessions) == 3 and exp.replay.size == 1500 and exp.replay.bits == 8
+
+
+def test_library_defaults_are_the_yaml_defaults():
+    """`TrainConfig()`, `ReplayConfig()` and `QuantConfig()` (library users' shorthand) equal the default groups'
+    YAML (conf/train/default.yaml, conf/replay/ar1.yaml, conf/quant/int8.yaml), field by field."""
+    exp = experiment_config(_resolve())
+    assert TrainConfig() == exp.train and ReplayConfig() == exp.replay and QuantConfig() == exp.quant
+    # Every TrainConfig field is read from a key of the train group, and every key is read.
+    train = _resolve()["train"]
+    keys = {f"{k}.{kk}" for k, v in train.items() if isinstance(v, dict) for kk in v}
+    keys |= {k for k, v in train.items() if not isinstance(v, dict)}
+    assert set(TRAIN_KEYS.values()) == keys
+
+
+def _without(cfg, dotted):
+    *path, last = dotted.split(".")
+    node = cfg
+    for p in path:
+        node = node[p]
+    del node[last]
+    return cfg
+
+
+@pytest.mark.parametrize("key", ["train.lr", "train.first_event.epochs", "train.head.init", "model.width",
+                                 "data.images_per_event", "data.sessions", "quant.percentile", "replay.bits",
+                                 "tracking.mode", "target.enforce_memory", "seed", "latent_cache_dir", "train"])
+def test_a_missing_key_is_an_error_naming_it(key):
+    with pytest.raises(ConfigError, match=f"^{key} is missing"):
+        experiment_config(_without(_resolve(), key))
+
+
+def test_each_dataset_has_its_own_keys():
+    nic = experiment_config(_resolve()).data
+    assert nic.sessions[0] == "clean" and nic.initial_classes == 5 and nic.scenario is None and nic.labels is None
+    core50 = experiment_config(_resolve(["data=core50", "data.path=/x"])).data
+    assert core50.scenario == "nicv2_391" and core50.labels == "object" and core50.sessions is None
+    with pytest.raises(ConfigError, match="^data.scenario is missing"):
+        experiment_config(_without(_resolve(["data=core50", "data.path=/x"]), "data.scenario"))
+
+
+@pytest.mark.parametrize("batch,size,n_new", [(1, 1500, 300), (2, 1500, 300), (3, 1500, 300), (16, 40, 12),
+                                              (128, 1500, 6), (128, 1500, 4), (8, 0, 5)])
+def test_the_config_checks_the_minibatch_rule_the_learning_events_use(batch, size, n_new):
+    cfg = _resolve([f"train.batch_size={batch}", f"replay.size={size}", f"data.images_per_event={n_new}"])
+    try:
+        comp = minibatch_composition(n_new, size, batch)
+    except ValueError as e:
+        with pytest.raises(ConfigError) as got:
+            experiment_config(cfg)
+        assert str(got.value) == str(e) and "train.batch_size" in str(e)
+    else:
+        assert comp.new_per_batch >= 1
+        assert experiment_config(cfg).train.batch_size == batch

@@ -117,5 +117,9 @@ def test_clq_has_no_import_cycles():
     assert cycles(graph) == []
 
 
+def test_clq_config_does_not_import_the_training_loop():
+    assert "clq.train.loop" not in import_graph(CLQ)["clq.config"]
+
+
 def test_no_module_imports_a_private_name_of_another():
     assert private_imports(CLQ) == []

@@ -93,10 +93,16 @@ def test_vsweep_config_validation():
 def test_unequal_event_compositions_are_refused_before_event_0():
     from types import SimpleNamespace
 
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
     from clq.config import experiment_config
+    from clq.run import CONF_DIR
     from clq.vsweep import check_stream
 
-    exp = experiment_config({"replay": {"size": 40}, "train": {"batch_size": 16}, "data": {"path": "/x"}})
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["replay.size=40", "train.batch_size=16"])
+    exp = experiment_config(OmegaConf.to_container(cfg, resolve=True))
     stream = lambda *sizes: SimpleNamespace(experiences=[np.arange(n) for n in sizes])  # noqa: E731
     check_stream(stream(100, 12, 12), exp)  # 12 new images: 4 new + 12 replays, 3 iterations per epoch
     with pytest.raises(ConfigError, match=r"one mini-batch composition.*event sizes \[5, 12\]"):

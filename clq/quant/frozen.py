@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clq.checks import check_number
 from clq.model.forward import forward, im2col, linear_op
 from clq.model.specs import LayerSpec
 from clq.quant.requant import quantize_multiplier, requantize_jax
@@ -109,8 +110,7 @@ class QuantConfig:
         ):
             if value not in allowed:
                 raise ValueError(f"{field} must be one of {list(allowed)}, got {value!r}")
-        if not 50.0 < self.percentile <= 100.0:
-            raise ValueError(f"quant.percentile must be in (50, 100], got {self.percentile}")
+        check_number(self.percentile, "quant.percentile", 50.0, 100.0, lo_open=True)
         if isinstance(self.histogram_bins, bool) or not isinstance(self.histogram_bins, int) or not (
             64 <= self.histogram_bins <= 65536
         ):

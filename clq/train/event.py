@@ -48,10 +48,12 @@ class Composition(NamedTuple):
 
 
 def minibatch_composition(n_new: int, buffer_size: int, batch_size: int) -> Composition:
-    """The paper's rule: new = round(B * n_new / (n_new + N_LR)), at least 1; the rest from the buffer.
+    """The paper's rule: new = round(B * n_new / (n_new + N_LR)) (all B when N_LR = 0); the rest from the buffer.
+
+    The one copy of the rule: the learning events use it, and `clq.config` checks a configuration with it.
 
     Raises:
-      ValueError naming the field when the rule leaves no room for a new sample.
+      ValueError naming the fields when the rule leaves no new sample in a mini-batch.
     """
     if n_new < 1:
         raise ValueError(f"a learning event needs at least one new image, got n_new={n_new}")
@@ -60,9 +62,13 @@ def minibatch_composition(n_new: int, buffer_size: int, batch_size: int) -> Comp
     if buffer_size == 0:
         new = batch_size
     else:
-        # Python's round() is banker's rounding; the paper's figures use round-half-up.
+        # Python's round() is banker's rounding; the paper's figures use round-half-up. new <= B as N_LR > 0.
         new = math.floor(batch_size * n_new / (n_new + buffer_size) + 0.5)
-        new = min(max(new, 1), batch_size)
+        if new < 1:
+            raise ValueError(
+                f"train.batch_size={batch_size} with replay.size={buffer_size} and {n_new} new images per "
+                f"learning event (data.images_per_event) leaves {new} new samples per mini-batch; it must be "
+                ">= 1 (raise train.batch_size or lower replay.size)")
     return Composition(new, batch_size - new, math.ceil(n_new / new))
 
 

@@ -27,6 +27,7 @@ from clq.quant.frozen import QuantConfig
 from clq.quant.latent import make_latent_codec
 from clq.replay.buffer import buffer_nbytes, make_replay_buffer
 from clq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from clq.train.config import ReplayConfig, TrainConfig
 from clq.train.cwr import CWRState, cwr_apply, cwr_consolidate, cwr_init, cwr_reset
 from clq.train.evaluate import evaluate, make_predict
 from clq.train.latent_cache import with_latent_cache
@@ -41,70 +42,6 @@ __all__ = ["TrainConfig", "ReplayConfig", "run_continual", "NonFiniteError", "JO
 
 #: Largest FP32 latent set the joint upper bound trains on in memory.
 JOINT_MAX_BYTES = 8e9
-
-
-def _positive(name, value, kind=int, allow_zero=False):
-    ok = (isinstance(value, (int, float) if kind is float else kind) and not isinstance(value, bool)
-          and (kind is not float or np.isfinite(value)) and (value >= 0 if allow_zero else value > 0))
-    if not ok:
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} "
-                         f"{'integer' if kind is int else 'number'}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyper-parameters (paper.md §3 names). `first_*` apply to event 0 (whole network).
-
-    strategy: 'qlr' (plain quantized latent replay, the paper's QLR-CL) or 'ar1star' (latent replay plus
-    CWR* consolidation of the classifier, `clq.train.cwr`).
-    first_norm, first_schedule: event 0's normalization ('batch' | 'ar1') and learning-rate schedule
-    ('cosine' | 'constant'); adaptive_norm: the adaptive stage's normalization in learning events ('fold' |
-    'bn' | 'brn') with running statistics updated by norm_momentum (`clq.train.norm`).
-    head_bias, head_init: the classifier's bias and initialization ('random' | 'zeros'; AR1: no bias, zeros).
-    reset_momentum: start every learning event with fresh optimizer state (AR1 builds a new SGD per event).
-    """
-
-    epochs: int = 4
-    batch_size: int = 128
-    lr: float = 5e-5
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    first_epochs: int = 12
-    first_lr: float = 0.05
-    first_batch_size: int = 64
-    eval_batch_size: int = 1000
-    joint_epochs: int = 10
-    strategy: str = "qlr"
-    first_norm: str = "batch"
-    first_schedule: str = "cosine"
-    adaptive_norm: str = "fold"
-    norm_momentum: float = 5e-5
-    head_bias: bool = True
-    head_init: str = "random"
-    reset_momentum: bool = False
-
-    STRATEGIES = ("qlr", "ar1star")
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size", "first_epochs", "first_batch_size", "eval_batch_size", "joint_epochs"):
-            _positive(f"train.{name}".replace("train.first_", "train.first_event."), getattr(self, name))
-        for name in ("lr", "first_lr"):
-            _positive(f"train.{name}".replace("train.first_", "train.first_event."), getattr(self, name), float)
-        for name in ("momentum", "weight_decay"):
-            _positive(f"train.{name}", getattr(self, name), float, allow_zero=True)
-        if self.strategy not in self.STRATEGIES:
-            raise ValueError(f"train.strategy must be one of {list(self.STRATEGIES)}, got {self.strategy!r}")
-        if self.momentum >= 1:
-            raise ValueError(f"train.momentum must be in [0, 1), got {self.momentum}")
-
-
-@dataclass(frozen=True)
-class ReplayConfig:
-    """Latent replay buffer: `size` N_LR (>= 0), `bits` Q_LR (1..16 or None = FP32), `policy`."""
-
-    size: int = 1500
-    bits: int | None = 8
-    policy: str = "ar1"
 
 
 @dataclass

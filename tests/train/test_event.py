@@ -16,7 +16,10 @@ def test_paper_minibatch_composition():
     assert minibatch_composition(293, 1500, 128) == (21, 107, 14)
     assert minibatch_composition(300, 0, 128) == (128, 0, 3)  # no replay: all new
     assert minibatch_composition(300, 3000, 128).new_per_batch == 12
-    assert minibatch_composition(1, 100000, 128).new_per_batch == 1  # never fewer than one new sample
+    assert minibatch_composition(6, 1500, 128) == (1, 127, 6)  # 128 * 6 / 1506 = 0.51 rounds up to one new sample
+    # 128 * 4 / 1504 = 0.34: no new sample fits (it used to be raised to one silently; clq.config refused it)
+    with pytest.raises(ValueError, match=r"train.batch_size=128 with replay.size=1500 .* leaves 0 new samples"):
+        minibatch_composition(4, 1500, 128)
     with pytest.raises(ValueError, match="train.batch_size"):
         minibatch_composition(300, 1500, 0)
 
