@@ -12,14 +12,6 @@ from clq.train.event import (
 )
 from clq.train.first_event import configure_head, population_bn_stats, train_first_event
 from clq.train.frozen_stage import FrozenStage, make_frozen_stage
-from clq.train.loop import (
-    ReplayConfig,
-    TrainConfig,
-    calibrate_frozen_stage,
-    folded_shapes,
-    restore_frozen_stage,
-    run_continual,
-)
 from clq.train.metrics import at_chance, average_accuracy, forgetting
 from clq.train.norm import ADAPTIVE_NORMS, FIRST_EVENT_NORMS, AdaptiveNorm, make_adaptive_norm
 
@@ -30,3 +22,16 @@ __all__ = [
     "forgetting", "at_chance", "configure_head", "ADAPTIVE_NORMS", "FIRST_EVENT_NORMS", "AdaptiveNorm",
     "make_adaptive_norm", "calibrate_frozen_stage", "folded_shapes", "restore_frozen_stage",
 ]
+
+# The run driver (`clq.train.loop`) builds on `clq.learn`, whose learner builds on this package's pieces
+# (event, norm, CWR*): its names load on first use, so that importing a piece does not import the driver.
+_DRIVER = ("ReplayConfig", "TrainConfig", "calibrate_frozen_stage", "folded_shapes", "restore_frozen_stage",
+           "run_continual")
+
+
+def __getattr__(name):
+    if name in _DRIVER:
+        from clq.train import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'clq.train' has no attribute {name!r}")

@@ -12,38 +12,40 @@ learning event:
    a new class takes ``new``; then ``past_c += cur_c``;
 4. `apply`: the consolidated vectors are written into the classifier for evaluation (unseen classes stay 0).
 
-Plain NumPy on the host: it runs once per event on a [K, D+1] matrix, never per sample.
+Pure `jax.numpy` over a [K, D+1] matrix with class masks (no host round trip), so that it runs inside the
+learner's compiled step (`clq.learn`) and under a sweep's vmap.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
-import numpy as np
 
-__all__ = ["CWRState", "cwr_init", "cwr_reset", "cwr_consolidate", "cwr_apply"]
+__all__ = ["CWRState", "cwr_init", "class_counts", "cwr_reset", "cwr_consolidate", "cwr_apply"]
 
 
 class CWRState(NamedTuple):
     """consolidated: float32 [K, D(+1)] (per class its weight column, then its bias if the classifier has one);
     seen: bool [K]; past: float32 [K]."""
 
-    consolidated: np.ndarray
-    seen: np.ndarray
-    past: np.ndarray
+    consolidated: jax.Array
+    seen: jax.Array
+    past: jax.Array
 
 
-def _rows(fc: dict) -> np.ndarray:
-    cols = [np.asarray(fc["w"]).T] + ([np.asarray(fc["b"])[:, None]] if "b" in fc else [])
-    return np.concatenate(cols, axis=1)
+def _rows(fc: dict) -> jax.Array:
+    cols = [jnp.asarray(fc["w"]).T] + ([jnp.asarray(fc["b"])[:, None]] if "b" in fc else [])
+    return jnp.concatenate(cols, axis=1)
 
 
-def _from_rows(rows: np.ndarray, fc: dict) -> dict:
+def _from_rows(rows: jax.Array, fc: dict) -> dict:
     """Rows back into the classifier's form (with a bias column iff `fc` has a bias)."""
+    rows = rows.astype(jnp.float32)
     if "b" not in fc:
-        return {"w": jnp.asarray(rows.T, jnp.float32)}
-    return {"w": jnp.asarray(rows[:, :-1].T, jnp.float32), "b": jnp.asarray(rows[:, -1], jnp.float32)}
+        return {"w": rows.T}
+    return {"w": rows[:, :-1].T, "b": rows[:, -1]}
 
 
 def cwr_init(fc: dict) -> CWRState:
@@ -56,38 +58,35 @@ def cwr_init(fc: dict) -> CWRState:
     return CWRState(jnp.zeros((k, d), jnp.float32), jnp.zeros(k, bool), jnp.zeros(k, jnp.float32))
 
 
-def cwr_reset(fc: dict, state: CWRState, present: np.ndarray) -> dict:
-    """Classifier for training on an event whose data (new + replays) holds the classes `present`."""
-    cons, seen = np.asarray(state.consolidated), np.asarray(state.seen)
-    rows = np.zeros_like(cons)
-    keep = np.zeros_like(seen)
-    keep[present] = True
-    keep &= seen
-    rows[keep] = cons[keep]
-    return _from_rows(rows, fc)
+def class_counts(labels: jax.Array, valid: jax.Array, num_classes: int) -> jax.Array:
+    """float32 [K]: how many of `labels` (int32 [n]) with `valid` (bool [n]) fall in each class."""
+    return jnp.zeros(num_classes, jnp.float32).at[jnp.where(valid, labels, 0)].add(valid.astype(jnp.float32))
 
 
-def cwr_consolidate(fc: dict, state: CWRState, present: np.ndarray, counts: np.ndarray) -> CWRState:
+def cwr_reset(fc: dict, state: CWRState, present: jax.Array) -> dict:
+    """Classifier for training on an event whose data (new + replays) holds the classes `present` (bool [K])."""
+    keep = jnp.asarray(present, bool) & state.seen
+    return _from_rows(jnp.where(keep[:, None], state.consolidated, 0.0), fc)
+
+
+def cwr_consolidate(fc: dict, state: CWRState, present: jax.Array, counts: jax.Array) -> CWRState:
     """Fold the trained classifier into the consolidated weights.
 
     Args:
-      present: int [P], classes in the event's data; counts: float [K], samples per class in it (cur_j).
+      present: bool [K], the classes in the event's data; counts: float32 [K], samples per class in it (cur_j).
     """
     rows = _rows(fc)
-    cons, seen, past = (np.array(a) for a in state)
-    avg = rows[present].mean()  # ar1-pytorch: one scalar average over the present classes' weights
-    for c in present:
-        new = rows[c] - avg
-        if seen[c]:
-            wp = np.sqrt(past[c] / max(counts[c], 1.0))
-            cons[c] = (cons[c] * wp + new) / (wp + 1.0)
-        else:
-            cons[c] = new
-            seen[c] = True
-    return CWRState(cons.astype(np.float32), seen, (past + counts).astype(np.float32))
+    present = jnp.asarray(present, bool)
+    counts = jnp.asarray(counts, jnp.float32)
+    # ar1-pytorch: one scalar average over every weight of the present classes.
+    avg = jnp.sum(jnp.where(present[:, None], rows, 0.0)) / (jnp.maximum(jnp.sum(present), 1) * rows.shape[1])
+    new = rows - avg
+    wp = jnp.sqrt(state.past / jnp.maximum(counts, 1.0))[:, None]
+    merged = jnp.where(state.seen[:, None], (state.consolidated * wp + new) / (wp + 1.0), new)
+    cons = jnp.where(present[:, None], merged, state.consolidated)
+    return CWRState(cons.astype(jnp.float32), state.seen | present, (state.past + counts).astype(jnp.float32))
 
 
 def cwr_apply(fc: dict, state: CWRState) -> dict:
     """Classifier with the consolidated weights (classes never seen keep zeros)."""
-    return _from_rows(np.where(np.asarray(state.seen)[:, None], np.asarray(state.consolidated), 0.0).astype(np.float32),
-                      fc)
+    return _from_rows(jnp.where(state.seen[:, None], state.consolidated, 0.0), fc)

@@ -25,13 +25,13 @@ from clq.model.forward import fold_batch_norm, init_params
 from clq.model.specs import LayerSpec, split_specs
 from clq.quant.frozen import QuantConfig
 from clq.quant.latent import make_latent_codec
+from clq.learn import Event, Hyper, LearnerState, make_learner, make_strategy
 from clq.replay.buffer import buffer_nbytes, make_replay_buffer
 from clq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from clq.train.config import ReplayConfig, TrainConfig
-from clq.train.cwr import CWRState, cwr_apply, cwr_consolidate, cwr_init, cwr_reset
 from clq.train.evaluate import evaluate, make_predict
 from clq.train.latent_cache import with_latent_cache
-from clq.train.event import make_learning_event, make_optimizer, minibatch_composition, set_learning_rate
+from clq.train.event import make_learning_event, make_optimizer, minibatch_composition
 from clq.train.first_event import configure_head, train_first_event
 from clq.train.norm import make_adaptive_norm
 from clq.train.frozen_stage import FrozenStage, make_frozen_stage
@@ -175,15 +175,12 @@ def run_continual(
     adaptive_t, norm_t = jax.eval_shape(adaptive_after_event0)
     shape_buffer = make_replay_buffer(replay.size, latent_shape, make_latent_codec(replay.bits, 1.0),
                                       replay.policy, K)
+    strategy = make_strategy(train.strategy, train.reset_momentum, optimizer.init, K)
     templates = {
         "folded": folded_t,
-        "opt_state": jax.eval_shape(optimizer.init, adaptive_t),
-        "adaptive": adaptive_t,
-        "norm": norm_t,
-        "buffer": jax.eval_shape(shape_buffer.init),
-        "cwr": jax.eval_shape(cwr_init, folded_t[-1]),
+        "learner": LearnerState(adaptive_t, jax.eval_shape(optimizer.init, adaptive_t),
+                                jax.eval_shape(shape_buffer.init), norm_t, jax.eval_shape(strategy.init, adaptive_t)),
     }
-    use_cwr = train.strategy == "ar1star"
     restored = load_checkpoint(checkpoint_dir, templates) if (checkpoint_dir and resume) else None
     if restored is not None and restored[2].get("fingerprint") != fingerprint:
         raise CheckpointError(f"{checkpoint_dir} holds a checkpoint of a different configuration; use a new run "
@@ -228,16 +225,11 @@ def run_continual(
 
     codec = make_latent_codec(replay.bits, frozen.a_max)
     buffer = make_replay_buffer(replay.size, latent_shape, codec, replay.policy, K)
-    buffer_add = jax.jit(buffer.add, donate_argnums=0)
+    learner = make_learner(adaptive_specs, optimizer, buffer, norm, strategy, train.epochs)
+    hyper = Hyper(jnp.float32(train.lr), k_train, k_buf)
     later = stream.experiences[1:]
     n_max = max((len(e) for e in later), default=1)
-    events_cache: dict = {}
-
-    def event_fn(n_new):
-        comp = minibatch_composition(n_new, replay.size, train.batch_size)
-        if comp not in events_cache:
-            events_cache[comp] = make_learning_event(adaptive_specs, optimizer, buffer, comp, train.epochs, norm)
-        return events_cache[comp], comp
+    compositions: set = set()
 
     def decode(codes):
         return jnp.asarray(codes, jnp.float32) * frozen.scale
@@ -268,42 +260,33 @@ def run_continual(
     def checkpoint(i):
         if checkpoint_dir and (i % checkpoint_every == 0 or i == stream.num_events - 1):
             with timer("checkpoint_s"):
-                save_checkpoint(checkpoint_dir, i, {"folded": folded, "opt_state": opt_state, "norm": norm_state,
-                                                   "adaptive": adaptive_params, "buffer": buf_state, "cwr": cwr},
+                save_checkpoint(checkpoint_dir, i, {"folded": folded, "learner": state},
                                 {"fingerprint": fingerprint, "history": history, "rows": rows})
 
     if restored is None:
-        # A copy: the learning event donates its parameters, and the joint bound restarts from `folded`.
+        # A copy: the learning step donates the state, and the joint bound restarts from `folded`.
         adaptive_params, norm_state = jax.tree.map(
             jnp.array, norm.init(bn_params[latent_layer + 1 :], bn_stats[latent_layer + 1 :]))
-        opt_state = optimizer.init(adaptive_params)
-        cwr = cwr_init(adaptive_params[-1])
-        if use_cwr:
-            labels0 = stream.train_labels[exp0]
-            cwr = cwr_consolidate(adaptive_params[-1], cwr, np.unique(labels0),
-                                  np.bincount(labels0, minlength=K).astype(np.float32))
-            adaptive_params = adaptive_params[:-1] + (cwr_apply(adaptive_params[-1], cwr),)
-        # Event 0's latents fill the buffer.
+        # Event 0's latents fill the buffer (and the strategy sees event 0's data, e.g. CWR* consolidates it).
         with timer("frozen_pass_s"):
             codes0 = frozen.latents(stream.train_images[exp0])
         with timer("buffer_s"):
-            buf_state = buffer_add(buffer.init(), decode(codes0), jnp.asarray(stream.train_labels[exp0]),
-                                   jnp.ones(len(exp0), bool), jax.random.fold_in(k_buf, 0))
-        record(0, run_eval(adaptive_params, norm_state),
+            event0 = Event(decode(codes0), jnp.asarray(stream.train_labels[exp0]), jnp.int32(len(exp0)),
+                           jnp.int32(0))
+            state = jax.jit(learner.init)(adaptive_params, norm_state, event0, hyper)
+        record(0, run_eval(state.params, state.norm),
                {"n_new": len(exp0), "train_loss": history[-1][0], "train_accuracy": history[-1][1]})
         checkpoint(0)
         first = 1
     else:
-        adaptive_params, opt_state, buf_state = trees["adaptive"], trees["opt_state"], trees["buffer"]
-        norm_state = trees["norm"]
-        cwr = CWRState(*(np.asarray(a) for a in trees["cwr"]))
+        state = trees["learner"]
         for r in meta["rows"]:
             rows.append(r)
             if on_event is not None:
                 on_event(r["row"]["event"], r["row"])
         first = done + 1
 
-    # 4. Learning events 1.. .
+    # 4. Learning events 1.. : one compiled learner step each (`clq.learn`), state donated.
     for i in range(first, stream.num_events):
         idx = stream.experiences[i]
         with timer("frozen_pass_s"):
@@ -311,32 +294,18 @@ def run_continual(
         n_new = len(idx)
         pad = n_max - n_new
         new_x = np.concatenate([codes, np.zeros((pad, *latent_shape), codes.dtype)]) if pad else codes
-        # Decoded and moved to the device once: the learning event and the buffer update read the same arrays.
-        new_x = decode(new_x)
-        new_y = jnp.asarray(np.concatenate([stream.train_labels[idx], np.zeros(pad, np.int32)]))
-        fn, comp = event_fn(n_new)
-        if train.reset_momentum:
-            opt_state = optimizer.init(adaptive_params)
-        opt_state = set_learning_rate(opt_state, train.lr)
-        if use_cwr:
-            labels_all = np.concatenate([stream.train_labels[idx],
-                                         np.asarray(buf_state.labels)[np.asarray(buf_state.filled)]])
-            present, counts = np.unique(labels_all), np.bincount(labels_all, minlength=K).astype(np.float32)
-            adaptive_params = adaptive_params[:-1] + (cwr_reset(adaptive_params[-1], cwr, present),)
+        event = Event(decode(new_x), jnp.asarray(np.concatenate([stream.train_labels[idx], np.zeros(pad, np.int32)])),
+                      jnp.int32(n_new), jnp.int32(i))
+        comp = minibatch_composition(n_new, replay.size, train.batch_size)
+        compositions.add(comp)
         with timer("train_s"):
-            adaptive_params, opt_state, m, norm_state = fn(adaptive_params, opt_state, new_x, new_y, jnp.int32(n_new),
-                                                           buf_state, jax.random.fold_in(k_train, i), norm_state)
+            state, m = learner.jit_step(comp)(state, event, hyper)
             loss = np.asarray(m.loss)
-        if not np.all(np.isfinite(loss)) or not _finite_tree((adaptive_params, norm_state)):
+        if not np.all(np.isfinite(loss)) or not _finite_tree((state.params, state.norm)):
             step = int(np.argmin(np.isfinite(loss))) if not np.all(np.isfinite(loss)) else len(loss) - 1
             raise NonFiniteError(f"non-finite loss or parameters in learning event {i}, step {step} of "
                                  f"{len(loss)}; lower train.lr ({train.lr})", completed=[r["row"] for r in rows])
-        if use_cwr:
-            cwr = cwr_consolidate(adaptive_params[-1], cwr, present, counts)
-            adaptive_params = adaptive_params[:-1] + (cwr_apply(adaptive_params[-1], cwr),)
-        with timer("buffer_s"):
-            buf_state = buffer_add(buf_state, new_x, new_y, jnp.arange(n_max) < n_new, jax.random.fold_in(k_buf, i))
-        record(i, run_eval(adaptive_params, norm_state),
+        record(i, run_eval(state.params, state.norm),
                {"n_new": n_new, "train_loss": float(loss[-1]), "train_accuracy": float(np.asarray(m.accuracy)[-1]),
                 "new_per_batch": comp.new_per_batch, "replays_per_batch": comp.replays_per_batch,
                 "iterations": comp.iterations_per_epoch * train.epochs})
@@ -363,12 +332,12 @@ def run_continual(
         "latent": {"layer": latent_layer, "shape": list(latent_shape), "elements": int(np.prod(latent_shape)),
                    "a_max": float(frozen.a_max), "frozen_scale": float(frozen.scale),
                    "lr_scale": float(codec.scale), "lr_bits": replay.bits, "frozen_bits": frozen.bits},
-        "buffer": {"filled": int(np.asarray(buf_state.filled).sum()), "size": replay.size,
-                   "class_histogram": np.bincount(np.asarray(buf_state.labels)[np.asarray(buf_state.filled)],
+        "buffer": {"filled": int(np.asarray(state.buffer.filled).sum()), "size": replay.size,
+                   "class_histogram": np.bincount(np.asarray(state.buffer.labels)[np.asarray(state.buffer.filled)],
                                                   minlength=K).tolist(),
                    # Measured: the arrays this process holds (packed words), not the cost model's device bytes.
-                   "ram_bytes": buffer_nbytes(buf_state)},
-        "compiled_event_shapes": len(events_cache),
+                   "ram_bytes": buffer_nbytes(state.buffer)},
+        "compiled_event_shapes": len(compositions),
         "warnings": warnings,
         "resumed_from_event": None if restored is None else restored[0],
     }

@@ -7,7 +7,7 @@ is shared (codes in uint8 for Q_LR <= 8, packed into the buffer's uint32 words a
 the learning phase of every configuration is the same program:
 
     one configuration  = lax.scan over learning events 1..E-1 of
-                         [learning event (make_event_fn) -> buffer.add -> test accuracy]
+                         [the learner's step (`clq.learn`: learning event -> buffer.add) -> test accuracy]
     the sweep          = vmap over the K*S members (Q_LR, S_LR and the seed's keys traced), or a lax.map
                          over batches of `members_per_batch` of them, each batch vmapped (bounds memory)
 
@@ -42,7 +42,9 @@ from clq.model.specs import LayerSpec, split_specs
 from clq.quant.latent import LatentCodec
 from clq.quant.uniform import check_bits, storage_dtype
 from clq.replay.buffer import make_replay_buffer
-from clq.train.event import Composition, make_event_fn, make_optimizer, minibatch_composition
+from clq.learn import Event, Hyper, make_learner, plain
+from clq.train.event import Composition, make_optimizer, minibatch_composition
+from clq.train.norm import make_adaptive_norm
 from clq.train.first_event import train_first_event
 from clq.train.frozen_stage import make_frozen_stage
 
@@ -162,8 +164,13 @@ def make_sweep(
         """The learning phase of one (Q_LR, seed); bits/scale/seed are traced scalars."""
         codec = LatentCodec(bits, scale, dtype)  # traced bits and scale: encode/decode are jnp arithmetic
         buffer = make_replay_buffer(replay_size, latent_shape, codec, policy, num_classes, code_bits=max_bits)
-        train_event = make_event_fn(adaptive_specs, optimizer, buffer, composition, epochs)
+        # The same learner step a single run jits (`clq.learn`), here scanned over events and vmapped.
+        learner = make_learner(adaptive_specs, optimizer, buffer, make_adaptive_norm("fold", adaptive_specs),
+                               plain(), epochs)
+        learning_event = learner.step(composition)
         _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
+        # The optimizer's own (injected) learning rate: every learning event of the sweep uses it.
+        hyper = Hyper(optimizer.init(params).hyperparams["learning_rate"], k_train, k_buf)
         n_test = jnp.maximum(jnp.sum(data.test_labels >= 0), 1)
         test_codes = data.test_codes.reshape(-1, eval_chunk, *latent_shape)
         test_labels = data.test_labels.reshape(-1, eval_chunk)
@@ -177,26 +184,21 @@ def make_sweep(
             return codes.astype(jnp.float32) * data.frozen_scale
 
         n0 = data.codes0.shape[0]
-        state = buffer.add(buffer.init(), decode(data.codes0), data.labels0, jnp.ones(n0, bool),
-                           jax.random.fold_in(k_buf, 0))
-        opt_state = optimizer.init(params)
-        acc0 = accuracy(params)
+        event0 = Event(decode(data.codes0), data.labels0, jnp.int32(n0), jnp.int32(0))
+        state = learner.init(params, (), event0, hyper)
+        acc0 = accuracy(state.params)
 
-        def event(carry, inp):
-            params, opt_state, state = carry
+        def event(state, inp):
             codes, labels, n_new, i = inp
-            x = decode(codes)
-            params, opt_state, m, _ = train_event(params, opt_state, x, labels, n_new, state,
-                                                  jax.random.fold_in(k_train, i))
-            valid = jnp.arange(codes.shape[0]) < n_new
-            state = buffer.add(state, x, labels, valid, jax.random.fold_in(k_buf, i))
-            return (params, opt_state, state), (accuracy(params), m.loss[-1])
+            state, m = learning_event(state, Event(decode(codes), labels, n_new, i), hyper)
+            return state, (accuracy(state.params), m.loss[-1])
 
         events = jnp.arange(1, data.event_n.shape[0] + 1)
-        (params, opt_state, state), (acc, loss) = jax.lax.scan(
-            event, (params, opt_state, state), (data.event_codes, data.event_labels, data.event_n, events))
-        hist = jnp.zeros(num_classes, jnp.int32).at[jnp.where(state.filled, state.labels, 0)].add(
-            state.filled.astype(jnp.int32))
+        state, (acc, loss) = jax.lax.scan(
+            event, state, (data.event_codes, data.event_labels, data.event_n, events))
+        buf = state.buffer
+        hist = jnp.zeros(num_classes, jnp.int32).at[jnp.where(buf.filled, buf.labels, 0)].add(
+            buf.filled.astype(jnp.int32))
         return jnp.concatenate([acc0[None], acc]), loss, hist
 
     @jax.jit

@@ -40,22 +40,27 @@ def _one_picture_per_class_stream() -> Stream:
 @pytest.mark.parametrize("policy", ["ar1", "reservoir", "class_balanced"])
 def test_replayed_latents_keep_their_labels(monkeypatch, policy):
     seen = []  # per learning event: (latents float [n, D], labels int [n]) of its new data and its replays
-    real = loop.make_learning_event
+    real = loop.make_learner
 
-    def spy(adaptive_specs, optimizer, buffer, comp, epochs, norm=None):
-        fn = real(adaptive_specs, optimizer, buffer, comp, epochs, norm)
+    def spy(*args, **kwargs):
+        learner = real(*args, **kwargs)
 
-        def wrapped(params, opt_state, new_x, new_y, n_new, buf_state, key, norm_state=()):
-            n = int(n_new)
-            filled = np.flatnonzero(np.asarray(buf_state.filled))
-            xr, yr = buffer.read(buf_state, jnp.asarray(filled))
-            seen.append((np.asarray(new_x[:n]).reshape(n, -1), np.asarray(new_y[:n]),
-                         np.asarray(xr).reshape(len(filled), -1), np.asarray(yr)))
-            return fn(params, opt_state, new_x, new_y, n_new, buf_state, key, norm_state)
+        def jit_step(comp):
+            fn = learner.jit_step(comp)
 
-        return wrapped
+            def wrapped(state, event, hyper):  # what the compiled step receives, read before it is donated
+                n = int(event.n_new)
+                filled = np.flatnonzero(np.asarray(state.buffer.filled))
+                xr, yr = learner.buffer.read(state.buffer, jnp.asarray(filled))
+                seen.append((np.asarray(event.latents[:n]).reshape(n, -1), np.asarray(event.labels[:n]),
+                             np.asarray(xr).reshape(len(filled), -1), np.asarray(yr)))
+                return fn(state, event, hyper)
 
-    monkeypatch.setattr(loop, "make_learning_event", spy)
+            return wrapped
+
+        return learner._replace(jit_step=jit_step)
+
+    monkeypatch.setattr(loop, "make_learner", spy)
     stream = _one_picture_per_class_stream()
     specs = mobilenet_v1_specs(0.25, SIZE, K, 3, "relu")
     train = TrainConfig(epochs=1, batch_size=16, lr=1e-4, first_epochs=1, first_lr=0.01, first_batch_size=20,
