@@ -2,9 +2,11 @@
 
 A learning event brings ``n_new`` new images. Each mini-batch of ``B`` samples holds
 
-    new_per_batch     = round(B * n_new / (n_new + N_LR))      (at least 1, at most min(B, n_new))
-    replays_per_batch = B - new_per_batch                       (0 when N_LR = 0: all B are new)
+    new_per_batch     = round(B * n_new / (n_new + N_LR))      (at most n_new; < 1 is refused)
+    replays_per_batch = B - new_per_batch                       (0 when N_LR = 0: min(B, n_new) are new)
     iterations/epoch  = ceil(n_new / new_per_batch)
+
+(`clq.train.event.minibatch_composition`, the rule the learning events use; the cost model calls it)
 
 so that every new image is used once per epoch (300 new + 1500 LRs, B = 128 -> 21 new + 107 replays, 15
 iterations). The last iteration of an epoch holds the leftover new images (300 - 14 * 21 = 6) plus the usual
@@ -51,16 +53,19 @@ class LearningEvent(NamedTuple):
 
 def event_arrays(new_images, buffer_size, epochs, batch_size) -> dict[str, np.ndarray]:
     """Vectorized `learning_event`: every argument broadcasts; returns float64 arrays keyed like the fields."""
-    n = np.asarray(new_images, dtype=np.float64)
-    nlr = np.asarray(buffer_size, dtype=np.float64)
-    e = np.asarray(epochs, dtype=np.float64)
-    b = np.asarray(batch_size, dtype=np.float64)
-    cap = np.minimum(b, n)
-    # floor(x + 0.5): round half up, not Python's banker's rounding (21.33 -> 21 either way).
-    mixed = np.clip(np.floor(b * n / np.maximum(n + nlr, 1.0) + 0.5), 1.0, cap)
-    new_pb = np.where(nlr > 0, mixed, cap)
-    rep_pb = np.where(nlr > 0, b - new_pb, 0.0)
-    iters_pe = np.ceil(n / new_pb)
+    from clq.train.event import minibatch_composition
+
+    n, nlr, e, b = (np.asarray(v, dtype=np.float64) for v in (new_images, buffer_size, epochs, batch_size))
+    # The rule once per distinct (n_new, N_LR, B): a grid has few of them.
+    shape = np.broadcast_shapes(n.shape, nlr.shape, b.shape)
+    (un, i_n), (unlr, i_nlr), (ub, i_b) = (np.unique(np.broadcast_to(v, shape).ravel(), return_inverse=True)
+                                           for v in (n, nlr, b))
+    dims = (len(un), len(unlr), len(ub))
+    codes, where = np.unique(np.ravel_multi_index((i_n.ravel(), i_nlr.ravel(), i_b.ravel()), dims),
+                             return_inverse=True)
+    comps = np.array([minibatch_composition(int(un[i]), int(unlr[j]), int(ub[k]))
+                      for i, j, k in zip(*np.unravel_index(codes, dims))], np.float64).reshape(-1, 3)
+    new_pb, rep_pb, iters_pe = (comps[where.ravel(), c].reshape(shape) for c in range(3))
     samples = e * (n + iters_pe * rep_pb)
     return {
         "new_images": n,

@@ -21,6 +21,20 @@ def test_no_replay_means_all_new():
     assert ev.samples == 1200 and ev.replays_drawn == 0
 
 
+def test_the_cost_model_counts_the_learning_events_minibatch_rule():
+    from clq.cost.event import event_arrays
+    from clq.train.event import minibatch_composition
+
+    n, size, batch = np.meshgrid([20, 293, 300], [0, 10, 40, 375, 750], [32, 128], indexing="ij")
+    ev = event_arrays(n, size, 4, batch)
+    for i in np.ndindex(n.shape):
+        comp = minibatch_composition(int(n[i]), int(size[i]), int(batch[i]))
+        assert (ev["new_per_batch"][i], ev["replays_per_batch"][i], ev["iterations_per_epoch"][i]) == comp
+    assert learning_event(20, 10, 4, 128).new_per_batch == 20  # at most the event's new images
+    with pytest.raises(ValueError, match="leaves 0 new samples"):  # refused, as clq-run refuses it
+        learning_event(new_images=4, buffer_size=1500, epochs=4, batch_size=128)
+
+
 @pytest.mark.parametrize("bad, field", [
     (dict(new_images=0), "new_images"), (dict(buffer_size=-1), "buffer_size"),
     (dict(epochs=0), "epochs"), (dict(batch_size=0), "batch_size"),

@@ -22,6 +22,10 @@ def test_paper_minibatch_composition():
         minibatch_composition(4, 1500, 128)
     with pytest.raises(ValueError, match="train.batch_size"):
         minibatch_composition(300, 1500, 0)
+    # Never a new sample twice in a mini-batch: at most n_new are new (the cost model counted so; the events
+    # used to repeat new samples to fill round(B n/(n+N)) > n_new, or all B with no replay).
+    assert minibatch_composition(20, 10, 128) == (20, 108, 1)
+    assert minibatch_composition(20, 0, 128) == (20, 0, 1)
 
 
 def _setup(latent_layer=23, buffer_size=40, policy="ar1", epochs=2):
