@@ -51,7 +51,7 @@ MAX_SEED = 2**31 - 1
 class VSweepConfig:
     bits: tuple[int, ...]  # Q_LR of the K members' replay buffers, distinct, each in 1..16
     seeds: tuple[int, ...]  # the S learning-phase seeds, distinct, each in 0..2^31-1
-    members_per_batch: int | None = None  # members vmapped together (lax.map over batches); None: all at once
+    members_per_batch: int | None  # members vmapped together (lax.map over batches); None: all at once
 
 
 def _int_list(value, field: str, lo: int, hi: int, what: str) -> tuple[int, ...]:
@@ -72,13 +72,17 @@ def vsweep_config(cfg: Mapping[str, Any]) -> VSweepConfig:
     v = cfg.get("vsweep")
     if not isinstance(v, Mapping):
         raise ConfigError(f"vsweep must be a mapping with keys bits and seeds, got {v!r}")
-    unknown = sorted(set(v) - {"bits", "seeds", "members_per_batch"})
+    keys = ("bits", "seeds", "members_per_batch")
+    unknown = sorted(set(v) - set(keys))
     if unknown:
         raise ConfigError(f"vsweep.{unknown[0]} is not a key of vsweep (allowed: bits, seeds, members_per_batch)")
-    bits = _int_list(v.get("bits"), "vsweep.bits", 1, 16,
+    missing = [k for k in keys if k not in v]
+    if missing:  # the defaults are conf/vsweep.yaml's
+        raise ConfigError(f"vsweep.{missing[0]} is missing: every key is set in conf/vsweep.yaml")
+    bits = _int_list(v["bits"], "vsweep.bits", 1, 16,
                      "replay bit-widths Q_LR; null (FP32 latents) cannot be vectorized")
-    seeds = _int_list(v.get("seeds"), "vsweep.seeds", 0, MAX_SEED, "non-negative seeds")
-    mpb = v.get("members_per_batch")
+    seeds = _int_list(v["seeds"], "vsweep.seeds", 0, MAX_SEED, "non-negative seeds")
+    mpb = v["members_per_batch"]
     if mpb is not None and (isinstance(mpb, bool) or not isinstance(mpb, int) or mpb < 1):
         raise ConfigError(f"vsweep.members_per_batch must be null (all members at once) or an integer >= 1, "
                           f"got {mpb!r}")

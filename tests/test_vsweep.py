@@ -81,11 +81,13 @@ def test_bad_config_exits_2_before_compute(tmp_path, override, needle):
 
 
 def test_vsweep_config_validation():
-    assert vsweep_config({"vsweep": {"bits": [8, 16, 1], "seeds": [0, 7]}}).bits == (8, 16, 1)
+    every = {"bits": [8, 16, 1], "seeds": [0, 7], "members_per_batch": None}
+    assert vsweep_config({"vsweep": every}).bits == (8, 16, 1)
     assert vsweep_config({"vsweep": {"bits": [8], "seeds": [0], "members_per_batch": 2}}).members_per_batch == 2
     for bad in ({"bits": [8], "seeds": [0], "extra": 1}, {"bits": "8", "seeds": [0]}, {"bits": [8.0], "seeds": [0]},
                 {"bits": [True], "seeds": [0]}, {"bits": [8], "seeds": None},
-                {"bits": [8], "seeds": [0], "members_per_batch": 1.5}, {"bits": [8], "seeds": [0], "members_per_batch": True}):
+                {"bits": [8], "seeds": [0], "members_per_batch": 1.5}, {"bits": [8], "seeds": [0], "members_per_batch": True},
+                {"bits": [8], "seeds": [0]}):  # a missing key: conf/vsweep.yaml sets every one
         with pytest.raises(ConfigError, match="vsweep"):
             vsweep_config({"vsweep": bad})
 
