@@ -15,6 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from clq.checks import check_number
 from clq.cost.report import cost_report, format_table
 from clq.cost.targets import available_targets, load_target, target_from_dict
 from clq.model.specs import mobilenet_v1_specs
@@ -33,13 +34,13 @@ def report_from_config(cfg: DictConfig) -> dict:
         raise ValueError(f"format must be one of {list(_FORMATS)}, got {cfg.format!r}")
     m = cfg.model
     specs = mobilenet_v1_specs(width=m.width, input_size=m.input_size, num_classes=m.num_classes,
-                               activation=m.get("activation", "relu"))
+                               activation=m.activation)
     target_dict: Any = OmegaConf.to_container(cfg.target, resolve=True)
     target = target_from_dict(target_dict, source=f"conf/target/{target_dict.get('name', '?')}.yaml")
-    l1_kib = cfg.get("l1_kib")
+    l1_kib = cfg.l1_kib
     if l1_kib is not None and (isinstance(l1_kib, bool) or not isinstance(l1_kib, (int, float)) or l1_kib < 0):
         raise ValueError(f"l1_kib must be a size in KiB >= 0 or null, got {l1_kib!r}")
-    momentum = cfg.train.get("momentum", 0.0) or 0.0
+    momentum = check_number(cfg.train.momentum, "train.momentum", 0.0)
     return cost_report(
         specs,
         latent_layer=cfg.latent_layer,
@@ -53,7 +54,7 @@ def report_from_config(cfg: DictConfig) -> dict:
         optimizer_slots=1 if momentum > 0 else 0,
         backward_error=cfg.backward_error,
         l1_bytes=None if l1_kib is None else int(round(l1_kib * 1024)),
-        compare=[load_target(str(n)) for n in (cfg.get("compare") or [])],
+        compare=[load_target(str(n)) for n in (cfg.compare or [])],  # null: no comparison
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from clq.checks import check_int
 from clq.model.specs import validate_latent_layer as check_latent_layer
 from clq.quant.uniform import check_bits
 
@@ -30,10 +31,8 @@ BACKWARD_ERROR_POLICIES = ("all_but_first", "none")
 
 
 def check_count(value: Any, name: str, minimum: int) -> int:
-    """An integer >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    """An integer >= minimum (`clq.checks.check_int`, the configs' check)."""
+    return check_int(value, name, minimum)
 
 
 def check_event(new_images: Any, buffer_size: Any, epochs: Any, batch_size: Any) -> None:
