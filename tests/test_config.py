@@ -1,5 +1,6 @@
 """Every config group composes and validates; bad values fail before any compute, naming the field."""
 
+import inspect
 import os
 
 import pytest
@@ -96,6 +97,33 @@ def test_library_defaults_are_the_yaml_defaults():
     keys = {f"{k}.{kk}" for k, v in train.items() if isinstance(v, dict) for kk in v}
     keys |= {k for k, v in train.items() if not isinstance(v, dict)}
     assert set(TRAIN_KEYS.values()) == keys
+
+
+def _signature_defaults(fn, names):
+    params = inspect.signature(fn).parameters
+    return {n: params[n].default for n in names}
+
+
+def test_library_function_defaults_are_the_yaml_defaults():
+    """The data functions' (and the TFDS builder's) defaults, the documented shorthand of library users, equal the
+    data groups' YAML: the YAML is the source, these must follow it."""
+    from clq.data.core50 import load_core50_stream
+    from clq.data.stream import build_nic_stream
+
+    nic = _resolve()["data"]
+    keys = ("sessions", "initial_classes", "initial_images_per_class", "images_per_event", "test_size")
+    got = _signature_defaults(build_nic_stream, keys)
+    assert {**got, "sessions": list(got["sessions"])} == {k: nic[k] for k in keys}
+    core50 = _resolve(["data=core50", "data.path=/x"])["data"]
+    keys = ("scenario", "run", "test_list", "filelists", "labels", "strict", "max_events")
+    assert _signature_defaults(load_core50_stream, keys) == {k: core50[k] for k in keys}
+    pytest.importorskip("tensorflow_datasets")
+    from clq.data.tfds.fashion_mnist import FashionMnistNicConfig
+
+    tfds_default = FashionMnistNicConfig(name="default")
+    keys = ("initial_classes", "initial_images_per_class", "images_per_event", "test_size")
+    assert {k: getattr(tfds_default, k) for k in keys} == {k: nic[k] for k in keys}
+    assert list(tfds_default.sessions) == nic["sessions"]
 
 
 def _without(cfg, dotted):
