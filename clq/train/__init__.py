@@ -1,5 +1,6 @@
 """Adaptive-stage training, the learning-event loop, evaluation and metrics."""
 
+from clq.train.config import ReplayConfig, TrainConfig
 from clq.train.evaluate import evaluate, make_predict
 from clq.train.event import (
     Composition,
@@ -25,8 +26,7 @@ __all__ = [
 
 # The run driver (`clq.train.loop`) builds on `clq.learn`, whose learner builds on this package's pieces
 # (event, norm, CWR*): its names load on first use, so that importing a piece does not import the driver.
-_DRIVER = ("ReplayConfig", "TrainConfig", "calibrate_frozen_stage", "folded_shapes", "restore_frozen_stage",
-           "run_continual")
+_DRIVER = ("calibrate_frozen_stage", "folded_shapes", "restore_frozen_stage", "run_continual")
 
 
 def __getattr__(name):
