@@ -91,13 +91,6 @@ def vsweep_config(cfg: Mapping[str, Any]) -> VSweepConfig:
 
 def check_vectorizable(exp: ExperimentConfig) -> None:
     """Refuse, before any compute, the parts of an experiment that `run_sweep` does not run."""
-    if exp.train.strategy != "qlr":
-        raise ConfigError(f"train.strategy must be 'qlr' for clq-vsweep (the vectorized sweep runs plain QLR, "
-                          f"no CWR*), got {exp.train.strategy!r}")
-    if exp.train.adaptive_norm != "fold" or exp.train.reset_momentum:
-        raise ConfigError(f"train.adaptive_norm must be 'fold' and train.reset_momentum false for clq-vsweep (the "
-                          f"vectorized sweep folds BN into the adaptive stage), got {exp.train.adaptive_norm!r}, "
-                          f"{exp.train.reset_momentum}")
     if exp.joint_upper_bound:
         raise ConfigError("joint_upper_bound must be false for clq-vsweep (the joint bound does not depend on "
                           "replay.bits; run it once with clq-run joint_upper_bound=true)")

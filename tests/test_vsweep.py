@@ -69,7 +69,6 @@ def test_tiny_vsweep_members_equal_clq_run_and_collect_like_a_multirun(tmp_path)
     ("vsweep.seeds=[-1]", "vsweep.seeds[0] must be an integer in 0.."),
     ("vsweep.seeds=[1,1]", "vsweep.seeds must hold distinct values"),
     ("vsweep.members_per_batch=0", "vsweep.members_per_batch must be null (all members at once) or an integer >= 1"),
-    ("train.strategy=ar1star", "train.strategy must be 'qlr'"),
     ("replay.size=-1", "replay.size must be"),
 ])
 def test_bad_config_exits_2_before_compute(tmp_path, override, needle):
@@ -111,3 +110,20 @@ def test_unequal_event_compositions_are_refused_before_event_0():
         check_stream(stream(100, 12, 5), exp)  # 5 new images: 2 new + 14 replays
     with pytest.raises(ConfigError, match="no learning event"):
         check_stream(stream(100), exp)
+
+
+@needs_fmnist
+def test_vsweep_runs_ar1_choices_like_clq_run(tmp_path):
+    """CWR*, batch renormalization above the latent layer and a fresh optimizer state per event: the sweep's
+    base-seed member is clq-run with the same choices (both run the learner step of clq.learn)."""
+    ar1 = ["train.strategy=ar1star", "train.adaptive_norm=brn", "train.norm_momentum=0.05", "train.reset_momentum=true"]
+    p = run_module("clq.vsweep", [*TINY, *ar1, "vsweep.bits=[8]", "vsweep.seeds=[0]",
+                                  f"hydra.run.dir={tmp_path / 'vsweep'}"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    member = json.loads((tmp_path / "vsweep" / "bits8_seed0" / "results.json").read_text())
+    p = run_module("clq", [*TINY, *ar1, "replay.bits=8", "seed=0", "checkpoint_every=0", "tracking=none",
+                           f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ref = json.loads((tmp_path / "run" / "results.json").read_text())
+    np.testing.assert_allclose(member["accuracy_per_event"], ref["accuracy_per_event"], atol=1e-6, rtol=0)
+    assert member["buffer"]["class_histogram"] == ref["buffer"]["class_histogram"]

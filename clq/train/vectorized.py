@@ -24,8 +24,9 @@ evaluates the vmapped (batched) matmuls in another summation order than the sing
 SGD amplify that rounding: Q_LR=8, seed 0 ends at 58.38 % in the sweep against 59.43 % in the single run, inside
 the spread over seeds (bench/results/vectorized.json). Compare members of one sweep with each other.
 
-Limits: the plain QLR strategy (no CWR*); all learning events share one mini-batch composition (equal
-event sizes, as in the default stream); Q_LR in 1..16 (no FP32 latents in a vmapped sweep).
+Every strategy and adaptive normalization of `clq.learn` runs in a sweep (the learner's step is the same).
+Limits: all learning events share one mini-batch composition (equal event sizes, as in the default stream);
+Q_LR in 1..16 (no FP32 latents in a vmapped sweep).
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ from clq.model.specs import LayerSpec, split_specs
 from clq.quant.latent import LatentCodec
 from clq.quant.uniform import check_bits, storage_dtype
 from clq.replay.buffer import make_replay_buffer
-from clq.learn import Event, Hyper, make_learner, plain
+from clq.learn import Event, Hyper, Strategy, make_learner, make_strategy, plain
 from clq.train.event import Composition, make_optimizer, minibatch_composition
-from clq.train.norm import make_adaptive_norm
+from clq.train.norm import AdaptiveNorm, make_adaptive_norm
 from clq.train.first_event import train_first_event
 from clq.train.frozen_stage import make_frozen_stage
 
@@ -134,6 +135,8 @@ def make_sweep(
     policy: str = "ar1",
     eval_chunk: int = 1000,
     members_per_batch: int | None = None,
+    strategy: Strategy | None = None,
+    norm: AdaptiveNorm | None = None,
 ) -> Callable[..., SweepResult]:
     """Build the jitted sweep program.
 
@@ -146,10 +149,13 @@ def make_sweep(
         the buffer's packing (every member's codes are stored in max_bits-bit fields, as they must share shapes).
       eval_chunk: test latents evaluated per step of the evaluation loop (bounds memory: K*S*chunk latents).
       members_per_batch: configurations vmapped together (`lax.map` over batches of them); None: all K*S.
+      strategy: the learner's strategy (`clq.learn.make_strategy`); None: plain QLR.
+      norm: the adaptive stage's normalization (`clq.train.norm.make_adaptive_norm`); None: folded.
     Returns:
-      ``sweep(adaptive_params, lr_bits, lr_scale, seeds, data) -> SweepResult`` where adaptive_params is the
-      post-event-0 adaptive tree (shared), lr_bits int32 [K], lr_scale float32 [K] (`lr_scales`), seeds
-      int32 [S], data a `SweepData`. K, S and the data's shapes are the only things that recompile.
+      ``sweep(adaptive_params, lr_bits, lr_scale, seeds, data, norm_state=()) -> SweepResult`` where
+      adaptive_params is the post-event-0 adaptive tree in `norm`'s form (shared) and norm_state its running
+      statistics, lr_bits int32 [K], lr_scale float32 [K] (`lr_scales`), seeds int32 [S], data a `SweepData`.
+      K, S and the data's shapes are the only things that recompile.
     """
     check_bits(max_bits, "max_bits")
     dtype = storage_dtype(max_bits)
@@ -160,13 +166,14 @@ def make_sweep(
         pred = jnp.argmax(forward(adaptive_specs, params, x).reshape(x.shape[0], -1), -1)
         return jnp.sum(pred == labels, dtype=jnp.int32)
 
-    def one_config(params, bits, scale, seed, data: SweepData):
+    adaptive_norm = norm if norm is not None else make_adaptive_norm("fold", adaptive_specs)
+
+    def one_config(params, norm_state, bits, scale, seed, data: SweepData):
         """The learning phase of one (Q_LR, seed); bits/scale/seed are traced scalars."""
         codec = LatentCodec(bits, scale, dtype)  # traced bits and scale: encode/decode are jnp arithmetic
         buffer = make_replay_buffer(replay_size, latent_shape, codec, policy, num_classes, code_bits=max_bits)
         # The same learner step a single run jits (`clq.learn`), here scanned over events and vmapped.
-        learner = make_learner(adaptive_specs, optimizer, buffer, make_adaptive_norm("fold", adaptive_specs),
-                               plain(), epochs)
+        learner = make_learner(adaptive_specs, optimizer, buffer, adaptive_norm, strategy or plain(), epochs)
         learning_event = learner.step(composition)
         _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
         # The optimizer's own (injected) learning rate: every learning event of the sweep uses it.
@@ -185,13 +192,13 @@ def make_sweep(
 
         n0 = data.codes0.shape[0]
         event0 = Event(decode(data.codes0), data.labels0, jnp.int32(n0), jnp.int32(0))
-        state = learner.init(params, (), event0, hyper)
-        acc0 = accuracy(state.params)
+        state = learner.init(params, norm_state, event0, hyper)
+        acc0 = accuracy(adaptive_norm.fold(state.params, state.norm))
 
         def event(state, inp):
             codes, labels, n_new, i = inp
             state, m = learning_event(state, Event(decode(codes), labels, n_new, i), hyper)
-            return state, (accuracy(state.params), m.loss[-1])
+            return state, (accuracy(adaptive_norm.fold(state.params, state.norm)), m.loss[-1])
 
         events = jnp.arange(1, data.event_n.shape[0] + 1)
         state, (acc, loss) = jax.lax.scan(
@@ -202,7 +209,7 @@ def make_sweep(
         return jnp.concatenate([acc0[None], acc]), loss, hist
 
     @jax.jit
-    def sweep(adaptive_params, lr_bits, lr_scale, seeds, data: SweepData) -> SweepResult:
+    def sweep(adaptive_params, lr_bits, lr_scale, seeds, data: SweepData, norm_state=()) -> SweepResult:
         if data.test_codes.shape[0] % eval_chunk:
             raise ValueError(f"the test set ({data.test_codes.shape[0]}) must be padded to a multiple of "
                              f"eval_chunk={eval_chunk} (use sweep_data)")
@@ -212,7 +219,7 @@ def make_sweep(
         scale = jnp.repeat(jnp.asarray(lr_scale, jnp.float32), s)
         seed = jnp.tile(jnp.asarray(seeds, jnp.int32), k)
         chunk = k * s if members_per_batch is None else min(members_per_batch, k * s)
-        acc, loss, hist = jax.lax.map(lambda m: one_config(adaptive_params, *m, data), (bits, scale, seed),
+        acc, loss, hist = jax.lax.map(lambda m: one_config(adaptive_params, norm_state, *m, data), (bits, scale, seed),
                                       batch_size=chunk)
         return SweepResult(*(a.reshape(k, s, *a.shape[1:]) for a in (acc, loss, hist)))
 
@@ -229,7 +236,8 @@ def prepare_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, 
       initial_params: optional (params, bn_stats) in BN form that event 0 starts from (as in `run_continual`).
       log: optional callable(message) told each phase (event-0 epochs, frozen stage, latents).
     Returns:
-      (adaptive_params: the post-event-0 adaptive tree, frozen: `FrozenStage`, data: `SweepData`)
+      ((adaptive_params, norm_state): the adaptive stage after event 0 in its normalization's form (`norm_state`
+      is () when folded), frozen: `FrozenStage`, data: `SweepData`)
     """
     say = log or (lambda msg: None)
     frozen_specs, _ = split_specs(specs, latent_layer)
@@ -247,7 +255,12 @@ def prepare_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, 
     say(f"frozen stage: layers 0..{latent_layer} calibrated on event 0")
     frozen = make_frozen_stage(frozen_specs, folded[: latent_layer + 1], stream.train_images[exp0], quant)
     say("latents: every image of the stream through the frozen stage, once")
-    return folded[latent_layer + 1 :], frozen, sweep_data(stream, frozen, eval_chunk)
+    # The adaptive stage in the form its normalization trains (as `run_continual` starts its learning events).
+    _, adaptive_specs = split_specs(specs, latent_layer)
+    norm = make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum)
+    bn_params, bn_stats = bn_form
+    adaptive = norm.init(bn_params[latent_layer + 1 :], bn_stats[latent_layer + 1 :])
+    return adaptive, frozen, sweep_data(stream, frozen, eval_chunk)
 
 
 def run_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, replay_size: int,
@@ -265,28 +278,25 @@ def run_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, repl
       dict with ``accuracy`` float [K, S, E], ``final_accuracy`` float [K, S], ``train_loss`` [K, S, E-1],
       ``buffer_histogram`` [K, S, num_classes] (NumPy), and the ``lr_bits``/``seeds`` axes.
     """
-    if getattr(train, "strategy", "qlr") != "qlr":
-        raise ValueError(f"a vectorized sweep runs train.strategy='qlr' only, got {train.strategy!r}")
-    if train.adaptive_norm != "fold" or train.reset_momentum:
-        raise ValueError("a vectorized sweep runs train.adaptive_norm='fold' with train.reset_momentum=false only, got "
-                         f"{train.adaptive_norm!r}, {train.reset_momentum}")
     if not lr_bits or not seeds:
         raise ValueError("lr_bits and seeds must each hold at least one value")
     lr_bits = [check_bits(b, "replay.bits") for b in lr_bits]
     if any(b is None for b in lr_bits):
         raise ValueError("replay.bits=null (FP32 latents) cannot be vectorized with integer bit-widths")
-    params, frozen, data = prepared if prepared is not None else prepare_sweep(
+    (params, norm_state), frozen, data = prepared if prepared is not None else prepare_sweep(
         stream, specs, latent_layer, train, quant, base_seed, eval_chunk)
     comps = {minibatch_composition(int(n), replay_size, train.batch_size) for n in np.asarray(data.event_n)}
     if len(comps) != 1:
         raise ValueError(f"a vectorized sweep needs learning events of one mini-batch composition; event sizes "
                          f"{sorted(set(np.asarray(data.event_n).tolist()))} give {sorted(comps)}")
     _, adaptive_specs = split_specs(specs, latent_layer)
-    sweep = make_sweep(adaptive_specs, make_optimizer(train.lr, train.momentum, train.weight_decay), replay_size,
-                       data.codes0.shape[1:], stream.num_classes, comps.pop(), train.epochs, max(lr_bits), policy,
-                       eval_chunk, members_per_batch)
+    optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
+    sweep = make_sweep(adaptive_specs, optimizer, replay_size, data.codes0.shape[1:], stream.num_classes, comps.pop(),
+                       train.epochs, max(lr_bits), policy, eval_chunk, members_per_batch,
+                       strategy=make_strategy(train.strategy, train.reset_momentum, optimizer.init, stream.num_classes),
+                       norm=make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum))
     res = sweep(params, np.asarray(lr_bits, np.int32), lr_scales(lr_bits, frozen.a_max),
-                np.asarray(seeds, np.int32), data)
+                np.asarray(seeds, np.int32), data, norm_state)
     acc = np.asarray(res.accuracy, np.float64)
     return {"lr_bits": list(lr_bits), "seeds": [int(s) for s in seeds], "accuracy": acc,
             "final_accuracy": acc[:, :, -1], "train_loss": np.asarray(res.train_loss),

@@ -107,10 +107,50 @@ def test_lr_scales_match_the_codec():
 
 
 def test_run_sweep_validates_its_arguments():
-    train = TrainConfig(strategy="ar1star")
-    with pytest.raises(ValueError, match="qlr"):
-        run_sweep(None, None, LAYER, train, N_LR, [8], [0], None)
     with pytest.raises(ValueError, match="at least one"):
         run_sweep(None, None, LAYER, TrainConfig(), N_LR, [], [0], None)
     with pytest.raises(ValueError, match="FP32"):
         run_sweep(None, None, LAYER, TrainConfig(), N_LR, [8, None], [0], None)
+
+
+def test_sweep_runs_ar1_star_with_fresh_momentum_like_the_single_run_learner(setup):
+    """CWR* and a fresh optimizer state per event are learner pieces: the sweep's members equal the single
+    run's jitted learner step, event by event."""
+    from clq.learn import Event, Hyper, make_learner, make_strategy
+    from clq.train import make_adaptive_norm
+
+    params, adaptive, shape, data, comp, opt = setup
+    strategy = make_strategy("ar1star", True, opt.init, CLASSES)
+    norm = make_adaptive_norm("fold", adaptive)
+    sweep = make_sweep(adaptive, opt, N_LR, shape, CLASSES, comp, epochs=2, max_bits=8, eval_chunk=CHUNK,
+                       strategy=strategy, norm=norm)
+    bits, seeds = [8], [0, 5]
+    res = sweep(params, np.asarray(bits, np.int32), lr_scales(bits, A_MAX), np.asarray(seeds, np.int32), data)
+    predict = make_predict(adaptive)
+    buffer = make_replay_buffer(N_LR, shape, make_latent_codec(8, A_MAX), "ar1", CLASSES)
+    learner = make_learner(adaptive, opt, buffer, norm, strategy, 2)
+
+    def decode(c):
+        return jnp.asarray(c, jnp.float32) * FROZEN_SCALE
+
+    def acc(p):
+        z = np.zeros(TEST, np.int32)
+        return evaluate(predict, p, np.asarray(data.test_codes), FROZEN_SCALE, np.asarray(data.test_labels), z,
+                        CLASSES, 1, CHUNK)["accuracy"]
+
+    for s, seed in enumerate(seeds):
+        _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
+        hyper = Hyper(opt.init(params).hyperparams["learning_rate"], k_train, k_buf)
+        state = learner.init(jax.tree.map(jnp.array, params), (), Event(decode(data.codes0), jnp.asarray(data.labels0),
+                                                                         jnp.int32(N0), jnp.int32(0)), hyper)
+        accs = [acc(state.params)]
+        for i in range(1, EVENTS):
+            ev = Event(decode(data.event_codes[i - 1]), jnp.asarray(data.event_labels[i - 1]),
+                       jnp.int32(int(data.event_n[i - 1])), jnp.int32(i))
+            state, _ = learner.jit_step(comp)(state, ev, hyper)
+            accs.append(acc(state.params))
+        np.testing.assert_allclose(np.asarray(res.accuracy[0, s]), accs, atol=1e-6, err_msg=f"seed={seed}")
+    # CWR* changes the outcome against plain QLR with the same data and keys.
+    plain_res = make_sweep(adaptive, opt, N_LR, shape, CLASSES, comp, epochs=2, max_bits=8, eval_chunk=CHUNK)(
+        params, np.asarray(bits, np.int32), lr_scales(bits, A_MAX), np.asarray(seeds, np.int32), data)
+    assert not np.array_equal(np.asarray(plain_res.train_loss), np.asarray(res.train_loss))
