@@ -103,19 +103,19 @@ def check_vectorizable(exp: ExperimentConfig) -> None:
 
 
 def check_stream(stream, exp: ExperimentConfig) -> None:
-    """Every learning event must share one mini-batch composition (`run_sweep`'s limit); checked before event 0."""
-    from clq.train.event import minibatch_composition
+    """Every learning event must share one split of new and replayed latents per mini-batch (`run_sweep`'s limit;
+    iterations per epoch may differ); checked before event 0."""
+    from clq.train.vectorized import shared_composition
 
     sizes = [len(e) for e in stream.experiences[1:]]
     if not sizes:
         raise ConfigError("the stream has no learning event after event 0; clq-vsweep needs at least one "
                           "(data.sessions / data.images_per_event)")
-    comps = {minibatch_composition(n, exp.replay.size, exp.train.batch_size) for n in set(sizes)}
-    if len(comps) != 1:
-        raise ConfigError(
-            f"clq-vsweep needs learning events of one mini-batch composition (new, replays, iterations per "
-            f"epoch), but event sizes {sorted(set(sizes))} give {sorted(tuple(c) for c in comps)} with "
-            f"replay.size={exp.replay.size} and train.batch_size={exp.train.batch_size}; run clq-run -m instead")
+    try:
+        shared_composition(sizes, exp.replay.size, exp.train.batch_size)
+    except ValueError as e:
+        raise ConfigError(f"clq-vsweep: {e} with replay.size={exp.replay.size} and train.batch_size="
+                          f"{exp.train.batch_size}; run clq-run -m instead") from None
 
 
 def member_name(bits: int, seed: int) -> str:

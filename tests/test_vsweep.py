@@ -106,7 +106,8 @@ def test_unequal_event_compositions_are_refused_before_event_0():
     exp = experiment_config(OmegaConf.to_container(cfg, resolve=True))
     stream = lambda *sizes: SimpleNamespace(experiences=[np.arange(n) for n in sizes])  # noqa: E731
     check_stream(stream(100, 12, 12), exp)  # 12 new images: 4 new + 12 replays, 3 iterations per epoch
-    with pytest.raises(ConfigError, match=r"one mini-batch composition.*event sizes \[5, 12\]"):
+    check_stream(stream(100, 12, 13), exp)  # 13: 4 + 12, 4 iterations: one program, masked steps
+    with pytest.raises(ConfigError, match=r"one split of new and replayed.*event sizes \[5, 12\]"):
         check_stream(stream(100, 12, 5), exp)  # 5 new images: 2 new + 14 replays
     with pytest.raises(ConfigError, match="no learning event"):
         check_stream(stream(100), exp)

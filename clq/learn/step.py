@@ -35,8 +35,9 @@ __all__ = ["Learner", "make_learner"]
 class Learner(NamedTuple):
     """init(params, norm_state, event0, hyper) -> LearnerState: the state after event 0 (strategy applied to
     event 0's data, buffer seeded with its latents).
-    step(composition) -> step(state, event, hyper) -> (state, EventMetrics), pure.
-    jit_step(composition) -> the same step under `jax.jit` with the state donated."""
+    step(composition, masked=False) -> step(state, event, hyper) -> (state, EventMetrics), pure (`masked`: events
+    needing fewer iterations per epoch than `composition` skip the rest, `clq.train.event.make_event_fn`).
+    jit_step(composition, masked=False) -> the same step under `jax.jit` with the state donated."""
 
     init: Callable
     step: Callable
@@ -75,8 +76,8 @@ def make_learner(
         return _add(state._replace(strategy=s), event0, hyper)
 
     @functools.lru_cache(maxsize=None)
-    def step(composition: Composition):
-        train_event = make_event_fn(adaptive_specs, optimizer, buffer, composition, epochs, norm)
+    def step(composition: Composition, masked: bool = False):
+        train_event = make_event_fn(adaptive_specs, optimizer, buffer, composition, epochs, norm, masked)
 
         def learning_event(state: LearnerState, event: Event, hyper: Hyper):
             state, s = strategy.before(state, state.strategy, event)
@@ -91,7 +92,7 @@ def make_learner(
         return learning_event
 
     @functools.lru_cache(maxsize=None)
-    def jit_step(composition: Composition):
-        return jax.jit(step(composition), donate_argnums=0)
+    def jit_step(composition: Composition, masked: bool = False):
+        return jax.jit(step(composition, masked), donate_argnums=0)
 
     return Learner(init, step, jit_step, buffer, strategy)

@@ -99,10 +99,16 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 class EventMetrics(NamedTuple):
-    """Per-step training metrics of one event: loss float32 [steps], accuracy float32 [steps]."""
+    """Per-step training metrics of one event: loss float32 [steps], accuracy float32 [steps], active bool
+    [steps] (False for the skipped steps of a masked event, `make_event_fn(masked=True)`)."""
 
     loss: jax.Array
     accuracy: jax.Array
+    active: jax.Array
+
+    def last_loss(self) -> jax.Array:
+        """float32 (): the loss of the event's last step that ran."""
+        return self.loss[jnp.max(jnp.where(self.active, jnp.arange(self.loss.shape[0]), 0))]
 
 
 def make_event_fn(
@@ -112,6 +118,7 @@ def make_event_fn(
     composition: Composition,
     epochs: int,
     norm: AdaptiveNorm | None = None,
+    masked: bool = False,
 ) -> Callable:
     """The learning event as a pure, un-jitted function.
 
@@ -120,6 +127,10 @@ def make_event_fn(
 
     Args:
       norm: how the adaptive stage normalizes (`clq.train.norm`); None = 'fold' (BN folded into `params`).
+      masked: an event whose new latents need fewer iterations per epoch, ``ceil(n_new / a)``, than
+        `composition` has runs exactly those (the other steps leave the state unchanged), so events of one
+        (new, replays) split but different sizes share one program (CORe50's 293-300 images: 14 or 15
+        iterations). Unmasked, every step of `composition` runs.
     Returns:
       ``train_event(params, opt_state, new_latents, new_labels, n_new, buffer_state, key, norm_state=()) ->
       (params, opt_state, EventMetrics, norm_state)`` where new_latents is float32 [n_max, *latent_shape] (rows
@@ -151,6 +162,9 @@ def make_event_fn(
             rep_orders = jax.vmap(lambda k: buffer.order(buffer_state, k))(jax.random.split(k_rep, epochs))
             n_filled = jnp.maximum(jnp.sum(buffer_state.filled, dtype=jnp.int32), 1)
 
+        # Iterations per epoch this event needs (static when unmasked: the composition was built for it).
+        iters_event = jnp.minimum((n_new + a - 1) // a, iters) if masked else iters
+
         def step(carry, t):
             params, opt_state, norm_state = carry
             epoch, it = t // iters, t % iters
@@ -163,11 +177,15 @@ def make_event_fn(
             (loss, (acc, norm_state)), grads = grad_fn(params, norm_state, x, y)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return (params, opt_state, norm_state), (loss, acc)
+            new = (params, opt_state, norm_state)
+            active = it < iters_event
+            if masked:
+                new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, carry)
+            return new, (loss, acc, jnp.asarray(active))
 
-        (params, opt_state, norm_state), (loss, acc) = jax.lax.scan(
+        (params, opt_state, norm_state), (loss, acc, active) = jax.lax.scan(
             step, (params, opt_state, norm_state), jnp.arange(epochs * iters))
-        return params, opt_state, EventMetrics(loss, acc), norm_state
+        return params, opt_state, EventMetrics(loss, acc, active), norm_state
 
     return train_event
 

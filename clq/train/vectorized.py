@@ -25,8 +25,9 @@ SGD amplify that rounding: Q_LR=8, seed 0 ends at 58.38 % in the sweep against 5
 the spread over seeds (bench/results/vectorized.json). Compare members of one sweep with each other.
 
 Every strategy and adaptive normalization of `clq.learn` runs in a sweep (the learner's step is the same).
-Limits: all learning events share one mini-batch composition (equal event sizes, as in the default stream);
-Q_LR in 1..16 (no FP32 latents in a vmapped sweep).
+Events of unequal sizes run in one program as long as they share the split of a mini-batch into new latents and
+replays (`shared_composition`): the program runs the largest number of iterations per epoch and masks the steps
+a smaller event does not have. Limits: Q_LR in 1..16 (no FP32 latents in a vmapped sweep).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ from clq.train.norm import AdaptiveNorm, make_adaptive_norm
 from clq.train.first_event import train_first_event
 from clq.train.frozen_stage import make_frozen_stage
 
-__all__ = ["SweepData", "SweepResult", "lr_scales", "make_sweep", "sweep_data", "prepare_sweep", "run_sweep"]
+__all__ = ["SweepData", "SweepResult", "lr_scales", "make_sweep", "sweep_data", "prepare_sweep", "run_sweep",
+           "shared_composition"]
 
 
 class SweepData(NamedTuple):
@@ -137,6 +139,7 @@ def make_sweep(
     members_per_batch: int | None = None,
     strategy: Strategy | None = None,
     norm: AdaptiveNorm | None = None,
+    masked: bool = False,
 ) -> Callable[..., SweepResult]:
     """Build the jitted sweep program.
 
@@ -151,6 +154,8 @@ def make_sweep(
       members_per_batch: configurations vmapped together (`lax.map` over batches of them); None: all K*S.
       strategy: the learner's strategy (`clq.learn.make_strategy`); None: plain QLR.
       norm: the adaptive stage's normalization (`clq.train.norm.make_adaptive_norm`); None: folded.
+      masked: events may need fewer iterations per epoch than `composition` (unequal sizes, one split of new
+        and replays); each runs exactly its own (`clq.train.event.make_event_fn`).
     Returns:
       ``sweep(adaptive_params, lr_bits, lr_scale, seeds, data, norm_state=()) -> SweepResult`` where
       adaptive_params is the post-event-0 adaptive tree in `norm`'s form (shared) and norm_state its running
@@ -174,7 +179,7 @@ def make_sweep(
         buffer = make_replay_buffer(replay_size, latent_shape, codec, policy, num_classes, code_bits=max_bits)
         # The same learner step a single run jits (`clq.learn`), here scanned over events and vmapped.
         learner = make_learner(adaptive_specs, optimizer, buffer, adaptive_norm, strategy or plain(), epochs)
-        learning_event = learner.step(composition)
+        learning_event = learner.step(composition, masked)
         _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
         # The optimizer's own (injected) learning rate: every learning event of the sweep uses it.
         hyper = Hyper(optimizer.init(params).hyperparams["learning_rate"], k_train, k_buf)
@@ -198,7 +203,7 @@ def make_sweep(
         def event(state, inp):
             codes, labels, n_new, i = inp
             state, m = learning_event(state, Event(decode(codes), labels, n_new, i), hyper)
-            return state, (accuracy(adaptive_norm.fold(state.params, state.norm)), m.loss[-1])
+            return state, (accuracy(adaptive_norm.fold(state.params, state.norm)), m.last_loss())
 
         events = jnp.arange(1, data.event_n.shape[0] + 1)
         state, (acc, loss) = jax.lax.scan(
@@ -224,6 +229,26 @@ def make_sweep(
         return SweepResult(*(a.reshape(k, s, *a.shape[1:]) for a in (acc, loss, hist)))
 
     return sweep
+
+
+def shared_composition(event_sizes: Sequence[int], replay_size: int, batch_size: int) -> tuple[Composition, bool]:
+    """The one program every learning event of a sweep runs: (composition, masked).
+
+    Events must share the split of a mini-batch into new latents and replays; their iterations per epoch may
+    differ (CORe50 NICv2-391's 293-300 images at N_LR=1500, B=128: 21 + 107, 14 or 15 iterations), in which case
+    the program runs the largest and masks the steps an event does not have.
+
+    Raises:
+      ValueError naming the sizes and their compositions when the splits differ.
+    """
+    comps = {minibatch_composition(int(n), replay_size, batch_size) for n in set(event_sizes)}
+    splits = {(c.new_per_batch, c.replays_per_batch) for c in comps}
+    if len(splits) != 1:
+        raise ValueError(f"a vectorized sweep needs learning events of one split of new and replayed latents per "
+                         f"mini-batch; event sizes {sorted(set(event_sizes))} give {sorted(tuple(c) for c in comps)} "
+                         f"(new, replays, iterations per epoch)")
+    widest = max(comps, key=lambda c: c.iterations_per_epoch)
+    return widest, len(comps) > 1
 
 
 def prepare_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, quant, base_seed: int,
@@ -285,14 +310,11 @@ def run_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, repl
         raise ValueError("replay.bits=null (FP32 latents) cannot be vectorized with integer bit-widths")
     (params, norm_state), frozen, data = prepared if prepared is not None else prepare_sweep(
         stream, specs, latent_layer, train, quant, base_seed, eval_chunk)
-    comps = {minibatch_composition(int(n), replay_size, train.batch_size) for n in np.asarray(data.event_n)}
-    if len(comps) != 1:
-        raise ValueError(f"a vectorized sweep needs learning events of one mini-batch composition; event sizes "
-                         f"{sorted(set(np.asarray(data.event_n).tolist()))} give {sorted(comps)}")
+    comp, masked = shared_composition([int(n) for n in np.asarray(data.event_n)], replay_size, train.batch_size)
     _, adaptive_specs = split_specs(specs, latent_layer)
     optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
-    sweep = make_sweep(adaptive_specs, optimizer, replay_size, data.codes0.shape[1:], stream.num_classes, comps.pop(),
-                       train.epochs, max(lr_bits), policy, eval_chunk, members_per_batch,
+    sweep = make_sweep(adaptive_specs, optimizer, replay_size, data.codes0.shape[1:], stream.num_classes, comp,
+                       train.epochs, max(lr_bits), policy, eval_chunk, members_per_batch, masked=masked,
                        strategy=make_strategy(train.strategy, train.reset_momentum, optimizer.init, stream.num_classes),
                        norm=make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum))
     res = sweep(params, np.asarray(lr_bits, np.int32), lr_scales(lr_bits, frozen.a_max),

@@ -154,3 +154,51 @@ def test_sweep_runs_ar1_star_with_fresh_momentum_like_the_single_run_learner(set
     plain_res = make_sweep(adaptive, opt, N_LR, shape, CLASSES, comp, epochs=2, max_bits=8, eval_chunk=CHUNK)(
         params, np.asarray(bits, np.int32), lr_scales(bits, A_MAX), np.asarray(seeds, np.int32), data)
     assert not np.array_equal(np.asarray(plain_res.train_loss), np.asarray(res.train_loss))
+
+
+def test_events_of_unequal_sizes_run_in_one_masked_program_like_the_single_run(setup):
+    """Sizes 12 and 10 share the split (5 new + 11 replays) but not the iterations per epoch (3 and 2): the sweep
+    runs one program with masked steps and equals the single run, which compiles each composition."""
+    from clq.learn import Event, Hyper, make_learner, plain
+    from clq.train import make_adaptive_norm
+    from clq.train.vectorized import shared_composition
+
+    params, adaptive, shape, data, _, opt = setup
+    event_n = np.asarray([N_NEW, N_NEW - 2, N_NEW], np.int32)
+    data = data._replace(event_n=event_n)
+    comp, masked = shared_composition(event_n.tolist(), N_LR, 16)
+    assert masked and comp == minibatch_composition(N_NEW, N_LR, 16)
+    assert minibatch_composition(N_NEW - 2, N_LR, 16).iterations_per_epoch < comp.iterations_per_epoch
+    sweep = make_sweep(adaptive, opt, N_LR, shape, CLASSES, comp, epochs=2, max_bits=8, eval_chunk=CHUNK,
+                       masked=True)
+    res = sweep(params, np.asarray([8], np.int32), lr_scales([8], A_MAX), np.asarray([0], np.int32), data)
+
+    buffer = make_replay_buffer(N_LR, shape, make_latent_codec(8, A_MAX), "ar1", CLASSES)
+    learner = make_learner(adaptive, opt, buffer, make_adaptive_norm("fold", adaptive), plain(), 2)
+    predict = make_predict(adaptive)
+    _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(0), 3)
+    hyper = Hyper(opt.init(params).hyperparams["learning_rate"], k_train, k_buf)
+
+    def decode(c):
+        return jnp.asarray(c, jnp.float32) * FROZEN_SCALE
+
+    def acc(p):
+        z = np.zeros(TEST, np.int32)
+        return evaluate(predict, p, np.asarray(data.test_codes), FROZEN_SCALE, np.asarray(data.test_labels), z,
+                        CLASSES, 1, CHUNK)["accuracy"]
+
+    state = learner.init(jax.tree.map(jnp.array, params), (),
+                         Event(decode(data.codes0), jnp.asarray(data.labels0), jnp.int32(N0), jnp.int32(0)), hyper)
+    accs, losses = [acc(state.params)], []
+    for i in range(1, EVENTS):
+        n = int(event_n[i - 1])
+        ev = Event(decode(data.event_codes[i - 1]), jnp.asarray(data.event_labels[i - 1]), jnp.int32(n), jnp.int32(i))
+        state, m = learner.jit_step(minibatch_composition(n, N_LR, 16))(state, ev, hyper)
+        accs.append(acc(state.params))
+        losses.append(float(m.loss[-1]))
+    np.testing.assert_allclose(np.asarray(res.accuracy[0, 0]), accs, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(res.train_loss[0, 0]), losses, rtol=1e-5)
+    # Unmasked, the short event would run the long event's steps: a different learning phase.
+    unmasked = make_sweep(adaptive, opt, N_LR, shape, CLASSES, comp, epochs=2, max_bits=8, eval_chunk=CHUNK)(
+        params, np.asarray([8], np.int32), lr_scales([8], A_MAX), np.asarray([0], np.int32), data)
+    assert not np.allclose(np.asarray(unmasked.train_loss[0, 0]), losses, rtol=1e-5)
