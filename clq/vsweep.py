@@ -14,7 +14,8 @@ Writes, in the run dir (``outputs/vsweep/<date>/<time>``): one folder per member
 (the subset of `clq-run`'s schema that `clq.analysis.collect_runs` reads: status, config with that member's
 ``replay.bits`` and ``seed``, accuracy after every event, final/average accuracy, memory and cost report), so
 ``python -m clq.analysis <run dir>`` reads it like a multirun; and ``vsweep.json`` (the [K, S, E] accuracy array,
-timings, the per-bit-width summary). Not produced: per-class accuracy matrices and forgetting, the joint upper
+timings, the per-bit-width summary); members also carry per-class and per-session accuracy matrices and
+forgetting, built as `clq-run` builds them (`clq.train.metrics.accuracy_record`). Not produced: the joint upper
 bound, wandb runs and checkpoints (the learning phase is one call). Exit status 2 on a config error, before any
 compute; 3 if a member's training loss became non-finite (its results.json says ``status: failed``).
 """
@@ -41,6 +42,7 @@ from clq.analysis.collect import VSWEEP_FILE  # the run dir's marker: collect_ru
 from clq.config import ConfigError, ExperimentConfig, experiment_config
 from clq.run import CONF_DIR, enable_compile_cache, end_failed_run, load_stream, memory_report
 from clq.tracking import write_json_atomic
+from clq.train.metrics import accuracy_record
 
 __all__ = ["VSweepConfig", "vsweep_config", "check_vectorizable", "member_name", "run_vsweep", "main"]
 
@@ -218,6 +220,12 @@ def run_vsweep(exp: ExperimentConfig, vs: VSweepConfig, resolved: dict, run_dir:
     n_test = len(stream.test_labels)
     acc = np.rint(out["accuracy"] * n_test) / n_test
     loss, hist = out["train_loss"], out["buffer_histogram"]
+    # Per-class and per-session accuracy after every event, from the sweep's exact hit counts (as a single run).
+    with np.errstate(invalid="ignore", divide="ignore"):
+        class_tot = np.bincount(stream.test_labels, minlength=stream.num_classes).astype(np.float64)
+        sess_tot = np.bincount(stream.test_sessions, minlength=len(stream.session_names)).astype(np.float64)
+        class_m = np.where(class_tot > 0, out["class_hits"] / class_tot, np.nan)
+        sess_m = np.where(sess_tot > 0, out["session_hits"] / sess_tot, np.nan)
     n_members = len(vs.bits) * len(vs.seeds)
     total = time.perf_counter() - t0
     latent_shape = [int(d) for d in prepared[2].codes0.shape[1:]]
@@ -234,7 +242,7 @@ def run_vsweep(exp: ExperimentConfig, vs: VSweepConfig, resolved: dict, run_dir:
             res = {
                 "config": _member_config(resolved, b, seed), "run_dir": member_dir, "stream": stream.summary(),
                 "status": "completed" if not len(bad) else "failed",
-                "accuracy_per_event": curve, "final_accuracy": curve[-1], "average_accuracy": float(np.mean(curve)),
+                **accuracy_record(stream, curve, class_m[k, s, : len(curve)], sess_m[k, s, : len(curve)]),
                 "events": [{"event": i, "accuracy": a, "train_loss": None if i == 0 else float(loss[k, s, i - 1])}
                            for i, a in enumerate(curve)],
                 "latent": {"layer": exp.latent_layer, "shape": latent_shape, "elements": int(np.prod(latent_shape)),

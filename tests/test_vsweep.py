@@ -53,6 +53,12 @@ def test_tiny_vsweep_members_equal_clq_run_and_collect_like_a_multirun(tmp_path)
     assert members[8, 0]["buffer"]["class_histogram"] == ref["buffer"]["class_histogram"]
     assert members[8, 0]["memory_bytes"] == ref["memory_bytes"] and members[8, 0]["cost"] == ref["cost"]
     assert members[8, 0]["latent"] == ref["latent"]
+    # The same evaluator and results builder: per-class / per-session matrices and forgetting agree too.
+    for group in ("per_class", "per_session"):
+        np.testing.assert_allclose(np.asarray(members[8, 0]["accuracy_matrix"][group], float),
+                                   np.asarray(ref["accuracy_matrix"][group], float), atol=1e-6, rtol=0)
+        assert abs(members[8, 0]["forgetting"][group] - ref["forgetting"][group]) < 1e-6
+    assert members[8, 0]["final_accuracy_per_session"].keys() == ref["final_accuracy_per_session"].keys()
 
     # clq.analysis reads the folder like a multirun: one row per member, not one for the sweep's own run dir.
     df = collect_runs(str(sweep_dir))

@@ -12,7 +12,7 @@ from clq.batching import padded_batches
 from clq.model.forward import forward
 from clq.model.specs import LayerSpec
 
-__all__ = ["make_predict", "Evaluation", "evaluate"]
+__all__ = ["make_predict", "make_hits", "Evaluation", "evaluation_from_hits", "evaluate"]
 
 
 def make_predict(adaptive_specs: Sequence[LayerSpec]):
@@ -26,39 +26,64 @@ def make_predict(adaptive_specs: Sequence[LayerSpec]):
     return predict
 
 
+def make_hits(adaptive_specs: Sequence[LayerSpec], num_classes: int, num_sessions: int):
+    """Pure ``hits(params, codes, scale, labels, sessions) -> (class_hits int32 [K], session_hits int32 [S])``.
+
+    The one evaluator of clq: correct predictions counted per class and per session, in-graph (a single run
+    jits it per batch, a sweep maps it over chunks inside its program). codes [B, *latent_shape] stored as
+    ``codes * scale``; labels int32 [B] with -1 on padding rows (never counted); sessions int32 [B].
+    """
+
+    def hits(params, codes, scale, labels, sessions):
+        x = codes.astype(jnp.float32) * scale
+        pred = jnp.argmax(forward(adaptive_specs, params, x).reshape(x.shape[0], -1), -1)
+        valid = labels >= 0
+        ok = ((pred == labels) & valid).astype(jnp.int32)
+        return (jnp.zeros(num_classes, jnp.int32).at[jnp.where(valid, labels, 0)].add(ok),
+                jnp.zeros(num_sessions, jnp.int32).at[jnp.where(valid, sessions, 0)].add(ok))
+
+    return hits
+
+
 class Evaluation(dict):
     """accuracy (float), per_class float [K] (NaN where absent), per_session float [S]."""
 
 
-def _group_accuracy(correct: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
-    tot = np.bincount(groups, minlength=n).astype(np.float64)
-    hit = np.bincount(groups, weights=correct, minlength=n)
+def _ratio(hit: np.ndarray, tot: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(tot > 0, hit / tot, np.nan)
+        return np.where(tot > 0, np.asarray(hit, np.float64) / tot, np.nan)
+
+
+def evaluation_from_hits(class_hits, session_hits, labels: np.ndarray, sessions: np.ndarray) -> Evaluation:
+    """`Evaluation` from hit counts (`make_hits`, summed over the test set) and the test set's labels/sessions:
+    accuracies are exact counts divided in float64."""
+    class_hits, session_hits = np.asarray(class_hits), np.asarray(session_hits)
+    class_tot = np.bincount(labels, minlength=len(class_hits)).astype(np.float64)
+    session_tot = np.bincount(sessions, minlength=len(session_hits)).astype(np.float64)
+    return Evaluation(accuracy=float(class_hits.sum()) / len(labels), per_class=_ratio(class_hits, class_tot),
+                      per_session=_ratio(session_hits, session_tot))
 
 
 def evaluate(
-    predict,
+    hits,
     params,
     codes: np.ndarray,
     scale,
     labels: np.ndarray,
     sessions: np.ndarray,
-    num_classes: int,
-    num_sessions: int,
     batch_size: int,
 ) -> Evaluation:
     """Accuracy over the test latents, overall, per class and per session.
 
-    The last batch is padded to `batch_size` so that `predict` compiles once.
+    Args:
+      hits: `make_hits(...)` under `jax.jit`; the last batch is padded (labels -1) so that it compiles once.
     """
-    n = len(labels)
-    preds = np.empty(n, np.int32)
+    class_hits = session_hits = 0
     for s, chunk, m in padded_batches(codes, batch_size):
-        preds[s : s + m] = np.asarray(predict(params, chunk, scale))[:m]
-    correct = (preds == labels).astype(np.float64)
-    return Evaluation(
-        accuracy=float(correct.mean()),
-        per_class=_group_accuracy(correct, labels, num_classes),
-        per_session=_group_accuracy(correct, sessions, num_sessions),
-    )
+        lab = np.full(len(chunk), -1, np.int32)
+        lab[:m] = labels[s : s + m]
+        ses = np.zeros(len(chunk), np.int32)
+        ses[:m] = sessions[s : s + m]
+        c, t = hits(params, chunk, scale, lab, ses)
+        class_hits, session_hits = class_hits + np.asarray(c, np.int64), session_hits + np.asarray(t, np.int64)
+    return evaluation_from_hits(class_hits, session_hits, labels, sessions)

@@ -29,13 +29,13 @@ from clq.learn import Event, Hyper, LearnerState, make_learner, make_strategy
 from clq.replay.buffer import buffer_nbytes, make_replay_buffer
 from clq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from clq.train.config import ReplayConfig, TrainConfig
-from clq.train.evaluate import evaluate, make_predict
+from clq.train.evaluate import evaluate, make_hits
 from clq.train.latent_cache import with_latent_cache
 from clq.train.event import make_learning_event, make_optimizer, minibatch_composition
 from clq.train.first_event import configure_head, train_first_event
 from clq.train.norm import make_adaptive_norm
 from clq.train.frozen_stage import FrozenStage, make_frozen_stage
-from clq.train.metrics import at_chance, average_accuracy, forgetting
+from clq.train.metrics import accuracy_record, at_chance, nan_to_none
 
 __all__ = ["TrainConfig", "ReplayConfig", "run_continual", "NonFiniteError", "JOINT_MAX_BYTES", "folded_shapes",
            "calibrate_frozen_stage", "restore_frozen_stage"]
@@ -216,12 +216,12 @@ def run_continual(
     # 3. Test latents once.
     with timer("frozen_pass_s"):
         test_codes = frozen.latents(stream.test_images)
-    predict = make_predict(adaptive_specs)
+    hits = jax.jit(make_hits(adaptive_specs, K, S))
 
     def run_eval(params, norm_state=()):
         with timer("eval_s"):
-            return evaluate(predict, norm.fold(params, norm_state), test_codes, frozen.scale, stream.test_labels,
-                            stream.test_sessions, K, S, train.eval_batch_size)
+            return evaluate(hits, norm.fold(params, norm_state), test_codes, frozen.scale, stream.test_labels,
+                            stream.test_sessions, train.eval_batch_size)
 
     codec = make_latent_codec(replay.bits, frozen.a_max)
     buffer = make_replay_buffer(replay.size, latent_shape, codec, replay.policy, K)
@@ -236,14 +236,12 @@ def run_continual(
 
     rows: list[dict] = []  # per event: {"eval": Evaluation as lists, "row": metrics row}
     warnings: list[str] = []
-    seen_cls = np.zeros((stream.num_events, K), bool)
-    seen_sess = np.zeros((stream.num_events, S), bool)
 
     def record(i, ev, row):
         row = {"event": i, "classes": stream.experience_classes[i].tolist(),
                "session": int(stream.experience_sessions[i]), "accuracy": ev["accuracy"], **row}
-        rows.append({"per_class": _nan_to_none(np.asarray(ev["per_class"], float)),
-                     "per_session": _nan_to_none(np.asarray(ev["per_session"], float)), "row": row})
+        rows.append({"per_class": nan_to_none(np.asarray(ev["per_class"], float)),
+                     "per_session": nan_to_none(np.asarray(ev["per_session"], float)), "row": row})
         if on_event is not None:
             on_event(i, row)
         since = at_chance([r["row"]["accuracy"] for r in rows], K)
@@ -311,22 +309,10 @@ def run_continual(
                 "iterations": comp.iterations_per_epoch * train.epochs})
         checkpoint(i)
 
-    # CORe50's NICv2-79/196, NI and NC batches mix sessions: count every session of an experience as seen.
-    sess_sets = getattr(stream, "experience_session_sets", None) or [[s] for s in stream.experience_sessions]
-    for i in range(stream.num_events):
-        seen_cls[i:, stream.experience_classes[i]] = True
-        seen_sess[i:, np.asarray(sess_sets[i], int)] = True
-    acc = [r["row"]["accuracy"] for r in rows]
     class_m = np.asarray([r["per_class"] for r in rows], dtype=float)
     sess_m = np.asarray([r["per_session"] for r in rows], dtype=float)
     results = {
-        "accuracy_per_event": [float(a) for a in acc],
-        "final_accuracy": float(acc[-1]),
-        "average_accuracy": average_accuracy(acc),
-        "accuracy_matrix": {"per_class": _nan_to_none(class_m), "per_session": _nan_to_none(sess_m)},
-        "forgetting": {"per_class": forgetting(class_m, seen_cls), "per_session": forgetting(sess_m, seen_sess)},
-        "final_accuracy_per_class": _nan_to_none(class_m[-1]),
-        "final_accuracy_per_session": dict(zip(stream.session_names, _nan_to_none(sess_m[-1]))),
+        **accuracy_record(stream, [r["row"]["accuracy"] for r in rows], class_m, sess_m),
         "events": [r["row"] for r in rows],
         "first_event_history": [{"loss": l, "accuracy": a} for l, a in history],
         "latent": {"layer": latent_layer, "shape": list(latent_shape), "elements": int(np.prod(latent_shape)),
@@ -361,11 +347,6 @@ class NonFiniteError(FloatingPointError):
 
 def _finite_tree(tree) -> bool:
     return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
-
-
-def _nan_to_none(a: np.ndarray):
-    a = np.asarray(a, dtype=float)
-    return np.where(np.isnan(a), None, np.round(a, 6)).tolist()
 
 
 def _joint(stream, frozen, params, adaptive_specs, train: TrainConfig, run_eval, key) -> float:

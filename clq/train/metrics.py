@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["forgetting", "average_accuracy", "at_chance", "CHANCE_PATIENCE"]
+__all__ = ["forgetting", "average_accuracy", "at_chance", "CHANCE_PATIENCE", "accuracy_record", "nan_to_none"]
 
 #: Learning events in a row at chance level before a run says so.
 CHANCE_PATIENCE = 3
@@ -52,3 +52,43 @@ def at_chance(accuracies, num_classes: int, patience: int = CHANCE_PATIENCE) -> 
     while start > 0 and acc[start - 1] < 1.5 / num_classes:
         start -= 1
     return start + 1
+
+
+def nan_to_none(a) -> list:
+    """JSON-ready nested lists rounded to 6 digits, with None where the value is NaN (a group never tested)."""
+    a = np.asarray(a, dtype=float)
+    return np.where(np.isnan(a), None, np.round(a, 6)).tolist()
+
+
+def accuracy_record(stream, accuracy, class_matrix, session_matrix) -> dict:
+    """The accuracy part of every run's results.json (a single run and each member of a sweep write the same).
+
+    Args:
+      stream: the `clq.data.stream.Stream` (which classes and sessions each experience holds, session names).
+      accuracy: float [E'], overall test accuracy after events 0..E'-1 (E' <= E when a run stopped early).
+      class_matrix: float [E', K], accuracy per class after each event (NaN where a class has no test image).
+      session_matrix: float [E', S], the same per session.
+    Returns:
+      accuracy_per_event, final_accuracy, average_accuracy, accuracy_matrix (per_class, per_session),
+      forgetting (per_class, per_session; over groups seen before the last event), final_accuracy_per_class,
+      final_accuracy_per_session (by session name).
+    """
+    class_m, sess_m = np.asarray(class_matrix, float), np.asarray(session_matrix, float)
+    n = len(accuracy)
+    seen_cls = np.zeros((n, class_m.shape[1]), bool)
+    seen_sess = np.zeros((n, sess_m.shape[1]), bool)
+    # CORe50's NICv2-79/196, NI and NC batches mix sessions: count every session of an experience as seen.
+    sess_sets = getattr(stream, "experience_session_sets", None) or [[s] for s in stream.experience_sessions]
+    for i in range(n):
+        seen_cls[i:, stream.experience_classes[i]] = True
+        seen_sess[i:, np.asarray(sess_sets[i], int)] = True
+    acc = [float(a) for a in accuracy]
+    return {
+        "accuracy_per_event": acc,
+        "final_accuracy": acc[-1],
+        "average_accuracy": average_accuracy(acc),
+        "accuracy_matrix": {"per_class": nan_to_none(class_m), "per_session": nan_to_none(sess_m)},
+        "forgetting": {"per_class": forgetting(class_m, seen_cls), "per_session": forgetting(sess_m, seen_sess)},
+        "final_accuracy_per_class": nan_to_none(class_m[-1]),
+        "final_accuracy_per_session": dict(zip(stream.session_names, nan_to_none(sess_m[-1]))),
+    }

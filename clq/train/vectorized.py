@@ -39,12 +39,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from clq.model.forward import fold_batch_norm, forward
+from clq.model.forward import fold_batch_norm
 from clq.model.specs import LayerSpec, split_specs
 from clq.quant.latent import LatentCodec
 from clq.quant.uniform import check_bits, storage_dtype
 from clq.replay.buffer import make_replay_buffer
 from clq.learn import Event, Hyper, Strategy, make_learner, make_strategy, plain
+from clq.train.evaluate import make_hits
 from clq.train.event import Composition, make_optimizer, minibatch_composition
 from clq.train.norm import AdaptiveNorm, make_adaptive_norm
 from clq.train.first_event import train_first_event
@@ -66,6 +67,7 @@ class SweepData(NamedTuple):
       test_codes: [T, *latent_shape] test latents' codes; T a multiple of the evaluation chunk.
       test_labels: int32 [T], -1 on padding rows (never counted).
       frozen_scale: float32 (), real latents are ``codes * frozen_scale``.
+      test_sessions: int32 [T], session of every test latent (None: all session 0).
     """
 
     codes0: jax.Array
@@ -76,6 +78,7 @@ class SweepData(NamedTuple):
     test_codes: jax.Array
     test_labels: jax.Array
     frozen_scale: jax.Array
+    test_sessions: jax.Array | None = None
 
 
 class SweepResult(NamedTuple):
@@ -85,11 +88,15 @@ class SweepResult(NamedTuple):
       accuracy: float32 [K, S, E], test accuracy after every event (index 0: after event 0).
       train_loss: float32 [K, S, E-1], loss of the last step of every learning event.
       buffer_histogram: int32 [K, S, num_classes], labels held by the buffer at the end.
+      class_hits: int32 [K, S, E, num_classes], correct test predictions per class after every event.
+      session_hits: int32 [K, S, E, num_sessions], the same per session.
     """
 
     accuracy: jax.Array
     train_loss: jax.Array
     buffer_histogram: jax.Array
+    class_hits: jax.Array
+    session_hits: jax.Array
 
 
 def lr_scales(lr_bits: Sequence[int], a_max: float) -> np.ndarray:
@@ -121,8 +128,10 @@ def sweep_data(stream, frozen, eval_chunk: int = 1000) -> SweepData:
     pad = -len(test) % eval_chunk
     test = np.concatenate([test, np.zeros((pad, *latent_shape), test.dtype)])
     test_labels = np.concatenate([stream.test_labels.astype(np.int32), np.full(pad, -1, np.int32)])
+    test_sessions = np.concatenate([stream.test_sessions.astype(np.int32), np.zeros(pad, np.int32)])
     return SweepData(codes0, stream.train_labels[exp[0]].astype(np.int32), ev_codes, ev_labels,
-                     np.asarray([len(e) for e in later], np.int32), test, test_labels, np.float32(frozen.scale))
+                     np.asarray([len(e) for e in later], np.int32), test, test_labels, np.float32(frozen.scale),
+                     test_sessions)
 
 
 def make_sweep(
@@ -140,6 +149,7 @@ def make_sweep(
     strategy: Strategy | None = None,
     norm: AdaptiveNorm | None = None,
     masked: bool = False,
+    num_sessions: int = 1,
 ) -> Callable[..., SweepResult]:
     """Build the jitted sweep program.
 
@@ -154,6 +164,7 @@ def make_sweep(
       members_per_batch: configurations vmapped together (`lax.map` over batches of them); None: all K*S.
       strategy: the learner's strategy (`clq.learn.make_strategy`); None: plain QLR.
       norm: the adaptive stage's normalization (`clq.train.norm.make_adaptive_norm`); None: folded.
+      num_sessions: sessions of the test set (per-session hits).
       masked: events may need fewer iterations per epoch than `composition` (unequal sizes, one split of new
         and replays); each runs exactly its own (`clq.train.event.make_event_fn`).
     Returns:
@@ -166,10 +177,7 @@ def make_sweep(
     dtype = storage_dtype(max_bits)
     latent_shape = tuple(int(d) for d in latent_shape)
 
-    def predict_correct(params, codes, labels, frozen_scale):
-        x = codes.astype(jnp.float32) * frozen_scale
-        pred = jnp.argmax(forward(adaptive_specs, params, x).reshape(x.shape[0], -1), -1)
-        return jnp.sum(pred == labels, dtype=jnp.int32)
+    hits = make_hits(adaptive_specs, num_classes, num_sessions)  # the single run's evaluator
 
     adaptive_norm = norm if norm is not None else make_adaptive_norm("fold", adaptive_specs)
 
@@ -186,11 +194,15 @@ def make_sweep(
         n_test = jnp.maximum(jnp.sum(data.test_labels >= 0), 1)
         test_codes = data.test_codes.reshape(-1, eval_chunk, *latent_shape)
         test_labels = data.test_labels.reshape(-1, eval_chunk)
+        sessions = data.test_sessions if data.test_sessions is not None else jnp.zeros_like(data.test_labels)
+        test_sessions = sessions.reshape(-1, eval_chunk)
 
         def accuracy(params):
-            hits = jax.lax.map(lambda ct: predict_correct(params, ct[0], ct[1], data.frozen_scale),
-                               (test_codes, test_labels))
-            return jnp.sum(hits) / n_test
+            """(accuracy float32 (), class hits int32 [num_classes], session hits int32 [num_sessions])."""
+            ch, sh = jax.lax.map(lambda c: hits(params, c[0], data.frozen_scale, c[1], c[2]),
+                                 (test_codes, test_labels, test_sessions))
+            ch, sh = jnp.sum(ch, 0), jnp.sum(sh, 0)
+            return jnp.sum(ch) / n_test, ch, sh
 
         def decode(codes):
             return codes.astype(jnp.float32) * data.frozen_scale
@@ -203,15 +215,16 @@ def make_sweep(
         def event(state, inp):
             codes, labels, n_new, i = inp
             state, m = learning_event(state, Event(decode(codes), labels, n_new, i), hyper)
-            return state, (accuracy(adaptive_norm.fold(state.params, state.norm)), m.last_loss())
+            return state, (*accuracy(adaptive_norm.fold(state.params, state.norm)), m.last_loss())
 
         events = jnp.arange(1, data.event_n.shape[0] + 1)
-        state, (acc, loss) = jax.lax.scan(
+        state, (acc, ch, sh, loss) = jax.lax.scan(
             event, state, (data.event_codes, data.event_labels, data.event_n, events))
         buf = state.buffer
         hist = jnp.zeros(num_classes, jnp.int32).at[jnp.where(buf.filled, buf.labels, 0)].add(
             buf.filled.astype(jnp.int32))
-        return jnp.concatenate([acc0[None], acc]), loss, hist
+        return (jnp.concatenate([acc0[0][None], acc]), loss, hist, jnp.concatenate([acc0[1][None], ch]),
+                jnp.concatenate([acc0[2][None], sh]))
 
     @jax.jit
     def sweep(adaptive_params, lr_bits, lr_scale, seeds, data: SweepData, norm_state=()) -> SweepResult:
@@ -224,9 +237,9 @@ def make_sweep(
         scale = jnp.repeat(jnp.asarray(lr_scale, jnp.float32), s)
         seed = jnp.tile(jnp.asarray(seeds, jnp.int32), k)
         chunk = k * s if members_per_batch is None else min(members_per_batch, k * s)
-        acc, loss, hist = jax.lax.map(lambda m: one_config(adaptive_params, norm_state, *m, data), (bits, scale, seed),
-                                      batch_size=chunk)
-        return SweepResult(*(a.reshape(k, s, *a.shape[1:]) for a in (acc, loss, hist)))
+        out = jax.lax.map(lambda m: one_config(adaptive_params, norm_state, *m, data), (bits, scale, seed),
+                          batch_size=chunk)
+        return SweepResult(*(a.reshape(k, s, *a.shape[1:]) for a in out))
 
     return sweep
 
@@ -301,7 +314,8 @@ def run_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, repl
       members_per_batch: configurations vmapped together (`make_sweep`); fewer bound the memory, None: all.
     Returns:
       dict with ``accuracy`` float [K, S, E], ``final_accuracy`` float [K, S], ``train_loss`` [K, S, E-1],
-      ``buffer_histogram`` [K, S, num_classes] (NumPy), and the ``lr_bits``/``seeds`` axes.
+      ``buffer_histogram`` [K, S, num_classes], ``class_hits`` [K, S, E, num_classes] and ``session_hits``
+      [K, S, E, num_sessions] (NumPy), and the ``lr_bits``/``seeds`` axes.
     """
     if not lr_bits or not seeds:
         raise ValueError("lr_bits and seeds must each hold at least one value")
@@ -316,10 +330,12 @@ def run_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, repl
     sweep = make_sweep(adaptive_specs, optimizer, replay_size, data.codes0.shape[1:], stream.num_classes, comp,
                        train.epochs, max(lr_bits), policy, eval_chunk, members_per_batch, masked=masked,
                        strategy=make_strategy(train.strategy, train.reset_momentum, optimizer.init, stream.num_classes),
-                       norm=make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum))
+                       norm=make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum),
+                       num_sessions=len(stream.session_names))
     res = sweep(params, np.asarray(lr_bits, np.int32), lr_scales(lr_bits, frozen.a_max),
                 np.asarray(seeds, np.int32), data, norm_state)
     acc = np.asarray(res.accuracy, np.float64)
     return {"lr_bits": list(lr_bits), "seeds": [int(s) for s in seeds], "accuracy": acc,
             "final_accuracy": acc[:, :, -1], "train_loss": np.asarray(res.train_loss),
-            "buffer_histogram": np.asarray(res.buffer_histogram)}
+            "buffer_histogram": np.asarray(res.buffer_histogram), "class_hits": np.asarray(res.class_hits),
+            "session_hits": np.asarray(res.session_hits)}

@@ -8,7 +8,7 @@ import pytest
 from clq.model import fold_batch_norm, init_params, mobilenet_v1_specs, split_specs
 from clq.quant import make_latent_codec
 from clq.replay import make_replay_buffer
-from clq.train import TrainConfig, evaluate, make_learning_event, make_optimizer, make_predict, minibatch_composition
+from clq.train import TrainConfig, evaluate, make_hits, make_learning_event, make_optimizer, minibatch_composition
 from clq.train.vectorized import SweepData, lr_scales, make_sweep, run_sweep
 
 LAYER, CLASSES, N_LR, EVENTS, N_NEW, N0, TEST, CHUNK = 25, 6, 24, 4, 12, 30, 40, 20
@@ -46,7 +46,7 @@ def setup():
 def _separate_runs(params, adaptive, shape, data: SweepData, comp, opt, bits, seeds):
     """Each seed's run the way `run_continual` runs its learning events (one jitted call per event)."""
     buffer = make_replay_buffer(N_LR, shape, make_latent_codec(bits, A_MAX), "ar1", CLASSES)
-    fns = jax.jit(buffer.add), make_learning_event(adaptive, opt, buffer, comp, 2), make_predict(adaptive)
+    fns = jax.jit(buffer.add), make_learning_event(adaptive, opt, buffer, comp, 2), jax.jit(make_hits(adaptive, CLASSES, 1))
     return [_separate_run(params, data, opt, buffer, *fns, seed) for seed in seeds]
 
 
@@ -61,7 +61,7 @@ def _separate_run(params, data: SweepData, opt, buffer, add, event, predict, see
     def acc(p):
         z = np.zeros(TEST, np.int32)
         return evaluate(predict, p, np.asarray(data.test_codes), FROZEN_SCALE, np.asarray(data.test_labels), z,
-                        CLASSES, 1, CHUNK)["accuracy"]
+                        CHUNK)["accuracy"]
 
     state = add(buffer.init(), decode(data.codes0), jnp.asarray(data.labels0), jnp.ones(N0, bool),
                 jax.random.fold_in(k_buf, 0))
@@ -126,7 +126,7 @@ def test_sweep_runs_ar1_star_with_fresh_momentum_like_the_single_run_learner(set
                        strategy=strategy, norm=norm)
     bits, seeds = [8], [0, 5]
     res = sweep(params, np.asarray(bits, np.int32), lr_scales(bits, A_MAX), np.asarray(seeds, np.int32), data)
-    predict = make_predict(adaptive)
+    predict = jax.jit(make_hits(adaptive, CLASSES, 1))
     buffer = make_replay_buffer(N_LR, shape, make_latent_codec(8, A_MAX), "ar1", CLASSES)
     learner = make_learner(adaptive, opt, buffer, norm, strategy, 2)
 
@@ -136,7 +136,7 @@ def test_sweep_runs_ar1_star_with_fresh_momentum_like_the_single_run_learner(set
     def acc(p):
         z = np.zeros(TEST, np.int32)
         return evaluate(predict, p, np.asarray(data.test_codes), FROZEN_SCALE, np.asarray(data.test_labels), z,
-                        CLASSES, 1, CHUNK)["accuracy"]
+                        CHUNK)["accuracy"]
 
     for s, seed in enumerate(seeds):
         _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
@@ -175,7 +175,7 @@ def test_events_of_unequal_sizes_run_in_one_masked_program_like_the_single_run(s
 
     buffer = make_replay_buffer(N_LR, shape, make_latent_codec(8, A_MAX), "ar1", CLASSES)
     learner = make_learner(adaptive, opt, buffer, make_adaptive_norm("fold", adaptive), plain(), 2)
-    predict = make_predict(adaptive)
+    predict = jax.jit(make_hits(adaptive, CLASSES, 1))
     _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(0), 3)
     hyper = Hyper(opt.init(params).hyperparams["learning_rate"], k_train, k_buf)
 
@@ -185,7 +185,7 @@ def test_events_of_unequal_sizes_run_in_one_masked_program_like_the_single_run(s
     def acc(p):
         z = np.zeros(TEST, np.int32)
         return evaluate(predict, p, np.asarray(data.test_codes), FROZEN_SCALE, np.asarray(data.test_labels), z,
-                        CLASSES, 1, CHUNK)["accuracy"]
+                        CHUNK)["accuracy"]
 
     state = learner.init(jax.tree.map(jnp.array, params), (),
                          Event(decode(data.codes0), jnp.asarray(data.labels0), jnp.int32(N0), jnp.int32(0)), hyper)
