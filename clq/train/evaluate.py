@@ -12,18 +12,7 @@ from clq.batching import padded_batches
 from clq.model.forward import forward
 from clq.model.specs import LayerSpec
 
-__all__ = ["make_predict", "make_hits", "Evaluation", "evaluation_from_hits", "evaluate"]
-
-
-def make_predict(adaptive_specs: Sequence[LayerSpec]):
-    """Jitted ``predict(params, codes, scale) -> int32 [B]`` on latents stored as codes * scale."""
-
-    @jax.jit
-    def predict(params, codes, scale):
-        x = codes.astype(jnp.float32) * scale
-        return jnp.argmax(forward(adaptive_specs, params, x).reshape(x.shape[0], -1), -1).astype(jnp.int32)
-
-    return predict
+__all__ = ["make_hits", "Evaluation", "evaluation_from_hits", "evaluate"]
 
 
 def make_hits(adaptive_specs: Sequence[LayerSpec], num_classes: int, num_sessions: int):
