@@ -3,7 +3,7 @@
 #   - Debian package dataset-fashion-mnist (the offline default data),
 #   - a virtual environment .venv with clq and its pinned dependencies (pyproject.toml),
 #   - the ImageNet MobileNet-V1 weights into .cache/weights (scripts/fetch_weights.sh),
-#   - with --dev, the test dependencies too.
+#   - with --dev, the test dependencies too, and gcc (the test that compiles the exported C header).
 # Idempotent: re-running skips what is already in place (the venv is keyed by a hash of pyproject.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,12 @@ if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
   echo "setup: installing Debian package dataset-fashion-mnist"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+if [[ -n "$extras" ]] && ! command -v gcc >/dev/null 2>&1; then
+  echo "setup: installing Debian package gcc (tests compile the exported C header)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq gcc >/dev/null
 fi
 
 PY=${PYTHON:-python3.11}
