@@ -43,36 +43,62 @@ def setup():
     return fold_batch_norm(specs, params, stats)[LAYER + 1 :], adaptive, shape, data, comp, opt
 
 
+def _decode(codes):
+    return jnp.asarray(codes, jnp.float32) * FROZEN_SCALE
+
+
+def _accuracy(hits, params, data: SweepData) -> float:
+    """Test accuracy the way `run_continual` evaluates (`clq.train.evaluate`)."""
+    z = np.zeros(TEST, np.int32)
+    return evaluate(hits, params, np.asarray(data.test_codes), FROZEN_SCALE, np.asarray(data.test_labels), z,
+                    CHUNK)["accuracy"]
+
+
 def _separate_runs(params, adaptive, shape, data: SweepData, comp, opt, bits, seeds):
     """Each seed's run the way `run_continual` runs its learning events (one jitted call per event)."""
     buffer = make_replay_buffer(N_LR, shape, make_latent_codec(bits, A_MAX), "ar1", CLASSES)
-    fns = jax.jit(buffer.add), make_learning_event(adaptive, opt, buffer, comp, 2), jax.jit(make_hits(adaptive, CLASSES, 1))
-    return [_separate_run(params, data, opt, buffer, *fns, seed) for seed in seeds]
+    fns = jax.jit(buffer.add), make_learning_event(adaptive, opt, buffer, comp, 2)
+    hits = jax.jit(make_hits(adaptive, CLASSES, 1))
+    return [_separate_run(params, data, opt, buffer, *fns, hits, seed) for seed in seeds]
 
 
-def _separate_run(params, data: SweepData, opt, buffer, add, event, predict, seed):
+def _separate_run(params, data: SweepData, opt, buffer, add, event, hits, seed):
     _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = jax.tree.map(jnp.array, params)
     opt_state = opt.init(params)
-
-    def decode(c):
-        return jnp.asarray(c, jnp.float32) * FROZEN_SCALE
-
-    def acc(p):
-        z = np.zeros(TEST, np.int32)
-        return evaluate(predict, p, np.asarray(data.test_codes), FROZEN_SCALE, np.asarray(data.test_labels), z,
-                        CHUNK)["accuracy"]
-
-    state = add(buffer.init(), decode(data.codes0), jnp.asarray(data.labels0), jnp.ones(N0, bool),
+    state = add(buffer.init(), _decode(data.codes0), jnp.asarray(data.labels0), jnp.ones(N0, bool),
                 jax.random.fold_in(k_buf, 0))
-    accs = [acc(params)]
+    accs = [_accuracy(hits, params, data)]
     for i in range(1, EVENTS):
-        x, y, n = decode(data.event_codes[i - 1]), jnp.asarray(data.event_labels[i - 1]), int(data.event_n[i - 1])
+        x, y, n = _decode(data.event_codes[i - 1]), jnp.asarray(data.event_labels[i - 1]), int(data.event_n[i - 1])
         params, opt_state, _, _ = event(params, opt_state, x, y, jnp.int32(n), state, jax.random.fold_in(k_train, i))
         state = add(state, x, y, jnp.arange(N_NEW) < n, jax.random.fold_in(k_buf, i))
-        accs.append(acc(params))
+        accs.append(_accuracy(hits, params, data))
     hist = np.bincount(np.asarray(state.labels)[np.asarray(state.filled)], minlength=CLASSES)
     return np.asarray(accs), hist
+
+
+def _learner_run(learner, params, data: SweepData, opt, adaptive, seed, composition_of):
+    """One seed's run through the single run's jitted learner step (`clq.learn`), event by event.
+
+    composition_of(n_new) -> the mini-batch composition the single run compiles for that event.
+    Returns (accuracy after every event [EVENTS], loss of the last step of every learning event [EVENTS-1]).
+    """
+    from clq.learn import Event, Hyper
+
+    hits = jax.jit(make_hits(adaptive, CLASSES, 1))
+    _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
+    hyper = Hyper(opt.init(params).hyperparams["learning_rate"], k_train, k_buf)
+    state = learner.init(jax.tree.map(jnp.array, params), (),
+                         Event(_decode(data.codes0), jnp.asarray(data.labels0), jnp.int32(N0), jnp.int32(0)), hyper)
+    accs, losses = [_accuracy(hits, state.params, data)], []
+    for i in range(1, EVENTS):
+        n = int(data.event_n[i - 1])
+        ev = Event(_decode(data.event_codes[i - 1]), jnp.asarray(data.event_labels[i - 1]), jnp.int32(n), jnp.int32(i))
+        state, m = learner.jit_step(composition_of(n))(state, ev, hyper)
+        accs.append(_accuracy(hits, state.params, data))
+        losses.append(float(m.loss[-1]))
+    return accs, losses
 
 
 @pytest.mark.parametrize("members_per_batch", [None, 3])
@@ -116,7 +142,7 @@ def test_run_sweep_validates_its_arguments():
 def test_sweep_runs_ar1_star_with_fresh_momentum_like_the_single_run_learner(setup):
     """CWR* and a fresh optimizer state per event are learner pieces: the sweep's members equal the single
     run's jitted learner step, event by event."""
-    from clq.learn import Event, Hyper, make_learner, make_strategy
+    from clq.learn import make_learner, make_strategy
     from clq.train import make_adaptive_norm
 
     params, adaptive, shape, data, comp, opt = setup
@@ -126,29 +152,10 @@ def test_sweep_runs_ar1_star_with_fresh_momentum_like_the_single_run_learner(set
                        strategy=strategy, norm=norm)
     bits, seeds = [8], [0, 5]
     res = sweep(params, np.asarray(bits, np.int32), lr_scales(bits, A_MAX), np.asarray(seeds, np.int32), data)
-    predict = jax.jit(make_hits(adaptive, CLASSES, 1))
     buffer = make_replay_buffer(N_LR, shape, make_latent_codec(8, A_MAX), "ar1", CLASSES)
     learner = make_learner(adaptive, opt, buffer, norm, strategy, 2)
-
-    def decode(c):
-        return jnp.asarray(c, jnp.float32) * FROZEN_SCALE
-
-    def acc(p):
-        z = np.zeros(TEST, np.int32)
-        return evaluate(predict, p, np.asarray(data.test_codes), FROZEN_SCALE, np.asarray(data.test_labels), z,
-                        CHUNK)["accuracy"]
-
     for s, seed in enumerate(seeds):
-        _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
-        hyper = Hyper(opt.init(params).hyperparams["learning_rate"], k_train, k_buf)
-        state = learner.init(jax.tree.map(jnp.array, params), (), Event(decode(data.codes0), jnp.asarray(data.labels0),
-                                                                         jnp.int32(N0), jnp.int32(0)), hyper)
-        accs = [acc(state.params)]
-        for i in range(1, EVENTS):
-            ev = Event(decode(data.event_codes[i - 1]), jnp.asarray(data.event_labels[i - 1]),
-                       jnp.int32(int(data.event_n[i - 1])), jnp.int32(i))
-            state, _ = learner.jit_step(comp)(state, ev, hyper)
-            accs.append(acc(state.params))
+        accs, _ = _learner_run(learner, params, data, opt, adaptive, seed, lambda n: comp)
         np.testing.assert_allclose(np.asarray(res.accuracy[0, s]), accs, atol=1e-6, err_msg=f"seed={seed}")
     # CWR* changes the outcome against plain QLR with the same data and keys.
     plain_res = make_sweep(adaptive, opt, N_LR, shape, CLASSES, comp, epochs=2, max_bits=8, eval_chunk=CHUNK)(
@@ -159,7 +166,7 @@ def test_sweep_runs_ar1_star_with_fresh_momentum_like_the_single_run_learner(set
 def test_events_of_unequal_sizes_run_in_one_masked_program_like_the_single_run(setup):
     """Sizes 12 and 10 share the split (5 new + 11 replays) but not the iterations per epoch (3 and 2): the sweep
     runs one program with masked steps and equals the single run, which compiles each composition."""
-    from clq.learn import Event, Hyper, make_learner, plain
+    from clq.learn import make_learner, plain
     from clq.train import make_adaptive_norm
     from clq.train.vectorized import shared_composition
 
@@ -175,27 +182,7 @@ def test_events_of_unequal_sizes_run_in_one_masked_program_like_the_single_run(s
 
     buffer = make_replay_buffer(N_LR, shape, make_latent_codec(8, A_MAX), "ar1", CLASSES)
     learner = make_learner(adaptive, opt, buffer, make_adaptive_norm("fold", adaptive), plain(), 2)
-    predict = jax.jit(make_hits(adaptive, CLASSES, 1))
-    _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(0), 3)
-    hyper = Hyper(opt.init(params).hyperparams["learning_rate"], k_train, k_buf)
-
-    def decode(c):
-        return jnp.asarray(c, jnp.float32) * FROZEN_SCALE
-
-    def acc(p):
-        z = np.zeros(TEST, np.int32)
-        return evaluate(predict, p, np.asarray(data.test_codes), FROZEN_SCALE, np.asarray(data.test_labels), z,
-                        CHUNK)["accuracy"]
-
-    state = learner.init(jax.tree.map(jnp.array, params), (),
-                         Event(decode(data.codes0), jnp.asarray(data.labels0), jnp.int32(N0), jnp.int32(0)), hyper)
-    accs, losses = [acc(state.params)], []
-    for i in range(1, EVENTS):
-        n = int(event_n[i - 1])
-        ev = Event(decode(data.event_codes[i - 1]), jnp.asarray(data.event_labels[i - 1]), jnp.int32(n), jnp.int32(i))
-        state, m = learner.jit_step(minibatch_composition(n, N_LR, 16))(state, ev, hyper)
-        accs.append(acc(state.params))
-        losses.append(float(m.loss[-1]))
+    accs, losses = _learner_run(learner, params, data, opt, adaptive, 0, lambda n: minibatch_composition(n, N_LR, 16))
     np.testing.assert_allclose(np.asarray(res.accuracy[0, 0]), accs, atol=1e-6)
     np.testing.assert_allclose(np.asarray(res.train_loss[0, 0]), losses, rtol=1e-5)
     # Unmasked, the short event would run the long event's steps: a different learning phase.
