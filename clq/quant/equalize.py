@@ -187,13 +187,15 @@ def bias_correction(
 
     Args:
       specs, params: the frozen stage (folded, possibly equalized): the FP32 reference.
-      quantize: params -> tuple of `LayerQuant` (the stage's quantizer, calibrated ranges fixed).
+      quantize: (i, params of layer i) -> its `LayerQuant` (the stage's quantizer, calibrated ranges fixed:
+        `clq.quant.frozen.quantize_layer`).
       pixels: uint8 [N, H, W, C] calibration images (the first `BIAS_CORRECTION_IMAGES` are used).
       batch_size: images per compiled call.
     Returns:
-      params with every 'b' corrected (float32 [C]).
+      (params with every 'b' corrected (float32 [C]), their `LayerQuant` per layer).
     """
     specs = tuple(specs)
+    layers = []
     corrected = [{k: np.asarray(v, np.float32) for k, v in p.items()} for p in params]
     pixels = np.asarray(pixels)[:BIAS_CORRECTION_IMAGES]
     x = pixels.astype(np.float32) * np.float32(INPUT_SCALE)  # FP32 inputs of the current layer
@@ -202,7 +204,7 @@ def bias_correction(
     for i, spec in enumerate(specs):
         p = params[i]
         if "w" in p:
-            lq = quantize(tuple(corrected))[i]
+            lq = quantize(i, corrected[i])
             wq = jnp.asarray(dequantized_weights((lq,))[0], jnp.float32)
             bq = jnp.asarray(lq.b_codes * np.float64(lq.in_scale) * np.asarray(lq.w_scale, np.float64), jnp.float32)
             clip = p.get("clip", np.float32(6.0))
@@ -219,8 +221,9 @@ def bias_correction(
             x = np.concatenate(outs)
         else:
             x = x.mean(axis=(1, 2), keepdims=True)  # the pool: FP32 mean
-        lq = quantize(tuple(corrected))[i]
+        lq = quantize(i, corrected[i])
+        layers.append(lq)
         q = np.concatenate([np.asarray(frozen_forward_codes((spec,), (lq,), jnp.asarray(q[s : s + batch_size])))
                             for s in batches]).astype(np.uint8)
         q_scale = np.float32(lq.out_scale)
-    return tuple(corrected)
+    return tuple(corrected), tuple(layers)

@@ -52,6 +52,8 @@ __all__ = [
     "calibrate_activation_max",
     "activation_histograms",
     "quantize_frozen_stage",
+    "quantize_layer",
+    "input_scales",
     "dequantized_weights",
     "frozen_forward_codes",
     "frozen_forward_fp32",
@@ -346,6 +348,39 @@ def pool_layer_quant(in_scale, out_scale, act_min, act_max) -> LayerQuant:
                       act_min, act_max)
 
 
+def input_scales(specs: Sequence[LayerSpec], a_max: np.ndarray, bits: int) -> list[np.float32]:
+    """The scale of each layer's input codes: the image's 1/255, then each weight layer's ``a_max / (2^Q - 1)``
+    (a pooling layer keeps its input's scale)."""
+    scales, s = [], np.float32(INPUT_SCALE)
+    for spec, amax in zip(specs, a_max):
+        scales.append(s)
+        if spec.kind != "pool":
+            s = np.float32(float(amax) / (2**bits - 1))
+    return scales
+
+
+def quantize_layer(spec: LayerSpec, p: dict, in_scale, amax, config: QuantConfig) -> LayerQuant:
+    """One layer of `quantize_frozen_stage`: its `LayerQuant` given its input codes' scale and its a_max."""
+    qmax = 2**config.bits - 1
+    if spec.kind == "pool":
+        # Averaging keeps the scale: the integer kernel divides the code sum with rounding.
+        return pool_layer_quant(in_scale, in_scale, np.int32(0), np.int32(qmax))
+    if spec.activation not in ("relu", "relu6"):
+        raise ValueError(
+            f"layer {spec.index} ({spec.name}) has activation {spec.activation!r}: a frozen layer must end "
+            "in relu or relu6 so that its output codes are unsigned"
+        )
+    w_codes, w_scale, w_zero, b_codes = _quantize_weights(
+        np.asarray(p["w"], np.float32), np.asarray(p["b"], np.float32), float(in_scale), config
+    )
+    out_scale = np.float32(float(amax) / qmax)
+    m = np.float64(in_scale) * w_scale.astype(np.float64) / np.float64(out_scale)
+    multiplier, shift = quantize_multiplier(m)
+    act_max = _act_max_code(spec, out_scale, qmax, p.get("clip"))
+    return LayerQuant(w_codes, w_scale, w_zero, b_codes, in_scale, out_scale, multiplier, shift, np.int32(0),
+                      act_max)
+
+
 def quantize_frozen_stage(
     specs: Sequence[LayerSpec], params: Sequence[dict], a_max: np.ndarray, config: QuantConfig
 ) -> tuple[LayerQuant, ...]:
@@ -358,34 +393,12 @@ def quantize_frozen_stage(
         scale of its input).
       config: the quantization choices.
     Returns:
-      one `LayerQuant` per spec.
+      one `LayerQuant` per spec (`quantize_layer` of each).
     """
     if len(a_max) != len(specs):
         raise ValueError(f"a_max has {len(a_max)} entries for {len(specs)} layers")
-    qmax = 2**config.bits - 1
-    in_scale = np.float32(INPUT_SCALE)
-    layers = []
-    for spec, p, amax in zip(specs, params, a_max):
-        if spec.kind == "pool":
-            # Averaging keeps the scale: the integer kernel divides the code sum with rounding.
-            layers.append(pool_layer_quant(in_scale, in_scale, np.int32(0), np.int32(qmax)))
-            continue
-        if spec.activation not in ("relu", "relu6"):
-            raise ValueError(
-                f"layer {spec.index} ({spec.name}) has activation {spec.activation!r}: a frozen layer must end "
-                "in relu or relu6 so that its output codes are unsigned"
-            )
-        w_codes, w_scale, w_zero, b_codes = _quantize_weights(
-            np.asarray(p["w"], np.float32), np.asarray(p["b"], np.float32), float(in_scale), config
-        )
-        out_scale = np.float32(float(amax) / qmax)
-        m = np.float64(in_scale) * w_scale.astype(np.float64) / np.float64(out_scale)
-        multiplier, shift = quantize_multiplier(m)
-        act_max = _act_max_code(spec, out_scale, qmax, p.get("clip"))
-        layers.append(LayerQuant(w_codes, w_scale, w_zero, b_codes, in_scale, out_scale, multiplier, shift,
-                                 np.int32(0), act_max))
-        in_scale = out_scale
-    return tuple(layers)
+    scales = input_scales(specs, a_max, config.bits)
+    return tuple(quantize_layer(*a, config) for a in zip(specs, params, scales, a_max))
 
 
 def dequantized_weights(layers: Sequence[LayerQuant]) -> list:

@@ -13,7 +13,14 @@ import numpy as np
 
 from clq.model.specs import LayerSpec
 from clq.quant.equalize import bias_correction, equalize
-from clq.quant.frozen import LayerQuant, QuantConfig, calibrate_activation_max, quantize_frozen_stage
+from clq.quant.frozen import (
+    LayerQuant,
+    QuantConfig,
+    calibrate_activation_max,
+    input_scales,
+    quantize_frozen_stage,
+    quantize_layer,
+)
 
 __all__ = ["calibrate_and_quantize"]
 
@@ -26,9 +33,8 @@ def calibrate_and_quantize(
     1. `config.equalize`: cross-layer equalization (`clq.quant.equalize.equalize`), same function;
     2. activation ranges calibrated on `batches` (`calibrate_activation_max`);
     3. weights, biases and requantization (`quantize_frozen_stage`);
-    4. `config.bias_correction`: biases corrected for the weights' quantization error on `batches`
-       (`clq.quant.equalize.bias_correction`), then quantized again (weight codes depend on the bias only
-       through the scale floor of near-zero channels, in `clq.quant.frozen`, whose weights are ~0 anyway).
+    4. `config.bias_correction`: layer by layer, biases corrected for the quantization's mean shift on `batches`
+       and the layer quantized with its corrected bias (`clq.quant.equalize.bias_correction`).
 
     Args:
       specs, params: the frozen stage (layers 0..l) in folded form.
@@ -44,11 +50,11 @@ def calibrate_and_quantize(
     specs, params = tuple(specs), tuple(params)
     if config.equalize:
         params = equalize(specs, params)
-    reference = params
     a_max = calibrate_activation_max(specs, params, batches, config)
-    layers = quantize_frozen_stage(specs, params, a_max, config)
-    if config.bias_correction:
-        pixels = np.concatenate([np.round(np.asarray(b, np.float32) * 255.0).astype(np.uint8) for b in batches])
-        params = bias_correction(specs, params, lambda p: quantize_frozen_stage(specs, p, a_max, config), pixels)
-        layers = quantize_frozen_stage(specs, params, a_max, config)
-    return layers, a_max, reference
+    if not config.bias_correction:
+        return quantize_frozen_stage(specs, params, a_max, config), a_max, params
+    scales = input_scales(specs, a_max, config.bits)
+    pixels = np.concatenate([np.round(np.asarray(b, np.float32) * 255.0).astype(np.uint8) for b in batches])
+    _, layers = bias_correction(specs, params, lambda i, p: quantize_layer(specs[i], p, scales[i], a_max[i], config),
+                                pixels)
+    return layers, a_max, params
