@@ -87,3 +87,17 @@ def test_memory_enforcement_refuses_before_compute(tmp_path):
     p = _run(["model=mobilenet_v1_paper", "target.enforce_memory=true", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path)
     assert p.returncode == 2 and "does not fit target 'vega'" in p.stderr and "ext by" in p.stderr
     assert not (tmp_path / "r" / "results.json").exists()
+
+
+@needs_fmnist
+@pytest.mark.parametrize("norm", ["fold", "brn"])
+def test_joint_upper_bound_runs_and_is_reported(tmp_path, norm):
+    """joint_upper_bound=true trains the folded adaptive stage i.i.d. on every latent of the stream and reports it
+    beside the continual result, whatever the learning events' normalization."""
+    run_dir = tmp_path / "run"
+    p = run_module("clq", [*TINY, "joint_upper_bound=true", f"train.adaptive_norm={norm}", "checkpoint_every=0",
+                           "tracking=none", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((run_dir / "results.json").read_text())
+    assert 1 / 10 < res["joint_accuracy"] <= 1.0  # above chance (10 classes)
+    assert "joint upper bound" in p.stdout and "joint_s" in res["timing_s"]

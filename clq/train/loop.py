@@ -218,9 +218,11 @@ def run_continual(
         test_codes = frozen.latents(stream.test_images)
     hits = jax.jit(make_hits(adaptive_specs, K, S))
 
-    def run_eval(params, norm_state=()):
+    def run_eval(params, norm_state=None):
+        """Test accuracy of the adaptive stage; norm_state None: `params` are already folded (the joint bound)."""
         with timer("eval_s"):
-            return evaluate(hits, norm.fold(params, norm_state), test_codes, frozen.scale, stream.test_labels,
+            folded_params = params if norm_state is None else norm.fold(params, norm_state)
+            return evaluate(hits, folded_params, test_codes, frozen.scale, stream.test_labels,
                             stream.test_sessions, train.eval_batch_size)
 
     codec = make_latent_codec(replay.bits, frozen.a_max)
@@ -369,5 +371,5 @@ def _joint(stream, frozen, params, adaptive_specs, train: TrainConfig, run_eval,
     comp = minibatch_composition(len(idx), 0, train.batch_size)
     fn = make_learning_event(adaptive_specs, optimizer, empty, comp, train.joint_epochs)
     params = jax.tree.map(jnp.array, params)
-    params, _, _ = fn(params, optimizer.init(params), x, y, jnp.int32(len(idx)), empty.init(), key)
-    return run_eval(params)["accuracy"]
+    params, _, _, _ = fn(params, optimizer.init(params), x, y, jnp.int32(len(idx)), empty.init(), key)
+    return run_eval(params)["accuracy"]  # folded parameters, whatever the learning events' normalization
