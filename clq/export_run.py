@@ -63,8 +63,8 @@ def export_run(run_dir: str, out_dir: str | None = None, c_prefix: str = "clq") 
       out_dir: where to write ``frozen_stage.{npz,json,h}`` (default ``<run_dir>/export``).
       c_prefix: identifier prefix of the C header.
     Returns:
-      `write_export`'s record plus ``checkpoint_event`` and ``matches_run_export`` (True/False, None when the
-      run had not exported).
+      `write_export`'s record plus ``checkpoint_event`` and ``matches_run_export`` (True, or None when the run
+      had not exported; a mismatch raises `ExportError` with exit code 1).
     Raises:
       ExportError: the run cannot be exported (exit_code 2), or the rebuilt tensors differ from the run's own
         export (exit_code 1; nothing is written).

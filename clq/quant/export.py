@@ -276,7 +276,7 @@ def load_frozen_stage(path: str | Path) -> ExportedStage:
     return ExportedStage(tuple(specs), tuple(layers), config, manifest)
 
 
-def write_export(out_dir: str | os.PathLike, frozen_specs, layers, config, c_prefix: str = "clq") -> dict:
+def write_export(out_dir: str | Path, frozen_specs, layers, config, c_prefix: str = "clq") -> dict:
     """Write ``<out_dir>/frozen_stage.{npz,json,h}`` (a run's export, `EXPORT_DIR` in its run dir).
 
     Args:
