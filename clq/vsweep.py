@@ -42,6 +42,7 @@ from clq.analysis.collect import VSWEEP_FILE  # the run dir's marker: collect_ru
 from clq.config import ConfigError, ExperimentConfig, experiment_config
 from clq.run import CONF_DIR, enable_compile_cache, end_failed_run, load_stream, memory_report
 from clq.tracking import write_json_atomic
+from clq.train.evaluate import hit_rates
 from clq.train.metrics import accuracy_record
 
 __all__ = ["VSweepConfig", "vsweep_config", "check_vectorizable", "member_name", "run_vsweep", "main"]
@@ -221,11 +222,8 @@ def run_vsweep(exp: ExperimentConfig, vs: VSweepConfig, resolved: dict, run_dir:
     acc = np.rint(out["accuracy"] * n_test) / n_test
     loss, hist = out["train_loss"], out["buffer_histogram"]
     # Per-class and per-session accuracy after every event, from the sweep's exact hit counts (as a single run).
-    with np.errstate(invalid="ignore", divide="ignore"):
-        class_tot = np.bincount(stream.test_labels, minlength=stream.num_classes).astype(np.float64)
-        sess_tot = np.bincount(stream.test_sessions, minlength=len(stream.session_names)).astype(np.float64)
-        class_m = np.where(class_tot > 0, out["class_hits"] / class_tot, np.nan)
-        sess_m = np.where(sess_tot > 0, out["session_hits"] / sess_tot, np.nan)
+    class_m, sess_m = hit_rates(out["class_hits"], stream.test_labels), hit_rates(out["session_hits"],
+                                                                                 stream.test_sessions)
     n_members = len(vs.bits) * len(vs.seeds)
     total = time.perf_counter() - t0
     latent_shape = [int(d) for d in prepared[2].codes0.shape[1:]]

@@ -20,12 +20,11 @@ import jax
 import jax.numpy as jnp
 
 from clq.learn.state import Event, LearnerState
+from clq.train.config import STRATEGIES  # `train.strategy` values: the paper's QLR, or AR1* (latent replay + CWR*)
 from clq.train.cwr import class_counts, cwr_apply, cwr_consolidate, cwr_init, cwr_reset
 
-__all__ = ["Strategy", "chain", "plain", "cwr_star", "fresh_momentum", "event_classes", "make_strategy", "STRATEGIES"]
-
-#: `train.strategy` values: the paper's QLR, or AR1* (latent replay + CWR*).
-STRATEGIES = ("qlr", "ar1star")
+__all__ = ["Strategy", "chain", "plain", "cwr_star", "fresh_momentum", "event_classes", "make_strategy",
+           "STRATEGIES"]
 
 
 class Strategy(NamedTuple):

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clq.checks import check_number
+from clq.checks import check_flag, check_number
 from clq.model.forward import forward, im2col, linear_op
 from clq.model.specs import LayerSpec
 from clq.quant.requant import quantize_multiplier, requantize_jax
@@ -118,8 +118,7 @@ class QuantConfig:
         ):
             raise ValueError(f"quant.histogram_bins must be an integer in 64..65536, got {self.histogram_bins!r}")
         for field in ("equalize", "bias_correction"):
-            if not isinstance(getattr(self, field), bool):
-                raise ValueError(f"quant.{field} must be true or false, got {getattr(self, field)!r}")
+            check_flag(getattr(self, field), f"quant.{field}")
 
 
 class LayerQuant(NamedTuple):

@@ -65,8 +65,6 @@ class TrainConfig:
     head_init: str = "random"
     reset_momentum: bool = False
 
-    STRATEGIES = STRATEGIES
-
     def __post_init__(self):
         def key(name):
             return f"train.{TRAIN_KEYS[name]}"

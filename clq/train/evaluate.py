@@ -12,7 +12,7 @@ from clq.batching import padded_batches
 from clq.model.forward import forward
 from clq.model.specs import LayerSpec
 
-__all__ = ["make_hits", "Evaluation", "evaluation_from_hits", "evaluate"]
+__all__ = ["make_hits", "Evaluation", "hit_rates", "evaluation_from_hits", "evaluate"]
 
 
 def make_hits(adaptive_specs: Sequence[LayerSpec], num_classes: int, num_sessions: int):
@@ -38,19 +38,25 @@ class Evaluation(dict):
     """accuracy (float), per_class float [K] (NaN where absent), per_session float [S]."""
 
 
-def _ratio(hit: np.ndarray, tot: np.ndarray) -> np.ndarray:
+def hit_rates(hits, groups: np.ndarray) -> np.ndarray:
+    """Accuracy per group from hit counts.
+
+    Args:
+      hits: int [..., G], correct predictions per group (`make_hits`, summed over the test set).
+      groups: int [T], the group (class or session) of every test image.
+    Returns:
+      float64 [..., G]: exact counts divided in float64, NaN where a group has no test image.
+    """
+    hits = np.asarray(hits)
+    tot = np.bincount(groups, minlength=hits.shape[-1]).astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(tot > 0, np.asarray(hit, np.float64) / tot, np.nan)
+        return np.where(tot > 0, hits / tot, np.nan)
 
 
 def evaluation_from_hits(class_hits, session_hits, labels: np.ndarray, sessions: np.ndarray) -> Evaluation:
-    """`Evaluation` from hit counts (`make_hits`, summed over the test set) and the test set's labels/sessions:
-    accuracies are exact counts divided in float64."""
-    class_hits, session_hits = np.asarray(class_hits), np.asarray(session_hits)
-    class_tot = np.bincount(labels, minlength=len(class_hits)).astype(np.float64)
-    session_tot = np.bincount(sessions, minlength=len(session_hits)).astype(np.float64)
-    return Evaluation(accuracy=float(class_hits.sum()) / len(labels), per_class=_ratio(class_hits, class_tot),
-                      per_session=_ratio(session_hits, session_tot))
+    """`Evaluation` from hit counts (`make_hits`, summed over the test set) and the test set's labels/sessions."""
+    return Evaluation(accuracy=float(np.sum(class_hits)) / len(labels), per_class=hit_rates(class_hits, labels),
+                      per_session=hit_rates(session_hits, sessions))
 
 
 def evaluate(

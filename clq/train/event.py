@@ -10,8 +10,9 @@ mixed with latent replays (paper.md §3):
 Each epoch visits the new latents in a fresh random order and walks through the buffer's filled slots in
 a fresh random order (wrapping around when the buffer holds fewer than b * iterations latents), so that new
 data and replays are each seen about once per epoch. The whole event (epochs x iterations SGD steps) is one
-`lax.scan` inside one `jax.jit`, compiled once per (n_max, a, b, iterations, epochs) and reused by every
-event of that shape; parameters and optimizer state are donated.
+`lax.scan` (`make_event_fn`, pure); the learner (`clq.learn`) puts it into its step, which a run jits once per
+(n_max, a, b, iterations, epochs) with its whole state donated and a sweep vmaps. `make_learning_event` jits
+the event alone (the joint upper bound, benchmarks).
 """
 
 from __future__ import annotations
@@ -122,8 +123,9 @@ def make_event_fn(
 ) -> Callable:
     """The learning event as a pure, un-jitted function.
 
-    `make_learning_event` jits it for one configuration; `clq.train.vectorized` calls it inside a `vmap` over
-    seeds and bit-widths, with a `buffer` whose codec scale is a traced value.
+    The learner's step (`clq.learn.step`) calls it, under `jax.jit` in a run and under a `vmap` over seeds and
+    bit-widths in `clq.train.vectorized` (with a `buffer` whose codec scale is a traced value);
+    `make_learning_event` jits it alone.
 
     Args:
       norm: how the adaptive stage normalizes (`clq.train.norm`); None = 'fold' (BN folded into `params`).

@@ -4,8 +4,9 @@
 2. Calibrate and quantize the frozen stage (layers 0..l) on the first experience's images.
 3. Compute test latents once; compute each training image's latent once, when its event arrives (the
    frozen stage never changes again, so nothing is recomputed).
-4. Fill the replay buffer with event 0's latents; then for every later event: train the adaptive stage
-   (one compiled call), update the buffer, evaluate on the cached test latents.
+4. The learner (`clq.learn`) starts from event 0's latents (buffer filled, strategy applied); then every
+   later event is one compiled learner step (strategy, training, buffer update; the state donated), followed
+   by an evaluation on the cached test latents. A checkpoint is the learner's state.
 """
 
 from __future__ import annotations
