@@ -379,9 +379,13 @@ def scheme_report(
     out = {"config": dataclasses.asdict(config), "layer_index": rep.layer_index.tolist(),
            "layer_sqnr_db": rep.layer_sqnr_db.round(2).tolist(), "lr_bits": rep.lr_bits.tolist(),
            "latent_sqnr_db": rep.latent_sqnr_db.round(2).tolist(), "top1_agreement": {},
-           "top1_agreement_confident": {}, "sample_top1": {}, "sample_top1_kept": {}}
+           "top1_agreement_confident": {}, "sample_top1": {}, "sample_top1_kept": {}, "sample_class_kept": {}}
     for l in latent_layers:
-        layers, _, _ = calibrate_and_quantize(specs[: l + 1], params[: l + 1], cal, config)
+        # Without equalization the stage 0..l is a prefix of the report's stage 0..27 (calibration and bias
+        # correction of a layer depend only on the layers below it); equalization leaves layer l's outputs alone,
+        # which changes the stage, so it is quantized again.
+        layers = (calibrate_and_quantize(specs[: l + 1], params[: l + 1], cal, config)[0] if config.equalize
+                  else rep.layers[: l + 1])
         agree, top_fp, preds, p_fp = top1_agreement(specs, params, layers, [l], evals, config.bits,
                                                     lr_bits=(None, 7, 6), batch_size=batch_size)
         confident = p_fp > 0.5
@@ -392,9 +396,9 @@ def scheme_report(
         _, s_fp, s_preds, _ = top1_agreement(specs, params, layers, [l], samples, config.bits, batch_size=batch_size)
         out["sample_top1"][str(l)] = {n: int(c) for n, c in zip(SAMPLE_PHOTOS, s_preds[l][None])}
         out["sample_top1_kept"][str(l)] = bool(np.all(s_preds[l][None] == s_fp))
-        out.setdefault("sample_class_kept", {})[str(l)] = bool(all(
+        out["sample_class_kept"][str(l)] = bool(all(
             int(c) in SAMPLE_CLASSES[n] for n, c in zip(SAMPLE_PHOTOS, s_preds[l][None])))
-        out["views"], out["confident_views"] = len(evals), int(confident.sum())
+    out["views"], out["confident_views"] = len(evals), int(confident.sum())  # FP32 confidence: the same for every l
     return out
 
 

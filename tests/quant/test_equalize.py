@@ -148,3 +148,19 @@ def test_per_layer_with_equalization_holds_on_imagenet_weights():
     for l in (19, 27):
         assert agreement["per_layer_equalized", l] >= agreement["per_channel", l] - 0.05, agreement
         assert agreement["per_layer_equalized", l] > 0.6, agreement  # plain per-layer: ~5 % (docs/quantization.md §6)
+
+
+def test_without_equalization_a_shorter_stage_is_a_prefix_of_the_longer(network):
+    """What lets clq-quant-report reuse its 0..27 stage for every latent layer unless it equalizes: calibration and
+    bias correction of a layer depend only on the layers below it; equalization does not rescale layer l's outputs,
+    so with it the two stages differ."""
+    specs, folded, px = network(0.25, 32, "relu6", n=8)
+    cal = [px.astype(np.float32) * INPUT_SCALE]
+
+    def same(cfg):
+        full, _, _ = calibrate_and_quantize(specs[:28], folded[:28], cal, cfg)
+        part, _, _ = calibrate_and_quantize(specs[:L], folded[:L], cal, cfg)
+        return all(np.array_equal(np.asarray(a), np.asarray(b)) for x, y in zip(full[:L], part) for a, b in zip(x, y))
+
+    assert same(QuantConfig(bias_correction=True))
+    assert not same(QuantConfig(equalize=True))
