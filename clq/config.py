@@ -184,6 +184,7 @@ class ExperimentConfig:
     latent_cache_dir: str | None
     compile_cache_dir: str | None
     export: bool
+    event0_cache_dir: str | None
 
     def __post_init__(self):
         validate_latent_layer(self.model.specs(), self.latent_layer)
@@ -194,7 +195,7 @@ class ExperimentConfig:
         if not isinstance(self.target, str) or not self.target:
             raise ValueError(f"target.name must be a target name, got {self.target!r}")
         check_int(self.checkpoint_every, "checkpoint_every", 0)
-        for name in ("latent_cache_dir", "compile_cache_dir"):
+        for name in ("latent_cache_dir", "compile_cache_dir", "event0_cache_dir"):
             _path_or_none(getattr(self, name), name)
         if self.model.num_classes != self.data.num_classes:
             raise ValueError(f"model.num_classes ({self.model.num_classes}) must equal data.num_classes "
@@ -277,6 +278,7 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
             enforce_memory=_key(tg, "enforce_memory", "target.enforce_memory"),
             latent_cache_dir=_directory(_key(cfg, "latent_cache_dir", "latent_cache_dir"), "latent_cache_dir"),
             compile_cache_dir=_directory(_key(cfg, "compile_cache_dir", "compile_cache_dir"), "compile_cache_dir"),
+            event0_cache_dir=_directory(_key(cfg, "event0_cache_dir", "event0_cache_dir"), "event0_cache_dir"),
             **top)
     except ConfigError:
         raise

@@ -33,7 +33,7 @@ from clq.config import ConfigError, ExperimentConfig, experiment_config
 from clq.train.checkpoint import CheckpointError
 from clq.tracking import make_tracker, write_json_atomic
 
-__all__ = ["main", "run_experiment", "load_stream", "memory_report", "run_fingerprint", "enable_compile_cache",
+__all__ = ["main", "run_experiment", "completed_results", "failed_results", "log_summary", "summary_table", "initial_params", "load_stream", "memory_report", "run_fingerprint", "enable_compile_cache",
            "end_failed_run", "CONF_DIR", "WATCHED_KEYS", "MEMORY_BYTES_SOURCE"]
 
 
@@ -87,7 +87,7 @@ MEMORY_BYTES_SOURCE = ("cost model: bytes on the target device (latent replays b
                        "arithmetic); the replay buffer's measured RAM in this process is buffer.ram_bytes")
 
 
-def _summary_table(results: dict) -> str:
+def summary_table(results: dict) -> str:
     mem = results.get("memory_bytes", {})
     rows = [
         ("learning events", f"{len(results['accuracy_per_event'])}"),
@@ -124,7 +124,7 @@ def _summary_table(results: dict) -> str:
 #: Config keys that only say how a run is watched or what it writes besides its results: a checkpoint written
 #: under other values of these is still this run's.
 WATCHED_KEYS = ("resume", "progress", "tracking", "checkpoint_every", "latent_cache_dir", "compile_cache_dir",
-                "export")
+                "export", "event0_cache_dir")
 
 
 def run_fingerprint(resolved: dict) -> str:
@@ -132,6 +132,47 @@ def run_fingerprint(resolved: dict) -> str:
     (or exported by ``clq-export``)."""
     return hashlib.sha256(json.dumps({k: v for k, v in resolved.items() if k not in WATCHED_KEYS},
                                      sort_keys=True, default=str).encode()).hexdigest()
+
+
+def initial_params(exp: ExperimentConfig):
+    """(params, bn_stats) in BN form that event 0 starts from: ImageNet weights with a fresh classifier when
+    ``model.weights=imagenet``, else None (from scratch)."""
+    if exp.model.weights != "imagenet":
+        return None
+    import jax
+
+    from clq.model.imagenet import load_imagenet_mobilenet_v1
+
+    _, params, stats = load_imagenet_mobilenet_v1(exp.model.weights_path, exp.model.input_size,
+                                                  exp.model.num_classes, key=jax.random.PRNGKey(exp.seed))
+    return params, stats
+
+
+def completed_results(base: dict, learning: dict, memory: dict, t0: float) -> dict:
+    """results.json of a completed run: `base` (config, run dir, stream, export), the learning record
+    (`clq.train.record.History.record`), the cost model's report `memory` (`memory_report`), wall time since t0."""
+    return {**base, "status": "completed", **learning, "memory_bytes": memory["memory_bytes"],
+            "memory_bytes_source": MEMORY_BYTES_SOURCE, "cost": memory,
+            "wall_time_s": round(time.perf_counter() - t0, 3)}
+
+
+def failed_results(base: dict, error: BaseException | str, events: list, memory: dict, t0: float) -> dict:
+    """results.json of a run that stopped: its error and the events it completed (rows)."""
+    err = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return {**base, "status": "failed", "error": err, "events": events,
+            "accuracy_per_event": [r["accuracy"] for r in events], "memory_bytes": memory["memory_bytes"],
+            "memory_bytes_source": MEMORY_BYTES_SOURCE, "wall_time_s": round(time.perf_counter() - t0, 3)}
+
+
+def log_summary(tracker, results: dict) -> None:
+    """The tracker's summary of a completed run (wandb's run summary)."""
+    cost = results["cost"]
+    tracker.log_summary({k: results[k] for k in ("final_accuracy", "average_accuracy", "wall_time_s")}
+                        | {"forgetting": results["forgetting"]["per_class"],
+                           "memory_lr_buffer": cost["memory_bytes"]["lr_buffer"],
+                           "memory_total": cost["memory_bytes"]["total"],
+                           "latency_s": cost["latency_s"]["total"], "energy_j": cost["energy_j"]["total"]}
+                        | ({"joint_accuracy": results["joint_accuracy"]} if "joint_accuracy" in results else {}))
 
 
 def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
@@ -161,15 +202,7 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
         bar.set_postfix(acc=f"{row['accuracy']:.3f}", loss=f"{row['train_loss']:.3f}")
         bar.update(1)
 
-    initial = None
-    if exp.model.weights == "imagenet":
-        import jax
-
-        from clq.model.imagenet import load_imagenet_mobilenet_v1
-
-        _, params, stats = load_imagenet_mobilenet_v1(exp.model.weights_path, exp.model.input_size,
-                                                      exp.model.num_classes, key=jax.random.PRNGKey(exp.seed))
-        initial = (params, stats)
+    initial = initial_params(exp)
     base = {"config": resolved, "run_dir": run_dir, "stream": stream.summary()}
     fingerprint = run_fingerprint(resolved)
 
@@ -187,28 +220,18 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
             on_event=on_event, log=(lambda m: bar.write(m)) if exp.progress else (lambda m: None),
             checkpoint_dir=os.path.join(run_dir, "checkpoints") if exp.checkpoint_every else None,
             checkpoint_every=max(exp.checkpoint_every, 1), resume=exp.resume, fingerprint=fingerprint,
-            initial_params=initial, latent_cache_dir=exp.latent_cache_dir,
+            initial_params=initial, latent_cache_dir=exp.latent_cache_dir, event0_cache_dir=exp.event0_cache_dir,
             on_frozen=on_frozen if exp.export else None,
         )
         bar.close()
-        results = {**base, "status": "completed", **results, "memory_bytes": memory["memory_bytes"],
-                   "memory_bytes_source": MEMORY_BYTES_SOURCE, "cost": memory,
-                   "wall_time_s": round(time.perf_counter() - t0, 3)}
+        results = completed_results(base, results, memory, t0)
         write_json_atomic(os.path.join(run_dir, "results.json"), results)
-        tracker.log_summary({k: results[k] for k in ("final_accuracy", "average_accuracy", "wall_time_s")}
-                            | {"forgetting": results["forgetting"]["per_class"],
-                               "memory_lr_buffer": memory["memory_bytes"]["lr_buffer"],
-                               "memory_total": memory["memory_bytes"]["total"],
-                               "latency_s": memory["latency_s"]["total"], "energy_j": memory["energy_j"]["total"]}
-                            | ({"joint_accuracy": results["joint_accuracy"]} if "joint_accuracy" in results else {}))
+        log_summary(tracker, results)
         ok = True
         return results
     except BaseException as e:
         bar.close()
-        write_json_atomic(os.path.join(run_dir, "results.json"), {
-            **base, "status": "failed", "error": f"{type(e).__name__}: {e}", "events": events,
-            "accuracy_per_event": [r["accuracy"] for r in events], "memory_bytes": memory["memory_bytes"],
-            "memory_bytes_source": MEMORY_BYTES_SOURCE, "wall_time_s": round(time.perf_counter() - t0, 3)})
+        write_json_atomic(os.path.join(run_dir, "results.json"), failed_results(base, e, events, memory, t0))
         raise
     finally:
         tracker.finish(ok)
@@ -298,7 +321,7 @@ def _app(cfg: DictConfig) -> float | None:
         return end_failed_run(1, f"clq-run: error: {type(e).__name__}: {e}", run_dir, resolved,
                               f"{type(e).__name__}: {e}")
     print(f"\nclq-run finished: {run_dir}/results.json")
-    print(_summary_table(results))
+    print(summary_table(results))
     return results["final_accuracy"]
 
 

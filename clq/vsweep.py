@@ -40,7 +40,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from clq.analysis.collect import VSWEEP_FILE  # the run dir's marker: collect_runs lists its members, not it
 from clq.config import ConfigError, ExperimentConfig, experiment_config
-from clq.run import CONF_DIR, enable_compile_cache, end_failed_run, load_stream, memory_report
+from clq.run import CONF_DIR, enable_compile_cache, end_failed_run, initial_params, load_stream, memory_report
 from clq.tracking import write_json_atomic
 from clq.train.evaluate import hit_rates
 from clq.train.metrics import accuracy_record
@@ -187,15 +187,7 @@ def run_vsweep(exp: ExperimentConfig, vs: VSweepConfig, resolved: dict, run_dir:
     path = os.path.join(run_dir, VSWEEP_FILE)
     write_json_atomic(path, {**top, "status": "running"})
     try:
-        initial = None
-        if exp.model.weights == "imagenet":
-            import jax
-
-            from clq.model.imagenet import load_imagenet_mobilenet_v1
-
-            _, params, stats = load_imagenet_mobilenet_v1(exp.model.weights_path, exp.model.input_size,
-                                                          exp.model.num_classes, key=jax.random.PRNGKey(exp.seed))
-            initial = (params, stats)
+        initial = initial_params(exp)
         _log(f"event 0: the whole network learns {len(stream.experiences[0])} images ({exp.train.first_epochs} "
              "epochs), then the frozen stage and the latents of the stream (once, shared by every member)")
         eval_chunk = min(exp.train.eval_batch_size, len(stream.test_labels))
@@ -215,7 +207,7 @@ def run_vsweep(exp: ExperimentConfig, vs: VSweepConfig, resolved: dict, run_dir:
                                  "wall_time_s": round(time.perf_counter() - t0, 3)})
         raise
 
-    _, frozen, _ = prepared
+    frozen = prepared.frozen
     # The sweep's accuracy is hits / n_test in float32; hits is an exact count (float32 holds hits/n to far better
     # than 0.5/n for any test set below 2^23 images), so recover it and divide in float64 as `clq.train.evaluate`.
     n_test = len(stream.test_labels)
@@ -226,7 +218,7 @@ def run_vsweep(exp: ExperimentConfig, vs: VSweepConfig, resolved: dict, run_dir:
                                                                                  stream.test_sessions)
     n_members = len(vs.bits) * len(vs.seeds)
     total = time.perf_counter() - t0
-    latent_shape = [int(d) for d in prepared[2].codes0.shape[1:]]
+    latent_shape = [int(d) for d in prepared.data.codes0.shape[1:]]
     failed = []
     for k, b in enumerate(vs.bits):
         lr_scale = float(np.float32(frozen.a_max / (2**b - 1)))

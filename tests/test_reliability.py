@@ -1,5 +1,6 @@
 """Checkpoint/resume (in-process crash and real SIGKILL), determinism, and the numerical guard."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -169,3 +170,31 @@ def test_shared_latent_cache_gives_same_numbers_and_hits(tiny, ref, tmp_path):
         assert first[k] == ref[k] == second[k], k
     assert first["latent_cache"]["misses"] > 0 and first["latent_cache"]["hits"] == 0
     assert second["latent_cache"]["misses"] == 0 and second["latent_cache"]["hits"] == first["latent_cache"]["misses"]
+
+
+def test_event0_cache_gives_same_numbers_and_skips_event_0(tiny, ref, tmp_path):
+    """Event 0 from the on-disk cache: the same numbers as training it; another latent layer or replay setting
+    shares the entry; a changed event-0 setting or a corrupt entry is trained again, never returned stale."""
+    from clq.train.event0 import event0_key, first_event
+
+    stream, specs, train = tiny
+    cache = tmp_path / "e0"
+    first = _run(tiny, event0_cache_dir=str(cache))
+    second = _run(tiny, event0_cache_dir=str(cache))
+    for k in NUMBERS:
+        assert first[k] == ref[k] == second[k], k
+    assert first["first_event_history"] == second["first_event_history"]
+    assert len(list(cache.iterdir())) == 1
+    assert second["timing_s"]["first_event_s"] < 0.5 * first["timing_s"]["first_event_s"]
+    # The key ignores what event 0 does not use (the latent layer with first_event.norm=batch), not what it uses.
+    assert event0_key(stream, specs, 19, train, 0) == event0_key(stream, specs, 23, train, 0)
+    assert event0_key(stream, specs, 23, train, 1) != event0_key(stream, specs, 23, train, 0)
+    other = dataclasses.replace(train, first_lr=train.first_lr / 2)
+    assert event0_key(stream, specs, 23, other, 0) != event0_key(stream, specs, 23, train, 0)
+    # A corrupt entry is refused by its checksum and trained again (and rewritten), with the same result.
+    (entry,) = cache.iterdir()
+    for f in entry.glob("*.npz"):
+        f.write_bytes(b"torn")
+    again = first_event(stream, specs, 23, train, 0, cache_dir=str(cache))
+    assert not again.cached
+    assert first_event(stream, specs, 23, train, 0, cache_dir=str(cache)).cached

@@ -60,7 +60,7 @@ def make_tracker(run_dir: str, backend: str, config: dict, project: str = "clq",
         import wandb  # imported lazily: it costs ~2 s and is optional
 
         run = wandb.init(project=project, mode=mode, dir=run_dir, config=to_jsonable(config), group=group,
-                         name=name, reinit="finish_previous")
+                         name=name, reinit="create_new")  # runs may be open side by side (a group's members)
 
     def log_event(i: int, row: dict) -> None:
         with open(events_path, "a") as f:

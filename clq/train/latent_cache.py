@@ -31,7 +31,7 @@ import numpy as np
 
 from clq.atomic import atomic_file
 
-__all__ = ["CacheStats", "LatentCache", "frozen_stage_key", "image_keys", "make_latent_cache", "with_latent_cache"]
+__all__ = ["CacheStats", "LatentCache", "content_key", "frozen_stage_key", "image_keys", "make_latent_cache", "with_latent_cache"]
 
 #: Bumped when the cache's file format or the meaning of a key changes.
 CACHE_FORMAT = 1
@@ -70,8 +70,14 @@ def frozen_stage_key(*parts) -> str:
     Returns:
       32 hex characters.
     """
+    return content_key(f"clq-latent-cache-{CACHE_FORMAT}", *parts)
+
+
+def content_key(tag: str, *parts) -> str:
+    """BLAKE2b-128 of `tag` and `parts` (arrays by dtype, shape and bytes; containers recursively): 32 hex
+    characters. The key of every content-addressed cache of clq (latents here, event 0 in `clq.train.event0`)."""
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"clq-latent-cache-{CACHE_FORMAT}".encode())
+    h.update(tag.encode())
     for p in parts:
         _update(h, p)
     return h.hexdigest()

@@ -27,16 +27,17 @@ from clq.model.specs import LayerSpec, split_specs
 from clq.quant.frozen import QuantConfig
 from clq.quant.latent import make_latent_codec
 from clq.learn import Event, Hyper, LearnerState, make_learner, make_strategy
-from clq.replay.buffer import buffer_nbytes, make_replay_buffer
+from clq.replay.buffer import make_replay_buffer
 from clq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from clq.train.config import ReplayConfig, TrainConfig
 from clq.train.evaluate import evaluate, make_hits
 from clq.train.latent_cache import with_latent_cache
 from clq.train.event import make_learning_event, make_optimizer, minibatch_composition
-from clq.train.first_event import configure_head, train_first_event
+from clq.train.event0 import first_event
+from clq.train.first_event import configure_head
 from clq.train.norm import make_adaptive_norm
 from clq.train.frozen_stage import FrozenStage, make_frozen_stage
-from clq.train.metrics import accuracy_record, at_chance, nan_to_none
+from clq.train.record import History, buffer_record, event_fields, latent_record
 
 __all__ = ["TrainConfig", "ReplayConfig", "run_continual", "NonFiniteError", "JOINT_MAX_BYTES", "folded_shapes",
            "calibrate_frozen_stage", "restore_frozen_stage"]
@@ -124,6 +125,8 @@ def run_continual(
     initial_params=None,
     latent_cache_dir: str | None = None,
     on_frozen: Callable[[FrozenStage], None] | None = None,
+    event0_cache_dir: str | None = None,
+    event0_memo: dict | None = None,
 ) -> dict:
     """Run one QLR-CL experiment over `stream`.
 
@@ -142,6 +145,8 @@ def run_continual(
         stage (a sweep over replay bits/size at one seed) compute each image's latent once between them.
       on_frozen: called with the FrozenStage as soon as it is built (after event 0, or on resume), before any
         latent is computed (`clq.run` exports it there when ``export=true``).
+      event0_cache_dir, event0_memo: where event 0 may come from instead of being trained
+        (`clq.train.event0.first_event`: on disk, content-addressed; in this process).
     Returns:
       a JSON-able dict: accuracy_per_event, final_accuracy, accuracy matrices (per class, per session),
       forgetting, per-event training metrics, latent facts, the buffer's fill, class histogram and RAM bytes
@@ -190,13 +195,9 @@ def run_continual(
     if restored is None:
         # 1. Event 0: the whole network learns the first experience.
         with timer("first_event_s"):
-            (bn_params, bn_stats), history = train_first_event(
-                specs, stream.train_images[exp0], stream.train_labels[exp0], k_first, train.first_epochs,
-                train.first_batch_size, train.first_lr, train.momentum, train.weight_decay,
-                progress=lambda e, l, a: log(f"event 0 epoch {e + 1}/{train.first_epochs}: loss {l:.4f} acc {a:.3f}"),
-                init=initial_params, norm=train.first_norm, latent_layer=latent_layer,
-                schedule=train.first_schedule, head_bias=train.head_bias, head_init=train.head_init,
-            )
+            ev0 = first_event(stream, specs, latent_layer, train, seed, initial_params, event0_cache_dir,
+                              event0_memo, log)
+            bn_params, bn_stats, history = ev0.bn_params, ev0.bn_stats, ev0.history
             folded = fold_batch_norm(specs, bn_params, bn_stats)
     else:
         done, trees, meta = restored
@@ -237,26 +238,8 @@ def run_continual(
     def decode(codes):
         return jnp.asarray(codes, jnp.float32) * frozen.scale
 
-    rows: list[dict] = []  # per event: {"eval": Evaluation as lists, "row": metrics row}
-    warnings: list[str] = []
-
-    def record(i, ev, row):
-        row = {"event": i, "classes": stream.experience_classes[i].tolist(),
-               "session": int(stream.experience_sessions[i]), "accuracy": ev["accuracy"], **row}
-        rows.append({"per_class": nan_to_none(np.asarray(ev["per_class"], float)),
-                     "per_session": nan_to_none(np.asarray(ev["per_session"], float)), "row": row})
-        if on_event is not None:
-            on_event(i, row)
-        since = at_chance([r["row"]["accuracy"] for r in rows], K)
-        if since is not None and not warnings:
-            warnings.append(
-                f"accuracy has stayed at chance level (1/{K}) for {i - since + 1} learning events, since event "
-                f"{since}: "
-                f"the adaptive stage has diverged or collapsed onto one class. The usual cause is the learning rate "
-                f"for these weights (train.lr={train.lr}, train.first_event.lr={train.first_lr}): pretrained weights "
-                "need the paper's 5e-5 / 1e-3 (+experiment=fashion_mnist_imagenet), a network trained from scratch "
-                "on the offline stream 0.01 / 0.05")
-            log("warning: " + warnings[-1])
+    hist = History(stream, on_event, f"train.lr={train.lr}, train.first_event.lr={train.first_lr}", log)
+    rows = hist.rows  # per event: {"per_class", "per_session", "row"}; a checkpoint's meta holds them
 
     def checkpoint(i):
         if checkpoint_dir and (i % checkpoint_every == 0 or i == stream.num_events - 1):
@@ -275,16 +258,14 @@ def run_continual(
             event0 = Event(decode(codes0), jnp.asarray(stream.train_labels[exp0]), jnp.int32(len(exp0)),
                            jnp.int32(0))
             state = jax.jit(learner.init)(adaptive_params, norm_state, event0, hyper)
-        record(0, run_eval(state.params, state.norm),
-               {"n_new": len(exp0), "train_loss": history[-1][0], "train_accuracy": history[-1][1]})
+        hist.add(0, run_eval(state.params, state.norm), n_new=len(exp0), train_loss=history[-1][0],
+                 train_accuracy=history[-1][1])
         checkpoint(0)
         first = 1
     else:
         state = trees["learner"]
         for r in meta["rows"]:
-            rows.append(r)
-            if on_event is not None:
-                on_event(r["row"]["event"], r["row"])
+            hist.restore(r)
         first = done + 1
 
     # 4. Learning events 1.. : one compiled learner step each (`clq.learn`), state donated.
@@ -306,30 +287,13 @@ def run_continual(
             step = int(np.argmin(np.isfinite(loss))) if not np.all(np.isfinite(loss)) else len(loss) - 1
             raise NonFiniteError(f"non-finite loss or parameters in learning event {i}, step {step} of "
                                  f"{len(loss)}; lower train.lr ({train.lr})", completed=[r["row"] for r in rows])
-        record(i, run_eval(state.params, state.norm),
-               {"n_new": n_new, "train_loss": float(loss[-1]), "train_accuracy": float(np.asarray(m.accuracy)[-1]),
-                "new_per_batch": comp.new_per_batch, "replays_per_batch": comp.replays_per_batch,
-                "iterations": comp.iterations_per_epoch * train.epochs})
+        hist.add(i, run_eval(state.params, state.norm), **event_fields(
+            n_new, float(loss[-1]), float(np.asarray(m.accuracy)[-1]), comp, train.epochs))
         checkpoint(i)
 
-    class_m = np.asarray([r["per_class"] for r in rows], dtype=float)
-    sess_m = np.asarray([r["per_session"] for r in rows], dtype=float)
-    results = {
-        **accuracy_record(stream, [r["row"]["accuracy"] for r in rows], class_m, sess_m),
-        "events": [r["row"] for r in rows],
-        "first_event_history": [{"loss": l, "accuracy": a} for l, a in history],
-        "latent": {"layer": latent_layer, "shape": list(latent_shape), "elements": int(np.prod(latent_shape)),
-                   "a_max": float(frozen.a_max), "frozen_scale": float(frozen.scale),
-                   "lr_scale": float(codec.scale), "lr_bits": replay.bits, "frozen_bits": frozen.bits},
-        "buffer": {"filled": int(np.asarray(state.buffer.filled).sum()), "size": replay.size,
-                   "class_histogram": np.bincount(np.asarray(state.buffer.labels)[np.asarray(state.buffer.filled)],
-                                                  minlength=K).tolist(),
-                   # Measured: the arrays this process holds (packed words), not the cost model's device bytes.
-                   "ram_bytes": buffer_nbytes(state.buffer)},
-        "compiled_event_shapes": len(compositions),
-        "warnings": warnings,
-        "resumed_from_event": None if restored is None else restored[0],
-    }
+    results = hist.record(history, latent_record(latent_layer, latent_shape, frozen, codec.scale, replay.bits),
+                          buffer_record(state.buffer, replay.size, K), len(compositions),
+                          None if restored is None else restored[0])
     if cache is not None:
         results["latent_cache"] = {"dir": cache.directory, **dataclasses.asdict(cache.stats)}
     if joint_upper_bound:

@@ -27,11 +27,12 @@ the spread over seeds (bench/results/vectorized.json). Compare members of one sw
 Every strategy and adaptive normalization of `clq.learn` runs in a sweep (the learner's step is the same).
 Events of unequal sizes run in one program as long as they share the split of a mini-batch into new latents and
 replays (`shared_composition`): the program runs the largest number of iterations per epoch and masks the steps
-a smaller event does not have. Limits: Q_LR in 1..16 (no FP32 latents in a vmapped sweep).
+a smaller event does not have. FP32 replays (``replay.bits=null``) run as a program of their own (``max_bits=None``).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -41,17 +42,17 @@ import optax
 
 from clq.model.forward import fold_batch_norm
 from clq.model.specs import LayerSpec, split_specs
-from clq.quant.latent import LatentCodec
+from clq.quant.latent import LatentCodec, make_latent_codec
 from clq.quant.uniform import check_bits, storage_dtype
 from clq.replay.buffer import make_replay_buffer
 from clq.learn import Event, Hyper, Strategy, make_learner, make_strategy, plain
 from clq.train.evaluate import make_hits
 from clq.train.event import Composition, make_optimizer, minibatch_composition
 from clq.train.norm import AdaptiveNorm, make_adaptive_norm
-from clq.train.first_event import train_first_event
+from clq.train.event0 import first_event
 from clq.train.frozen_stage import make_frozen_stage
 
-__all__ = ["SweepData", "SweepResult", "lr_scales", "make_sweep", "sweep_data", "prepare_sweep", "run_sweep",
+__all__ = ["SweepData", "SweepResult", "Prepared", "Outputs", "GroupProgram", "make_group_program", "group_program", "lr_scales", "make_sweep", "sweep_data", "prepare_sweep", "run_sweep",
            "shared_composition"]
 
 
@@ -79,6 +80,23 @@ class SweepData(NamedTuple):
     test_labels: jax.Array
     frozen_scale: jax.Array
     test_sessions: jax.Array | None = None
+
+
+class Prepared(NamedTuple):
+    """What every member of a group shares, computed once (`prepare_sweep`).
+
+    Fields:
+      adaptive: (adaptive_params, norm_state): the adaptive stage after event 0 in its normalization's form
+        (norm_state is () when folded).
+      frozen: the `FrozenStage` (layers 0..l, calibrated on event 0).
+      data: the `SweepData` (every latent of the stream, once).
+      event0: the `clq.train.event0.FirstEvent` (its history is each member's event-0 record).
+    """
+
+    adaptive: tuple
+    frozen: object
+    data: SweepData
+    event0: object
 
 
 class SweepResult(NamedTuple):
@@ -134,6 +152,139 @@ def sweep_data(stream, frozen, eval_chunk: int = 1000) -> SweepData:
                      test_sessions)
 
 
+class Outputs(NamedTuple):
+    """Per-event outputs of one member, filled in as its events run (row i: after event i; row 0: event 0).
+
+    Fields:
+      accuracy: float32 [E], test accuracy.
+      class_hits: int32 [E, num_classes]; session_hits: int32 [E, num_sessions]: correct test predictions.
+      train_loss, train_accuracy: float32 [E], of the event's last training step (row 0: NaN, event 0's own
+        history is the single run's).
+    """
+
+    accuracy: jax.Array
+    class_hits: jax.Array
+    session_hits: jax.Array
+    train_loss: jax.Array
+    train_accuracy: jax.Array
+
+
+class GroupProgram(NamedTuple):
+    """The compiled learning phase of a group of M members (one static configuration; Q_LR, S_LR and seeds traced).
+
+    init(adaptive_params, norm_state, bits int32 [M], scale float32 [M], seeds int32 [M], data)
+        -> (states: LearnerState with a leading [M] axis, outputs: `Outputs` [M, E] with row 0 filled)
+    run(states, outputs, bits, scale, seeds, data, start, stop) -> (states, outputs) after learning events
+        start..stop-1 (int32 scalars, 1 <= start <= stop <= E): one compiled program for every chunk of events,
+        states and outputs donated. A driver calls it chunk by chunk (`clq.train.group`) to report progress,
+        check for non-finite values and checkpoint between chunks; `make_sweep` calls it once.
+    """
+
+    init: Callable
+    run: Callable
+
+
+def make_group_program(
+    adaptive_specs: Sequence[LayerSpec],
+    optimizer: optax.GradientTransformation,
+    replay_size: int,
+    latent_shape: Sequence[int],
+    num_classes: int,
+    composition: Composition,
+    epochs: int,
+    max_bits: int | None = 8,
+    policy: str = "ar1",
+    eval_chunk: int = 1000,
+    members_per_batch: int | None = None,
+    strategy: Strategy | None = None,
+    norm: AdaptiveNorm | None = None,
+    masked: bool = False,
+    num_sessions: int = 1,
+) -> GroupProgram:
+    """Build the group's jitted programs (arguments as `make_sweep`; ``max_bits=None``: FP32 replays, the members'
+    bits and scales are then ignored)."""
+    dtype = None if max_bits is None else storage_dtype(check_bits(max_bits, "max_bits"))
+    latent_shape = tuple(int(d) for d in latent_shape)
+    hits = make_hits(adaptive_specs, num_classes, num_sessions)  # the single run's evaluator
+    adaptive_norm = norm if norm is not None else make_adaptive_norm("fold", adaptive_specs)
+
+    def member(bits, scale, seed):
+        """The learner and hyper-parameters of one member (bits/scale/seed traced scalars)."""
+        # Traced bits and scale: encode/decode are jnp arithmetic; FP32 replays need neither.
+        codec = make_latent_codec(None, 1.0) if max_bits is None else LatentCodec(bits, scale, dtype)
+        buffer = make_replay_buffer(replay_size, latent_shape, codec, policy, num_classes, code_bits=max_bits)
+        # The same learner step a single run jits (`clq.learn`), here looped over events and vmapped.
+        learner = make_learner(adaptive_specs, optimizer, buffer, adaptive_norm, strategy or plain(), epochs)
+        _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
+        return learner, k_train, k_buf
+
+    def evaluation(state, data: SweepData):
+        """(accuracy float32 (), class hits int32 [num_classes], session hits int32 [num_sessions])."""
+        params = adaptive_norm.fold(state.params, state.norm)
+        sessions = data.test_sessions if data.test_sessions is not None else jnp.zeros_like(data.test_labels)
+        ch, sh = jax.lax.map(lambda c: hits(params, c[0], data.frozen_scale, c[1], c[2]),
+                             (data.test_codes.reshape(-1, eval_chunk, *latent_shape),
+                              data.test_labels.reshape(-1, eval_chunk), sessions.reshape(-1, eval_chunk)))
+        ch, sh = jnp.sum(ch, 0), jnp.sum(sh, 0)
+        return jnp.sum(ch) / jnp.maximum(jnp.sum(data.test_labels >= 0), 1), ch, sh
+
+    def decode(codes, data: SweepData):
+        return codes.astype(jnp.float32) * data.frozen_scale
+
+    def init_one(params, norm_state, bits, scale, seed, data: SweepData):
+        learner, k_train, k_buf = member(bits, scale, seed)
+        # The optimizer's own (injected) learning rate: every learning event of the group uses it.
+        hyper = Hyper(optimizer.init(params).hyperparams["learning_rate"], k_train, k_buf)
+        n0 = data.codes0.shape[0]
+        state = learner.init(params, norm_state, Event(decode(data.codes0, data), data.labels0, jnp.int32(n0),
+                                                       jnp.int32(0)), hyper)
+        e = data.event_n.shape[0] + 1
+        acc, ch, sh = evaluation(state, data)
+        nan = jnp.full((e,), jnp.nan, jnp.float32)
+        out = Outputs(jnp.zeros((e,), jnp.float32).at[0].set(acc),
+                      jnp.zeros((e, num_classes), jnp.int32).at[0].set(ch),
+                      jnp.zeros((e, num_sessions), jnp.int32).at[0].set(sh), nan, nan)
+        return state, out
+
+    def run_one(state, out: Outputs, bits, scale, seed, data: SweepData, start, stop):
+        learner, k_train, k_buf = member(bits, scale, seed)
+        step = learner.step(composition, masked)
+
+        def body(i, carry):
+            state, out = carry
+            hyper = Hyper(optimizer.init(state.params).hyperparams["learning_rate"], k_train, k_buf)
+            j = i - 1  # learning event i is row j of the stacked event data
+            event = Event(decode(data.event_codes[j], data), data.event_labels[j], data.event_n[j], i)
+            state, m = step(state, event, hyper)
+            acc, ch, sh = evaluation(state, data)
+            last = jnp.max(jnp.where(m.active, jnp.arange(m.loss.shape[0]), 0))
+            out = Outputs(out.accuracy.at[i].set(acc), out.class_hits.at[i].set(ch), out.session_hits.at[i].set(sh),
+                          out.train_loss.at[i].set(m.loss[last]), out.train_accuracy.at[i].set(m.accuracy[last]))
+            return state, out
+
+        return jax.lax.fori_loop(start, stop, body, (state, out))
+
+    def over_members(fn, batched, shared):
+        """lax.map over the members (vmapped `members_per_batch` at a time; None: all at once)."""
+        m = jax.tree.leaves(batched)[0].shape[0]
+        size = m if members_per_batch is None else min(members_per_batch, m)
+        return jax.lax.map(lambda b: fn(*b, *shared), batched, batch_size=size)
+
+    @jax.jit
+    def init(adaptive_params, norm_state, bits, scale, seeds, data: SweepData):
+        if data.test_codes.shape[0] % eval_chunk:
+            raise ValueError(f"the test set ({data.test_codes.shape[0]}) must be padded to a multiple of "
+                             f"eval_chunk={eval_chunk} (use sweep_data)")
+        return over_members(lambda b, s, k, *sh: init_one(adaptive_params, norm_state, b, s, k, *sh),
+                            (bits, scale, seeds), (data,))
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def run(states, outputs, bits, scale, seeds, data: SweepData, start, stop):
+        return over_members(run_one, (states, outputs, bits, scale, seeds), (data, start, stop))
+
+    return GroupProgram(init, run)
+
+
 def make_sweep(
     adaptive_specs: Sequence[LayerSpec],
     optimizer: optax.GradientTransformation,
@@ -142,7 +293,7 @@ def make_sweep(
     num_classes: int,
     composition: Composition,
     epochs: int,
-    max_bits: int = 8,
+    max_bits: int | None = 8,
     policy: str = "ar1",
     eval_chunk: int = 1000,
     members_per_batch: int | None = None,
@@ -151,7 +302,7 @@ def make_sweep(
     masked: bool = False,
     num_sessions: int = 1,
 ) -> Callable[..., SweepResult]:
-    """Build the jitted sweep program.
+    """The whole learning phase of K bit-widths x S seeds in one call (`make_group_program`, all events at once).
 
     Args:
       adaptive_specs: layers l+1..28.
@@ -160,6 +311,7 @@ def make_sweep(
       composition: the mini-batch composition shared by every learning event.
       max_bits: the largest Q_LR the program will be called with; fixes the codes' dtype (uint8 up to 8) and
         the buffer's packing (every member's codes are stored in max_bits-bit fields, as they must share shapes).
+        None: FP32 replays.
       eval_chunk: test latents evaluated per step of the evaluation loop (bounds memory: K*S*chunk latents).
       members_per_batch: configurations vmapped together (`lax.map` over batches of them); None: all K*S.
       strategy: the learner's strategy (`clq.learn.make_strategy`); None: plain QLR.
@@ -173,74 +325,26 @@ def make_sweep(
       statistics, lr_bits int32 [K], lr_scale float32 [K] (`lr_scales`), seeds int32 [S], data a `SweepData`.
       K, S and the data's shapes are the only things that recompile.
     """
-    check_bits(max_bits, "max_bits")
-    dtype = storage_dtype(max_bits)
-    latent_shape = tuple(int(d) for d in latent_shape)
+    program = make_group_program(adaptive_specs, optimizer, replay_size, latent_shape, num_classes, composition,
+                                 epochs, max_bits, policy, eval_chunk, members_per_batch, strategy, norm, masked,
+                                 num_sessions)
 
-    hits = make_hits(adaptive_specs, num_classes, num_sessions)  # the single run's evaluator
-
-    adaptive_norm = norm if norm is not None else make_adaptive_norm("fold", adaptive_specs)
-
-    def one_config(params, norm_state, bits, scale, seed, data: SweepData):
-        """The learning phase of one (Q_LR, seed); bits/scale/seed are traced scalars."""
-        codec = LatentCodec(bits, scale, dtype)  # traced bits and scale: encode/decode are jnp arithmetic
-        buffer = make_replay_buffer(replay_size, latent_shape, codec, policy, num_classes, code_bits=max_bits)
-        # The same learner step a single run jits (`clq.learn`), here scanned over events and vmapped.
-        learner = make_learner(adaptive_specs, optimizer, buffer, adaptive_norm, strategy or plain(), epochs)
-        learning_event = learner.step(composition, masked)
-        _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
-        # The optimizer's own (injected) learning rate: every learning event of the sweep uses it.
-        hyper = Hyper(optimizer.init(params).hyperparams["learning_rate"], k_train, k_buf)
-        n_test = jnp.maximum(jnp.sum(data.test_labels >= 0), 1)
-        test_codes = data.test_codes.reshape(-1, eval_chunk, *latent_shape)
-        test_labels = data.test_labels.reshape(-1, eval_chunk)
-        sessions = data.test_sessions if data.test_sessions is not None else jnp.zeros_like(data.test_labels)
-        test_sessions = sessions.reshape(-1, eval_chunk)
-
-        def accuracy(params):
-            """(accuracy float32 (), class hits int32 [num_classes], session hits int32 [num_sessions])."""
-            ch, sh = jax.lax.map(lambda c: hits(params, c[0], data.frozen_scale, c[1], c[2]),
-                                 (test_codes, test_labels, test_sessions))
-            ch, sh = jnp.sum(ch, 0), jnp.sum(sh, 0)
-            return jnp.sum(ch) / n_test, ch, sh
-
-        def decode(codes):
-            return codes.astype(jnp.float32) * data.frozen_scale
-
-        n0 = data.codes0.shape[0]
-        event0 = Event(decode(data.codes0), data.labels0, jnp.int32(n0), jnp.int32(0))
-        state = learner.init(params, norm_state, event0, hyper)
-        acc0 = accuracy(adaptive_norm.fold(state.params, state.norm))
-
-        def event(state, inp):
-            codes, labels, n_new, i = inp
-            state, m = learning_event(state, Event(decode(codes), labels, n_new, i), hyper)
-            return state, (*accuracy(adaptive_norm.fold(state.params, state.norm)), m.last_loss())
-
-        events = jnp.arange(1, data.event_n.shape[0] + 1)
-        state, (acc, ch, sh, loss) = jax.lax.scan(
-            event, state, (data.event_codes, data.event_labels, data.event_n, events))
-        buf = state.buffer
-        hist = jnp.zeros(num_classes, jnp.int32).at[jnp.where(buf.filled, buf.labels, 0)].add(
-            buf.filled.astype(jnp.int32))
-        return (jnp.concatenate([acc0[0][None], acc]), loss, hist, jnp.concatenate([acc0[1][None], ch]),
-                jnp.concatenate([acc0[2][None], sh]))
-
-    @jax.jit
     def sweep(adaptive_params, lr_bits, lr_scale, seeds, data: SweepData, norm_state=()) -> SweepResult:
-        if data.test_codes.shape[0] % eval_chunk:
-            raise ValueError(f"the test set ({data.test_codes.shape[0]}) must be padded to a multiple of "
-                             f"eval_chunk={eval_chunk} (use sweep_data)")
         k, s = len(lr_bits), len(seeds)
         # Members flattened bit-width-major: member k*S + s is (lr_bits[k], seeds[s]).
         bits = jnp.repeat(jnp.asarray(lr_bits, jnp.int32), s)
         scale = jnp.repeat(jnp.asarray(lr_scale, jnp.float32), s)
         seed = jnp.tile(jnp.asarray(seeds, jnp.int32), k)
-        chunk = k * s if members_per_batch is None else min(members_per_batch, k * s)
-        out = jax.lax.map(lambda m: one_config(adaptive_params, norm_state, *m, data), (bits, scale, seed),
-                          batch_size=chunk)
-        return SweepResult(*(a.reshape(k, s, *a.shape[1:]) for a in out))
+        states, out = program.init(adaptive_params, norm_state, bits, scale, seed, data)
+        e = data.event_n.shape[0] + 1
+        states, out = program.run(states, out, bits, scale, seed, data, jnp.int32(1), jnp.int32(e))
+        buf = states.buffer
+        hist = jax.vmap(lambda f, l: jnp.zeros(num_classes, jnp.int32).at[jnp.where(f, l, 0)].add(
+            f.astype(jnp.int32)))(buf.filled, buf.labels)
+        res = SweepResult(out.accuracy, out.train_loss[:, 1:], hist, out.class_hits, out.session_hits)
+        return SweepResult(*(a.reshape(k, s, *a.shape[1:]) for a in res))
 
+    sweep.program = program  # its jitted init/run, e.g. to count compilations
     return sweep
 
 
@@ -265,7 +369,8 @@ def shared_composition(event_sizes: Sequence[int], replay_size: int, batch_size:
 
 
 def prepare_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, quant, base_seed: int,
-                  eval_chunk: int = 1000, initial_params=None, log: Callable[[str], None] | None = None):
+                  eval_chunk: int = 1000, initial_params=None, log: Callable[[str], None] | None = None,
+                  event0_cache_dir: str | None = None, event0_memo: dict | None = None):
     """Event 0 and the frozen stage of the base run, exactly as `run_continual(..., seed=base_seed)` makes them.
 
     Args:
@@ -273,22 +378,16 @@ def prepare_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, 
       quant: `clq.quant.QuantConfig`, or None for an FP32 frozen stage.
       initial_params: optional (params, bn_stats) in BN form that event 0 starts from (as in `run_continual`).
       log: optional callable(message) told each phase (event-0 epochs, frozen stage, latents).
+      event0_cache_dir, event0_memo: where event 0 may come from (`clq.train.event0.first_event`).
     Returns:
-      ((adaptive_params, norm_state): the adaptive stage after event 0 in its normalization's form (`norm_state`
-      is () when folded), frozen: `FrozenStage`, data: `SweepData`)
+      `Prepared`
     """
     say = log or (lambda msg: None)
     frozen_specs, _ = split_specs(specs, latent_layer)
-    k_first = jax.random.split(jax.random.PRNGKey(base_seed), 3)[0]
     exp0 = stream.experiences[0]
-    bn_form, _ = train_first_event(specs, stream.train_images[exp0], stream.train_labels[exp0], k_first,
-                                   train.first_epochs, train.first_batch_size, train.first_lr, train.momentum,
-                                   train.weight_decay,
-                                   progress=None if log is None else lambda e, l, a: log(
-                                       f"event 0 epoch {e + 1}/{train.first_epochs}: loss {l:.4f} acc {a:.3f}"),
-                                   init=initial_params, norm=train.first_norm, latent_layer=latent_layer,
-                                   schedule=train.first_schedule, head_bias=train.head_bias,
-                                   head_init=train.head_init)
+    ev0 = first_event(stream, specs, latent_layer, train, base_seed, initial_params, event0_cache_dir, event0_memo,
+                      log)
+    bn_form = (ev0.bn_params, ev0.bn_stats)
     folded = fold_batch_norm(specs, *bn_form)
     say(f"frozen stage: layers 0..{latent_layer} calibrated on event 0")
     frozen = make_frozen_stage(frozen_specs, folded[: latent_layer + 1], stream.train_images[exp0], quant)
@@ -298,7 +397,7 @@ def prepare_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, 
     norm = make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum)
     bn_params, bn_stats = bn_form
     adaptive = norm.init(bn_params[latent_layer + 1 :], bn_stats[latent_layer + 1 :])
-    return adaptive, frozen, sweep_data(stream, frozen, eval_chunk)
+    return Prepared(adaptive, frozen, sweep_data(stream, frozen, eval_chunk), ev0)
 
 
 def run_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, replay_size: int,
@@ -322,16 +421,10 @@ def run_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, repl
     lr_bits = [check_bits(b, "replay.bits") for b in lr_bits]
     if any(b is None for b in lr_bits):
         raise ValueError("replay.bits=null (FP32 latents) cannot be vectorized with integer bit-widths")
-    (params, norm_state), frozen, data = prepared if prepared is not None else prepare_sweep(
+    (params, norm_state), frozen, data, _ = prepared if prepared is not None else prepare_sweep(
         stream, specs, latent_layer, train, quant, base_seed, eval_chunk)
-    comp, masked = shared_composition([int(n) for n in np.asarray(data.event_n)], replay_size, train.batch_size)
-    _, adaptive_specs = split_specs(specs, latent_layer)
-    optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
-    sweep = make_sweep(adaptive_specs, optimizer, replay_size, data.codes0.shape[1:], stream.num_classes, comp,
-                       train.epochs, max(lr_bits), policy, eval_chunk, members_per_batch, masked=masked,
-                       strategy=make_strategy(train.strategy, train.reset_momentum, optimizer.init, stream.num_classes),
-                       norm=make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum),
-                       num_sessions=len(stream.session_names))
+    sweep = make_sweep(*_group_args(stream, specs, latent_layer, train, replay_size, policy, max(lr_bits), eval_chunk,
+                                    members_per_batch, [int(n) for n in np.asarray(data.event_n)]))
     res = sweep(params, np.asarray(lr_bits, np.int32), lr_scales(lr_bits, frozen.a_max),
                 np.asarray(seeds, np.int32), data, norm_state)
     acc = np.asarray(res.accuracy, np.float64)
@@ -339,3 +432,25 @@ def run_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, repl
             "final_accuracy": acc[:, :, -1], "train_loss": np.asarray(res.train_loss),
             "buffer_histogram": np.asarray(res.buffer_histogram), "class_hits": np.asarray(res.class_hits),
             "session_hits": np.asarray(res.session_hits)}
+
+
+def _group_args(stream, specs, latent_layer, train, replay_size, policy, max_bits, eval_chunk, members_per_batch,
+                event_sizes) -> tuple:
+    """`make_group_program`'s arguments for a run's configuration (positional, in its order)."""
+    comp, masked = shared_composition(event_sizes, replay_size, train.batch_size)
+    _, adaptive_specs = split_specs(specs, latent_layer)
+    optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
+    return (adaptive_specs, optimizer, replay_size, adaptive_specs[0].in_shape, stream.num_classes, comp,
+            train.epochs, max_bits, policy, eval_chunk, members_per_batch,
+            make_strategy(train.strategy, train.reset_momentum, optimizer.init, stream.num_classes),
+            make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum), masked,
+            len(stream.session_names))
+
+
+def group_program(stream, specs: Sequence[LayerSpec], latent_layer: int, train, replay_size: int, policy: str,
+                  max_bits: int | None, eval_chunk: int, members_per_batch: int | None,
+                  event_sizes: Sequence[int]) -> GroupProgram:
+    """The `GroupProgram` of a run's configuration (`clq.train.TrainConfig` `train`, the stream's learning events
+    of `event_sizes`): what `clq.train.group.run_group` and `run_sweep` run."""
+    return make_group_program(*_group_args(stream, specs, latent_layer, train, replay_size, policy, max_bits,
+                                           eval_chunk, members_per_batch, event_sizes))

@@ -16,7 +16,7 @@ LAUNCHERS = sorted(os.path.splitext(os.path.basename(p))[0]
 
 
 def test_launcher_set():
-    assert {"clq_joblib", "clq_ray", "clq_slurm", "clq_submitit_local"} <= set(LAUNCHERS)
+    assert {"clq_joblib", "clq_ray", "clq_slurm", "clq_submitit_local", "clq_vectorized"} <= set(LAUNCHERS)
 
 
 @pytest.mark.parametrize("name", LAUNCHERS)
@@ -25,6 +25,9 @@ def test_launcher_composes_into_an_installed_launcher(name):
     cls = get_class(cfg.hydra.launcher._target_)  # ImportError if the plugin is not installed
     assert issubclass(cls, Launcher)
     env = cfg.hydra.job.env_set
+    if name == "clq_vectorized":  # one process, every core: no per-member thread settings
+        assert cls.__name__ == "VectorizedLauncher" and cfg.hydra.launcher.events_per_chunk >= 1
+        return
     assert "NPROC" in env  # XLA's intra-op pool sized to the member's CPUs
     if name == "clq_slurm":
         assert env.NPROC == str(cfg.hydra.launcher.cpus_per_task)

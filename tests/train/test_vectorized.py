@@ -122,7 +122,7 @@ def test_sweep_equals_separate_runs_and_compiles_once(setup, members_per_batch):
     assert not np.array_equal(np.asarray(res.train_loss[0, 0]), np.asarray(res.train_loss[1, 0]))
     # Other bit-widths and seeds (same K, S) are traced values: no recompilation.
     sweep(params, np.asarray([7, 6], np.int32), lr_scales([7, 6], A_MAX), np.asarray([1, 2], np.int32), data)
-    assert sweep._cache_size() == 1
+    assert sweep.program.init._cache_size() == 1 and sweep.program.run._cache_size() == 1
 
 
 def test_lr_scales_match_the_codec():

@@ -1,0 +1,311 @@
+"""The vectorizing launcher's work: a multirun's members grouped, each group run as one compiled program.
+
+``clq-run -m hydra/launcher=clq_vectorized replay.bits=8,7,6 replay.size=375,1500 seed=0,1 latent_layer=19,23``
+(the Hydra plugin is ``hydra_plugins/clq_vectorized_launcher``; it only hands the members' configs here).
+
+1. **Plan** (before any compute): every member's config is resolved and validated as ``clq-run`` does, and its
+   cost report made (``target.enforce_memory`` refusals too). Members that differ only in ``replay.bits`` (and
+   in what is only watched: tracking, progress, ...) form a *group*; FP32 replays (``replay.bits=null``) form
+   their own. Members a group cannot run (a config error, ``joint_upper_bound``, no replay buffer, events of
+   different mini-batch splits) run one by one through ``clq-run``'s own task, as under the basic launcher.
+2. **Share**: members with the same data, model, seed and event-0 settings share one event 0
+   (`clq.train.event0`: in memory here, and on disk under ``event0_cache_dir`` or, when that is null, under
+   ``<sweep dir>/.cache/event0``); groups with the same frozen stage (latent layer, quantization) share its
+   latents (`clq.train.vectorized.prepare_sweep` runs once for them).
+3. **Run** each group (`clq.train.group.run_group`), chunk by chunk, with progress, non-finite checks and
+   atomic checkpoints in ``<sweep dir>/.groups/<group>/``; resumed after a crash when the same sweep dir is run
+   again (``hydra.sweep.dir=...``, ``resume=true``).
+4. **Write** every member as ``clq-run`` would: results.json (same schema, built by the same functions),
+   events.jsonl as the chunks complete, its wandb run, its export with ``export=true``; the launcher then runs
+   Hydra's job bookkeeping for it (``.hydra/``, callbacks such as `clq.analysis.callbacks.SweepSummary`) and
+   returns what ``clq-run`` returns (final accuracy, or None for a failed member).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from clq.config import ConfigError, ExperimentConfig, experiment_config
+from clq.run import (WATCHED_KEYS, completed_results, enable_compile_cache, failed_results, initial_params,
+                     load_stream, log_summary, memory_report, run_fingerprint, summary_table)
+from clq.tracking import make_tracker, write_json_atomic
+
+__all__ = ["Member", "Group", "plan_members", "run_planned", "group_key"]
+
+
+@dataclass
+class Member:
+    """One job of the multirun: its Hydra config, where it writes, and (when valid) its experiment."""
+
+    idx: int
+    overrides: list
+    config: DictConfig  # the job's config, with its hydra node (job num set)
+    run_dir: str
+    resolved: dict | None = None
+    exp: ExperimentConfig | None = None
+    memory: dict | None = None
+    solo_reason: str | None = None  # why it runs alone through clq-run's task (None: in a group)
+    outcome: dict = field(default_factory=dict)  # filled when its group has run: code, message, results
+
+
+@dataclass
+class Group:
+    members: list
+    key: str
+
+    @property
+    def exp(self) -> ExperimentConfig:
+        return self.members[0].exp
+
+    def describe(self) -> str:
+        e = self.exp
+        bits = ["FP32" if m.exp.replay.bits is None else f"U{m.exp.replay.bits}" for m in self.members]
+        return (f"l={e.latent_layer} quant={'fp32' if e.quant is None else e.quant.bits} replays {','.join(bits)} "
+                f"N={e.replay.size} seed={e.seed}")
+
+
+def group_key(resolved: dict) -> str:
+    """What a group's members share: the resolved config without the watched keys and without replay.bits
+    (traced), but with whether the replays are FP32 (another program)."""
+    cfg = {k: v for k, v in resolved.items() if k not in WATCHED_KEYS}
+    replay = dict(cfg.get("replay", {}))
+    fp32 = replay.pop("bits", None) is None
+    return hashlib.sha256(json.dumps({**cfg, "replay": replay, "fp32_replays": fp32}, sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+
+
+def _prepared_key(resolved: dict) -> str:
+    """What `prepare_sweep` depends on: data, model, seed, training, quantization, latent layer."""
+    return json.dumps({k: resolved.get(k) for k in ("data", "model", "seed", "train", "quant", "latent_layer")},
+                      sort_keys=True, default=str)
+
+
+def plan_members(members: list[Member], set_hydra: Callable[[DictConfig], None]) -> list[Group]:
+    """Resolve and validate every member; group those that can share a program. Nothing is computed.
+
+    Args:
+      set_hydra: makes a member's config the current Hydra config (``${hydra:...}`` interpolations).
+    """
+    from clq.train.vectorized import shared_composition  # noqa: F401 (imported here: JAX loads lazily)
+
+    groups: dict[str, Group] = {}
+    for m in members:
+        set_hydra(m.config)
+        try:
+            cfg = OmegaConf.masked_copy(m.config, [k for k in m.config if k != "hydra"])
+            m.resolved = OmegaConf.to_container(cfg, resolve=True)
+            exp = experiment_config(m.resolved)
+            if exp.tracking.group is None:  # as clq-run: an ad-hoc multirun is grouped by its sweep folder
+                exp = replace(exp, tracking=replace(exp.tracking, group=str(m.config.hydra.sweep.dir)))
+            m.exp = exp
+            m.memory = memory_report(exp, exp.model.specs())
+        except (OmegaConfBaseException, ConfigError) as e:
+            m.solo_reason = f"config error: {e}"
+            continue
+        if exp.joint_upper_bound:
+            m.solo_reason = "joint_upper_bound=true (the joint bound is a run of its own)"
+        elif exp.replay.size < 1:
+            m.solo_reason = "replay.size=0 (no buffer to vectorize over)"
+        if m.solo_reason is None:
+            groups.setdefault(group_key(m.resolved), Group([], group_key(m.resolved))).members.append(m)
+    # Groups that share event 0 and the frozen stage run one after another, so each is computed once.
+    return sorted(groups.values(), key=lambda g: (_prepared_key(g.members[0].resolved), g.members[0].idx))
+
+
+class _Sinks:
+    """events.jsonl and wandb of one member, as `clq.run.run_experiment` opens them."""
+
+    def __init__(self, m: Member):
+        e = m.exp
+        self.tracker = make_tracker(m.run_dir, e.tracking.backend, m.resolved, e.tracking.project, e.tracking.mode,
+                                    e.tracking.group)
+        self.events: list[dict] = []
+
+    def log_event(self, i: int, row: dict) -> None:
+        self.events.append(row)
+        self.tracker.log_event(i, row)
+
+
+def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: int, say: Callable[[str], None],
+               options: dict) -> None:
+    """Run one group and write its members' outputs; every member's `outcome` is set (also on a crash)."""
+    from tqdm.auto import tqdm
+
+    from clq.quant.export import EXPORT_DIR, write_export
+    from clq.train.checkpoint import CheckpointError
+    from clq.train.group import run_group
+    from clq.train.loop import NonFiniteError
+    from clq.train.vectorized import prepare_sweep, shared_composition
+
+    t0 = time.perf_counter()
+    e = g.exp
+    specs = e.model.specs()
+    say(f"group {gi + 1}/{n_groups}: {len(g.members)} member(s) [{', '.join(str(m.idx) for m in g.members)}]: "
+        f"{g.describe()}")
+    sinks: dict[int, _Sinks] = {}
+    bases = {m.idx: {"config": m.resolved, "run_dir": m.run_dir} for m in g.members}
+    try:
+        skey = ("stream", _stream_key(g.members[0]))
+        stream = shared.get(skey)
+        if stream is None:
+            shared.clear_streams()
+            stream = shared[skey] = load_stream(e)
+        if tuple(specs[0].in_shape) != tuple(stream.train_images.shape[1:]):
+            raise ConfigError(f"model input {specs[0].in_shape} does not match the stream's images "
+                              f"{stream.train_images.shape[1:]} (model.input_size vs data)")
+        try:
+            shared_composition([len(x) for x in stream.experiences[1:]], e.replay.size, e.train.batch_size)
+        except ValueError as err:
+            for m in g.members:
+                m.solo_reason = f"events of different mini-batch splits ({err})"
+            say(f"group {gi + 1}: runs member by member: {g.members[0].solo_reason}")
+            return
+        for m in g.members:
+            bases[m.idx]["stream"] = stream.summary()
+            sinks[m.idx] = _Sinks(m)
+        pkey = _prepared_key(g.members[0].resolved)
+        prepared = shared.get(("prepared", pkey))
+        event0_shared = prepared is not None
+        if prepared is None:
+            shared.clear_prepared()
+            eval_chunk = min(e.train.eval_batch_size, len(stream.test_labels))
+            prepared = prepare_sweep(stream, specs, e.latent_layer, e.train, e.quant, e.seed, eval_chunk,
+                                     initial_params=initial_params(e), log=say if e.progress else None,
+                                     event0_cache_dir=e.event0_cache_dir or os.path.join(sweep_dir, ".cache", "event0"),
+                                     event0_memo=shared.event0)
+            shared[("prepared", pkey)] = prepared
+            event0_shared = prepared.event0.cached
+            say(f"event 0 {'shared' if prepared.event0.cached else 'trained'}; frozen stage and latents of "
+                f"l={e.latent_layer} ready ({time.perf_counter() - t0:.1f} s)")
+        for m in g.members:
+            if m.exp.export:
+                bases[m.idx]["export"] = write_export(os.path.join(m.run_dir, EXPORT_DIR),
+                                                      specs[: e.latent_layer + 1], prepared.frozen.layers, m.exp.quant)
+        fingerprint = hashlib.sha256(json.dumps([run_fingerprint(m.resolved) for m in g.members]).encode()).hexdigest()
+        ckpt = os.path.join(sweep_dir, ".groups", g.key, "checkpoints") if e.checkpoint_every else None
+        bar = tqdm(total=stream.num_events, desc=f"group {gi + 1}/{n_groups} learning events", unit="event",
+                   disable=not e.progress, dynamic_ncols=True)
+        outcomes = run_group(
+            stream, specs, e.latent_layer, e.train, e.replay.size, e.replay.policy,
+            [m.exp.replay.bits for m in g.members], prepared,
+            on_event=lambda k, i, row: sinks[g.members[k].idx].log_event(i, row),
+            log=(lambda msg: bar.write(msg)) if e.progress else (lambda msg: None),
+            progress=lambda done: bar.update(done - bar.n), checkpoint_dir=ckpt, fingerprint=fingerprint,
+            resume=e.resume, eval_chunk=min(e.train.eval_batch_size, len(stream.test_labels)), seed=e.seed,
+            **options)
+        bar.close()
+    except Exception as err:  # every member records it; the sweep goes on with the other groups
+        code = 2 if isinstance(err, (ConfigError, FileNotFoundError, CheckpointError)) else 1
+        for m in g.members:
+            events = sinks[m.idx].events if m.idx in sinks else []
+            if m.memory is not None:
+                write_json_atomic(os.path.join(m.run_dir, "results.json"),
+                                  failed_results(bases[m.idx], err, events, m.memory, t0))
+            if m.idx in sinks:
+                sinks[m.idx].tracker.finish(False)
+            m.outcome = {"code": code, "message": f"clq-run: error: {type(err).__name__}: {err}"}
+        if code == 1:
+            import traceback
+
+            traceback.print_exc()
+        return
+    wall = time.perf_counter() - t0
+    for m, out in zip(g.members, outcomes):
+        s = sinks[m.idx]
+        if isinstance(out, NonFiniteError):
+            write_json_atomic(os.path.join(m.run_dir, "results.json"),
+                              failed_results(bases[m.idx], out, s.events, m.memory, t0))
+            s.tracker.finish(False)
+            m.outcome = {"code": 3, "message": f"clq-run: numerical error: {out} (events so far are in "
+                                               f"{m.run_dir}/results.json)"}
+            continue
+        results = completed_results(bases[m.idx], out, m.memory, t0)
+        # One program ran the group: each member is charged an equal share of its wall time.
+        results["wall_time_s"] = round(wall / len(g.members), 3)
+        results["group"] = {"key": g.key, "members": [x.idx for x in g.members], "wall_time_s": round(wall, 3),
+                            "event0_shared": bool(event0_shared), "launcher": "clq_vectorized"}
+        write_json_atomic(os.path.join(m.run_dir, "results.json"), results)
+        log_summary(s.tracker, results)
+        s.tracker.finish(True)
+        m.outcome = {"code": 0, "results": results}
+
+
+def _stream_key(m: Member) -> str:
+    return json.dumps({k: m.resolved.get(k) for k in ("data", "seed")} | {"size": m.resolved["model"]["input_size"]},
+                      sort_keys=True, default=str)
+
+
+class _Shared(dict):
+    """What groups share within a launch: the newest stream, the newest prepared group data, every event 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.event0: dict = {}
+
+    def _drop(self, kind: str) -> None:
+        for k in [k for k in self if k[0] == kind]:
+            del self[k]
+
+    def clear_streams(self) -> None:
+        self._drop("stream")
+
+    def clear_prepared(self) -> None:
+        self._drop("prepared")
+
+
+def run_planned(members: list[Member], groups: list[Group], sweep_dir: str,
+                set_hydra: Callable[[DictConfig], None], run_job: Callable[[Member, Callable], Any],
+                solo_task: Callable, events_per_chunk: int = 8, members_per_batch: int | None = None) -> list:
+    """Run every group, then Hydra's job bookkeeping for every member in job order (`run_job(member, task)`).
+
+    Members that run alone go through `solo_task` (clq-run's task function) inside `run_job`.
+    events_per_chunk, members_per_batch: `clq.train.group.run_group`'s (the launcher's options).
+    Returns the job returns, in the members' order.
+    """
+    def say(msg: str) -> None:
+        print(f"clq_vectorized: {msg}", flush=True)
+
+    grouped = sum(len(g.members) for g in groups)
+    say(f"{len(members)} members: {grouped} in {len(groups)} compiled group(s), {len(members) - grouped} alone")
+    valid = [m for m in members if m.exp is not None]
+    if valid:
+        enable_compile_cache(valid[0].exp.compile_cache_dir)
+    shared = _Shared()
+    for gi, g in enumerate(groups):
+        for m in g.members:
+            set_hydra(m.config)
+            os.makedirs(m.run_dir, exist_ok=True)
+        _run_group(g, sweep_dir, shared, gi, len(groups), say,
+                   {"events_per_chunk": events_per_chunk, "members_per_batch": members_per_batch})
+    shared.clear()
+    returns = []
+    for m in members:
+        task = solo_task if (m.solo_reason is not None or not m.outcome) else _report_task(m)
+        if m.solo_reason is not None and m.exp is not None:
+            say(f"member {m.idx} runs alone: {m.solo_reason}")
+        returns.append(run_job(m, task))
+    return returns
+
+
+def _report_task(m: Member) -> Callable[[DictConfig], float | None]:
+    """The task Hydra runs for a grouped member: report what its group computed, as clq-run would."""
+
+    def task(cfg: DictConfig) -> float | None:
+        o = m.outcome
+        if o["code"] != 0:
+            print(o["message"], file=sys.stderr)
+            return None  # a failed member of a multirun: recorded in results.json, the others ran
+        print(f"\nclq-run finished: {m.run_dir}/results.json")
+        print(summary_table(o["results"]))
+        return o["results"]["final_accuracy"]
+
+    return task
