@@ -8,6 +8,7 @@ bookkeeping (``run_job``: the job's ``.hydra/`` folder, logging, callbacks) for 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -49,6 +50,8 @@ class VectorizedLauncher(Launcher):
         from clq.launcher import Member, plan_members, run_planned
 
         setup_globals()
+        # As clq-run: JAX logs its accelerator probing at INFO through Hydra's root logger; noise on a CPU machine.
+        logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = str(self.config.hydra.sweep.dir)

@@ -1,0 +1,90 @@
+"""A whole sweep through two launchers, side by side: `clq_vectorized` against `clq_joblib`.
+
+    .venv/bin/python bench/bench_launchers.py                      # offline_grid, 24 members: ~20 min on 2 cores
+    .venv/bin/python bench/bench_launchers.py --sweep tiny         # smoke run (~1 min)
+
+Each launcher runs the same sweep file (`sweeps/<name>.yaml`, seed 0) as a user would (`python -m clq -m ...`,
+one process tree each, one after the other on the same machine), with an empty persistent compilation cache of
+its own, so both pay their compilations as a first sweep does, and with no event-0 cache on disk beyond the
+one the vectorized launcher keeps in its own sweep folder. Reported: each launcher's wall time and CPU time of
+the whole command, the ratio (the target: vectorized <= 1/3 of joblib), and every member's final accuracy under
+both (the members are the same runs; the vectorized ones sum their vmapped matmuls in another order, so they
+agree within the summation-order noise docs/sweeps.md describes, exactly where a group has one member).
+Writes bench/results/launchers.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.common import machine, write_result  # noqa: E402
+
+LAUNCHERS = ("clq_vectorized", "clq_joblib")
+
+
+def _sweep(name: str, launcher: str, work: str) -> dict:
+    sweep_dir = os.path.join(work, launcher)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "CLQ_COMPILE_CACHE_DIR": os.path.join(work, f"xla-{launcher}")}
+    cmd = [sys.executable, "-m", "clq", "-m", "--config-dir", os.path.join(ROOT, "sweeps"), "--config-name", name,
+           f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if p.returncode:
+        sys.stderr.write(p.stderr[-4000:])
+        raise RuntimeError(f"{launcher} sweep failed with exit status {p.returncode}")
+    members = {}
+    for d in sorted(os.listdir(sweep_dir)):
+        path = os.path.join(sweep_dir, d, "results.json")
+        if d.isdigit() and os.path.exists(path):
+            r = json.load(open(path))
+            c = r["config"]
+            members[int(d)] = {"latent_layer": c["latent_layer"], "replay_bits": c["replay"]["bits"],
+                               "replay_size": c["replay"]["size"], "quant": None if c["quant"] is None else "int8",
+                               "status": r["status"], "final_accuracy": r.get("final_accuracy")}
+    return {"wall_s": round(wall, 2), "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime
+                                                     - before.ru_stime, 2), "members": members}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sweep", default="offline_grid", help="sweep file in sweeps/ (default: offline_grid)")
+    ap.add_argument("--out", default=None, help="result JSON (default: bench/results/launchers.json)")
+    args = ap.parse_args(argv)
+    result = {"sweep": args.sweep, "machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="clq-bench-launchers-") as work:
+        for launcher in LAUNCHERS:
+            print(f"bench_launchers: {args.sweep} with {launcher} ...", flush=True)
+            result[launcher] = _sweep(args.sweep, launcher, work)
+            print(f"  {result[launcher]['wall_s']:.1f} s wall, {result[launcher]['cpu_s']:.1f} s CPU", flush=True)
+    v, j = result["clq_vectorized"], result["clq_joblib"]
+    diffs = [abs(v["members"][k]["final_accuracy"] - j["members"][k]["final_accuracy"])
+             for k in v["members"] if k in j["members"]]
+    result["vectorized_over_joblib_wall"] = round(v["wall_s"] / j["wall_s"], 3)
+    result["speedup_wall"] = round(j["wall_s"] / v["wall_s"], 2)
+    result["target"] = "clq_vectorized wall time <= 1/3 of clq_joblib's"
+    result["target_met"] = v["wall_s"] * 3 <= j["wall_s"]
+    result["final_accuracy_abs_diff"] = {"max": round(max(diffs), 4), "mean": round(sum(diffs) / len(diffs), 4),
+                                         "members_equal": sum(d == 0 for d in diffs), "members": len(diffs)}
+    path = write_result("launchers", result, args.out)
+    print(f"bench_launchers: vectorized {v['wall_s']:.1f} s vs joblib {j['wall_s']:.1f} s = {result['speedup_wall']}x "
+          f"(target >= 3x: {'met' if result['target_met'] else 'NOT met'}); final accuracies differ by at most "
+          f"{100 * result['final_accuracy_abs_diff']['max']:.2f} points; {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
