@@ -4,8 +4,8 @@
 (the Hydra plugin is ``hydra_plugins/clq_vectorized_launcher``; it only hands the members' configs here).
 
 1. **Plan** (before any compute): every member's config is resolved and validated as ``clq-run`` does, and its
-   cost report made (``target.enforce_memory`` refusals too). Members that differ only in ``replay.bits`` (and
-   in what is only watched: tracking, progress, ...) form a *group*; FP32 replays (``replay.bits=null``) form
+   cost report made (``target.enforce_memory`` refusals too). Members that differ only in ``replay.bits`` and
+   ``train.lr`` (traced values), and in what is only watched (tracking, progress, ...), form a *group*; FP32 replays (``replay.bits=null``) form
    their own. Members a group cannot run (a config error, ``joint_upper_bound``, no replay buffer, events of
    different mini-batch splits) run one by one through ``clq-run``'s own task, as under the basic launcher.
 2. **Share**: members with the same data, model, seed and event-0 settings share one event 0
@@ -39,7 +39,7 @@ from clq.run import (WATCHED_KEYS, completed_results, enable_compile_cache, fail
                      load_stream, log_summary, memory_report, run_fingerprint, summary_table)
 from clq.tracking import make_tracker, write_json_atomic
 
-__all__ = ["Member", "Group", "plan_members", "run_planned", "group_key"]
+__all__ = ["Member", "Group", "plan_members", "plan_summary", "run_planned", "group_key"]
 
 
 @dataclass
@@ -68,25 +68,58 @@ class Group:
 
     def describe(self) -> str:
         e = self.exp
-        bits = ["FP32" if m.exp.replay.bits is None else f"U{m.exp.replay.bits}" for m in self.members]
+        lrs = {m.exp.train.lr for m in self.members}
+        bits = [("FP32" if m.exp.replay.bits is None else f"U{m.exp.replay.bits}")
+                + (f"@lr={m.exp.train.lr}" if len(lrs) > 1 else "") for m in self.members]
         return (f"l={e.latent_layer} quant={'fp32' if e.quant is None else e.quant.bits} replays {','.join(bits)} "
                 f"N={e.replay.size} seed={e.seed}")
 
 
-def group_key(resolved: dict) -> str:
-    """What a group's members share: the resolved config without the watched keys and without replay.bits
-    (traced), but with whether the replays are FP32 (another program)."""
+def group_key(resolved: dict, fp32_replays: bool) -> str:
+    """What a group's members share: the resolved config without the watched keys and without what the group's
+    program traces (replay.bits, train.lr), but with whether the replays are FP32 (another program; from the
+    validated config, where ``fp32`` and ``null`` both mean FP32)."""
     cfg = {k: v for k, v in resolved.items() if k not in WATCHED_KEYS}
     replay = dict(cfg.get("replay", {}))
-    fp32 = replay.pop("bits", None) is None
-    return hashlib.sha256(json.dumps({**cfg, "replay": replay, "fp32_replays": fp32}, sort_keys=True,
-                                     default=str).encode()).hexdigest()[:16]
+    replay.pop("bits", None)
+    fp32 = bool(fp32_replays)
+    train = {k: v for k, v in cfg.get("train", {}).items() if k != "lr"}
+    return hashlib.sha256(json.dumps({**cfg, "replay": replay, "train": train, "fp32_replays": fp32},
+                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _event0_key(resolved: dict) -> str:
+    """What event 0 depends on, at the config level (`clq.train.event0` keys the content itself): data, model,
+    seed, the event-0 training fields, and the latent layer only where ``first_event.norm=ar1`` uses it."""
+    t = resolved.get("train", {})
+    fe = t.get("first_event", {})
+    return json.dumps({"data": resolved.get("data"), "model": resolved.get("model"), "seed": resolved.get("seed"),
+                       "first_event": fe, "momentum": t.get("momentum"), "weight_decay": t.get("weight_decay"),
+                       "head": t.get("head"),
+                       "latent_layer": resolved.get("latent_layer") if fe.get("norm") == "ar1" else None},
+                      sort_keys=True, default=str)
+
+
+def plan_summary(members: list[Member], groups: list[Group]) -> dict:
+    """How the launch will run: groups, members alone (and why), event-0 trainings and frozen stages needed,
+    against one of each per member under any other launcher."""
+    grouped = [m for g in groups for m in g.members]
+    return {
+        "members": len(members),
+        "groups": [{"members": [m.idx for m in g.members], "what": g.describe()} for g in groups],
+        "alone": {m.idx: m.solo_reason for m in members if m.solo_reason is not None},
+        "event0_trainings": len({_event0_key(m.resolved) for m in grouped}),
+        "frozen_stages": len({_prepared_key(m.resolved) for m in grouped}),
+        "compiled_group_programs": len(groups),
+    }
 
 
 def _prepared_key(resolved: dict) -> str:
-    """What `prepare_sweep` depends on: data, model, seed, training, quantization, latent layer."""
-    return json.dumps({k: resolved.get(k) for k in ("data", "model", "seed", "train", "quant", "latent_layer")},
-                      sort_keys=True, default=str)
+    """What `prepare_sweep` depends on: data, model, seed, training (not the learning events' rate), quantization,
+    latent layer."""
+    train = {k: v for k, v in resolved.get("train", {}).items() if k != "lr"}
+    return json.dumps({k: resolved.get(k) for k in ("data", "model", "seed", "quant", "latent_layer")}
+                      | {"train": train}, sort_keys=True, default=str)
 
 
 def plan_members(members: list[Member], set_hydra: Callable[[DictConfig], None]) -> list[Group]:
@@ -116,7 +149,8 @@ def plan_members(members: list[Member], set_hydra: Callable[[DictConfig], None])
         elif exp.replay.size < 1:
             m.solo_reason = "replay.size=0 (no buffer to vectorize over)"
         if m.solo_reason is None:
-            groups.setdefault(group_key(m.resolved), Group([], group_key(m.resolved))).members.append(m)
+            key = group_key(m.resolved, exp.replay.bits is None)
+            groups.setdefault(key, Group([], key)).members.append(m)
     # Groups that share event 0 and the frozen stage run one after another, so each is computed once.
     return sorted(groups.values(), key=lambda g: (_prepared_key(g.members[0].resolved), g.members[0].idx))
 
@@ -201,7 +235,7 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
             log=(lambda msg: bar.write(msg)) if e.progress else (lambda msg: None),
             progress=lambda done: bar.update(done - bar.n), checkpoint_dir=ckpt, fingerprint=fingerprint,
             resume=e.resume, eval_chunk=min(e.train.eval_batch_size, len(stream.test_labels)), seed=e.seed,
-            **options)
+            lrs=[m.exp.train.lr for m in g.members], **options)
         bar.close()
     except Exception as err:  # every member records it; the sweep goes on with the other groups
         code = 2 if isinstance(err, (ConfigError, FileNotFoundError, CheckpointError)) else 1
@@ -264,18 +298,31 @@ class _Shared(dict):
 
 def run_planned(members: list[Member], groups: list[Group], sweep_dir: str,
                 set_hydra: Callable[[DictConfig], None], run_job: Callable[[Member, Callable], Any],
-                solo_task: Callable, events_per_chunk: int = 8, members_per_batch: int | None = None) -> list:
+                solo_task: Callable, events_per_chunk: int = 8, members_per_batch: int | None = None,
+                plan_only: bool = False) -> list | None:
     """Run every group, then Hydra's job bookkeeping for every member in job order (`run_job(member, task)`).
 
     Members that run alone go through `solo_task` (clq-run's task function) inside `run_job`.
     events_per_chunk, members_per_batch: `clq.train.group.run_group`'s (the launcher's options).
+    plan_only: print and write the plan (``<sweep dir>/plan.json``, `plan_summary`), run nothing, return None.
     Returns the job returns, in the members' order.
     """
     def say(msg: str) -> None:
         print(f"clq_vectorized: {msg}", flush=True)
 
+    plan = plan_summary(members, groups)
     grouped = sum(len(g.members) for g in groups)
-    say(f"{len(members)} members: {grouped} in {len(groups)} compiled group(s), {len(members) - grouped} alone")
+    say(f"{len(members)} members: {grouped} in {len(groups)} compiled group(s), {len(members) - grouped} alone; "
+        f"{plan['event0_trainings']} event-0 training(s) and {plan['frozen_stages']} frozen stage(s) for the "
+        f"grouped members (one of each per member under another launcher)")
+    write_json_atomic(os.path.join(sweep_dir, "plan.json"), plan)
+    for idx, reason in plan["alone"].items():
+        say(f"member {idx} runs alone: {reason}")
+    if plan_only:
+        for g in plan["groups"]:
+            say(f"  group of {len(g['members'])}: {g['what']}")
+        say(f"plan only (hydra.launcher.plan_only=true): nothing run; {sweep_dir}/plan.json")
+        return None
     valid = [m for m in members if m.exp is not None]
     if valid:
         enable_compile_cache(valid[0].exp.compile_cache_dir)
@@ -290,8 +337,6 @@ def run_planned(members: list[Member], groups: list[Group], sweep_dir: str,
     returns = []
     for m in members:
         task = solo_task if (m.solo_reason is not None or not m.outcome) else _report_task(m)
-        if m.solo_reason is not None and m.exp is not None:
-            say(f"member {m.idx} runs alone: {m.solo_reason}")
         returns.append(run_job(m, task))
     return returns
 

@@ -1,6 +1,7 @@
 """The driver of a group: the learning phase of M sweep members as one compiled program, run chunk by chunk.
 
-A group is a set of runs that differ only in values a program can trace (Q_LR, hence S_LR): the same stream,
+A group is a set of runs that differ only in values a program can trace (Q_LR, hence S_LR; the learning events'
+learning rate): the same stream,
 seed, event 0, frozen stage, latent layer, replay size and policy, strategy and event shapes. `run_group` takes
 what they share (`clq.train.vectorized.Prepared`: event 0, the frozen stage, every latent once) and runs
 
@@ -79,6 +80,7 @@ def run_group(
     members_per_batch: int | None = None,
     eval_chunk: int = 1000,
     seed: int = 0,
+    lrs: Sequence[float] | None = None,
 ) -> list:
     """The learning phase of every member of a group.
 
@@ -93,6 +95,7 @@ def run_group(
       checkpoint_dir: where the group's atomic checkpoints go (None: none); `fingerprint` identifies the group.
       events_per_chunk: learning events per compiled call.
       seed: the members' seed (training and buffer keys, as `run_continual`'s).
+      lrs: each member's learning rate of the learning events (traced; None: ``train.lr`` for all).
     Returns:
       one entry per member: the learning record (the dict `run_continual` returns, ``timing_s`` being the
       group's), or a `NonFiniteError` whose ``completed`` holds the rows before the bad event.
@@ -116,7 +119,9 @@ def run_group(
     b = np.asarray([0 if x is None else x for x in bits], np.int32)
     scale = np.ones(M, np.float32) if max_bits is None else lr_scales(bits, frozen.a_max)
     seeds = np.full(M, seed, np.int32)
-    init_args = (params, norm_state, b, scale, seeds, data)
+    lrs = [train.lr] * M if lrs is None else list(lrs)
+    lr = np.asarray(lrs, np.float32)
+    init_args = (params, norm_state, b, scale, seeds, lr, data)
     templates = dict(zip(("states", "outputs"), jax.eval_shape(program.init, *init_args)))
     restored = load_checkpoint(checkpoint_dir, templates) if (checkpoint_dir and resume) else None
     if restored is not None and restored[2].get("fingerprint") != fingerprint:
@@ -124,7 +129,7 @@ def run_group(
                               "resume=false")
 
     hists = [History(stream, None if on_event is None else (lambda i, row, m=m: on_event(m, i, row)),
-                     f"train.lr={train.lr}, train.first_event.lr={train.first_lr}", log) for m in range(M)]
+                     f"train.lr={lrs[m]}, train.first_event.lr={train.first_lr}", log) for m in range(M)]
     failed: dict[int, tuple[int, str]] = {}
     exp0 = stream.experiences[0]
     test_labels, test_sessions = stream.test_labels, stream.test_sessions
@@ -140,7 +145,7 @@ def run_group(
             for i in range(start, stop):
                 if i > 0 and not np.isfinite(loss[m, i]) or (i == stop - 1 and not ok_params[m]):
                     failed[m] = (i, f"non-finite loss or parameters in learning event {i}; lower train.lr "
-                                    f"({train.lr})")
+                                    f"({lrs[m]})")
                     break
                 ev = evaluation_from_hits(np.asarray(out.class_hits[m, i], np.int64),
                                           np.asarray(out.session_hits[m, i], np.int64), test_labels, test_sessions)
@@ -182,7 +187,7 @@ def run_group(
     start = first
     while start < E and len(failed) < M:
         stop = min(start + events_per_chunk, E)
-        states, out = program.run(states, out, b, scale, seeds, data, jnp.int32(start), jnp.int32(stop))
+        states, out = program.run(states, out, b, scale, seeds, lr, data, jnp.int32(start), jnp.int32(stop))
         out = jax.tree.map(np.asarray, out)
         add_rows(out, start, stop, states)
         checkpoint(stop - 1, states, out)

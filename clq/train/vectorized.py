@@ -170,18 +170,21 @@ class Outputs(NamedTuple):
 
 
 class GroupProgram(NamedTuple):
-    """The compiled learning phase of a group of M members (one static configuration; Q_LR, S_LR and seeds traced).
+    """The compiled learning phase of a group of M members (one static configuration; Q_LR, S_LR, seeds and the
+    learning events' learning rate traced).
 
-    init(adaptive_params, norm_state, bits int32 [M], scale float32 [M], seeds int32 [M], data)
+    init(adaptive_params, norm_state, bits int32 [M], scale float32 [M], seeds int32 [M], lrs float32 [M], data)
         -> (states: LearnerState with a leading [M] axis, outputs: `Outputs` [M, E] with row 0 filled)
-    run(states, outputs, bits, scale, seeds, data, start, stop) -> (states, outputs) after learning events
+    run(states, outputs, bits, scale, seeds, lrs, data, start, stop) -> (states, outputs) after learning events
         start..stop-1 (int32 scalars, 1 <= start <= stop <= E): one compiled program for every chunk of events,
         states and outputs donated. A driver calls it chunk by chunk (`clq.train.group`) to report progress,
         check for non-finite values and checkpoint between chunks; `make_sweep` calls it once.
+    optimizer: the optax optimizer the programs were built with (its injected learning rate is the default).
     """
 
     init: Callable
     run: Callable
+    optimizer: optax.GradientTransformation
 
 
 def make_group_program(
@@ -201,8 +204,24 @@ def make_group_program(
     masked: bool = False,
     num_sessions: int = 1,
 ) -> GroupProgram:
-    """Build the group's jitted programs (arguments as `make_sweep`; ``max_bits=None``: FP32 replays, the members'
-    bits and scales are then ignored)."""
+    """Build the group's jitted programs.
+
+    Args:
+      adaptive_specs: layers l+1..28.
+      optimizer: `clq.train.make_optimizer(...)` (learning rate injected: each member's is traced, `GroupProgram`).
+      replay_size: N_LR (static: it is the buffer's shape).
+      composition: the mini-batch composition shared by every learning event.
+      max_bits: the largest Q_LR the program will be called with; fixes the codes' dtype (uint8 up to 8) and
+        the buffer's packing (every member's codes are stored in max_bits-bit fields, as they must share shapes).
+        None: FP32 replays.
+      eval_chunk: test latents evaluated per step of the evaluation loop (bounds memory: M*chunk latents).
+      members_per_batch: members vmapped together (`lax.map` over batches of them); None: all M.
+      strategy: the learner's strategy (`clq.learn.make_strategy`); None: plain QLR.
+      norm: the adaptive stage's normalization (`clq.train.norm.make_adaptive_norm`); None: folded.
+      num_sessions: sessions of the test set (per-session hits).
+      masked: events may need fewer iterations per epoch than `composition` (unequal sizes, one split of new
+        and replays); each runs exactly its own (`clq.train.event.make_event_fn`).
+    """
     dtype = None if max_bits is None else storage_dtype(check_bits(max_bits, "max_bits"))
     latent_shape = tuple(int(d) for d in latent_shape)
     hits = make_hits(adaptive_specs, num_classes, num_sessions)  # the single run's evaluator
@@ -231,10 +250,9 @@ def make_group_program(
     def decode(codes, data: SweepData):
         return codes.astype(jnp.float32) * data.frozen_scale
 
-    def init_one(params, norm_state, bits, scale, seed, data: SweepData):
+    def init_one(params, norm_state, bits, scale, seed, lr, data: SweepData):
         learner, k_train, k_buf = member(bits, scale, seed)
-        # The optimizer's own (injected) learning rate: every learning event of the group uses it.
-        hyper = Hyper(optimizer.init(params).hyperparams["learning_rate"], k_train, k_buf)
+        hyper = Hyper(lr, k_train, k_buf)
         n0 = data.codes0.shape[0]
         state = learner.init(params, norm_state, Event(decode(data.codes0, data), data.labels0, jnp.int32(n0),
                                                        jnp.int32(0)), hyper)
@@ -246,13 +264,13 @@ def make_group_program(
                       jnp.zeros((e, num_sessions), jnp.int32).at[0].set(sh), nan, nan)
         return state, out
 
-    def run_one(state, out: Outputs, bits, scale, seed, data: SweepData, start, stop):
+    def run_one(state, out: Outputs, bits, scale, seed, lr, data: SweepData, start, stop):
         learner, k_train, k_buf = member(bits, scale, seed)
         step = learner.step(composition, masked)
+        hyper = Hyper(lr, k_train, k_buf)
 
         def body(i, carry):
             state, out = carry
-            hyper = Hyper(optimizer.init(state.params).hyperparams["learning_rate"], k_train, k_buf)
             j = i - 1  # learning event i is row j of the stacked event data
             event = Event(decode(data.event_codes[j], data), data.event_labels[j], data.event_n[j], i)
             state, m = step(state, event, hyper)
@@ -271,63 +289,31 @@ def make_group_program(
         return jax.lax.map(lambda b: fn(*b, *shared), batched, batch_size=size)
 
     @jax.jit
-    def init(adaptive_params, norm_state, bits, scale, seeds, data: SweepData):
+    def init(adaptive_params, norm_state, bits, scale, seeds, lrs, data: SweepData):
         if data.test_codes.shape[0] % eval_chunk:
             raise ValueError(f"the test set ({data.test_codes.shape[0]}) must be padded to a multiple of "
                              f"eval_chunk={eval_chunk} (use sweep_data)")
-        return over_members(lambda b, s, k, *sh: init_one(adaptive_params, norm_state, b, s, k, *sh),
-                            (bits, scale, seeds), (data,))
+        return over_members(lambda b, s, k, r, *sh: init_one(adaptive_params, norm_state, b, s, k, r, *sh),
+                            (bits, scale, seeds, lrs), (data,))
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def run(states, outputs, bits, scale, seeds, data: SweepData, start, stop):
-        return over_members(run_one, (states, outputs, bits, scale, seeds), (data, start, stop))
+    def run(states, outputs, bits, scale, seeds, lrs, data: SweepData, start, stop):
+        return over_members(run_one, (states, outputs, bits, scale, seeds, lrs), (data, start, stop))
 
-    return GroupProgram(init, run)
+    return GroupProgram(init, run, optimizer)
 
 
-def make_sweep(
-    adaptive_specs: Sequence[LayerSpec],
-    optimizer: optax.GradientTransformation,
-    replay_size: int,
-    latent_shape: Sequence[int],
-    num_classes: int,
-    composition: Composition,
-    epochs: int,
-    max_bits: int | None = 8,
-    policy: str = "ar1",
-    eval_chunk: int = 1000,
-    members_per_batch: int | None = None,
-    strategy: Strategy | None = None,
-    norm: AdaptiveNorm | None = None,
-    masked: bool = False,
-    num_sessions: int = 1,
-) -> Callable[..., SweepResult]:
-    """The whole learning phase of K bit-widths x S seeds in one call (`make_group_program`, all events at once).
+def make_sweep(*args, **kwargs) -> Callable[..., SweepResult]:
+    """The whole learning phase of K bit-widths x S seeds in one call (`make_group_program`'s arguments; its init
+    and one run over every event).
 
-    Args:
-      adaptive_specs: layers l+1..28.
-      optimizer: `clq.train.make_optimizer(...)`; its learning rate is the one every event uses.
-      replay_size: N_LR (static: it is the buffer's shape).
-      composition: the mini-batch composition shared by every learning event.
-      max_bits: the largest Q_LR the program will be called with; fixes the codes' dtype (uint8 up to 8) and
-        the buffer's packing (every member's codes are stored in max_bits-bit fields, as they must share shapes).
-        None: FP32 replays.
-      eval_chunk: test latents evaluated per step of the evaluation loop (bounds memory: K*S*chunk latents).
-      members_per_batch: configurations vmapped together (`lax.map` over batches of them); None: all K*S.
-      strategy: the learner's strategy (`clq.learn.make_strategy`); None: plain QLR.
-      norm: the adaptive stage's normalization (`clq.train.norm.make_adaptive_norm`); None: folded.
-      num_sessions: sessions of the test set (per-session hits).
-      masked: events may need fewer iterations per epoch than `composition` (unequal sizes, one split of new
-        and replays); each runs exactly its own (`clq.train.event.make_event_fn`).
     Returns:
       ``sweep(adaptive_params, lr_bits, lr_scale, seeds, data, norm_state=()) -> SweepResult`` where
       adaptive_params is the post-event-0 adaptive tree in `norm`'s form (shared) and norm_state its running
       statistics, lr_bits int32 [K], lr_scale float32 [K] (`lr_scales`), seeds int32 [S], data a `SweepData`.
       K, S and the data's shapes are the only things that recompile.
     """
-    program = make_group_program(adaptive_specs, optimizer, replay_size, latent_shape, num_classes, composition,
-                                 epochs, max_bits, policy, eval_chunk, members_per_batch, strategy, norm, masked,
-                                 num_sessions)
+    program = make_group_program(*args, **kwargs)
 
     def sweep(adaptive_params, lr_bits, lr_scale, seeds, data: SweepData, norm_state=()) -> SweepResult:
         k, s = len(lr_bits), len(seeds)
@@ -335,10 +321,12 @@ def make_sweep(
         bits = jnp.repeat(jnp.asarray(lr_bits, jnp.int32), s)
         scale = jnp.repeat(jnp.asarray(lr_scale, jnp.float32), s)
         seed = jnp.tile(jnp.asarray(seeds, jnp.int32), k)
-        states, out = program.init(adaptive_params, norm_state, bits, scale, seed, data)
+        # The optimizer's own (injected) learning rate: every member's learning events use it.
+        lrs = jnp.full((k * s,), program.optimizer.init(adaptive_params).hyperparams["learning_rate"], jnp.float32)
+        states, out = program.init(adaptive_params, norm_state, bits, scale, seed, lrs, data)
         e = data.event_n.shape[0] + 1
-        states, out = program.run(states, out, bits, scale, seed, data, jnp.int32(1), jnp.int32(e))
-        buf = states.buffer
+        states, out = program.run(states, out, bits, scale, seed, lrs, data, jnp.int32(1), jnp.int32(e))
+        buf, num_classes = states.buffer, out.class_hits.shape[-1]
         hist = jax.vmap(lambda f, l: jnp.zeros(num_classes, jnp.int32).at[jnp.where(f, l, 0)].add(
             f.astype(jnp.int32)))(buf.filled, buf.labels)
         res = SweepResult(out.accuracy, out.train_loss[:, 1:], hist, out.class_hits, out.session_hits)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,9 +26,12 @@ class VectorizedLauncher(Launcher):
       events_per_chunk: learning events per compiled call (progress, non-finite checks and checkpoints
         happen between calls).
       members_per_batch: members of a group vmapped together (null: all; fewer bound memory).
+      plan_only: print how the members would run (groups, event-0 trainings, frozen stages; also written to
+        ``<sweep dir>/plan.json``) and exit without running any.
     """
 
-    def __init__(self, events_per_chunk: int = 8, members_per_batch: Optional[int] = None) -> None:
+    def __init__(self, events_per_chunk: int = 8, members_per_batch: Optional[int] = None,
+                 plan_only: bool = False) -> None:
         super().__init__()
         for name, v, allow_none in (("events_per_chunk", events_per_chunk, False),
                                     ("members_per_batch", members_per_batch, True)):
@@ -35,6 +39,9 @@ class VectorizedLauncher(Launcher):
                                                                      or v < 1)):
                 raise ValueError(f"hydra.launcher.{name} must be an integer >= 1{' or null' if allow_none else ''}, "
                                  f"got {v!r}")
+        if not isinstance(plan_only, bool):
+            raise ValueError(f"hydra.launcher.plan_only must be true or false, got {plan_only!r}")
+        self.plan_only = plan_only
         self.events_per_chunk = events_per_chunk
         self.members_per_batch = members_per_batch
         self.config: Optional[DictConfig] = None
@@ -79,5 +86,8 @@ class VectorizedLauncher(Launcher):
             return ret
 
         groups = plan_members(members, set_hydra)
-        return run_planned(members, groups, sweep_dir, set_hydra, job, self.task_function, self.events_per_chunk,
-                           self.members_per_batch)
+        returns = run_planned(members, groups, sweep_dir, set_hydra, job, self.task_function, self.events_per_chunk,
+                              self.members_per_batch, self.plan_only)
+        if returns is None:  # plan only: no member ran, so there is nothing for the sweep's callbacks to collect
+            sys.exit(0)
+        return returns

@@ -135,3 +135,18 @@ def test_a_diverging_member_fails_alone_and_a_bad_value_before_compute(tmp_path,
     r = _results(sweep / "1")
     assert r["status"] == "failed" and 0 < len(r["events"]) < 16  # the events before the bad one are kept
     assert "config error" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_plan_only_groups_fp32_spellings_together_and_runs_nothing(tmp_path):
+    """`replay.bits=fp32` and `null` are both FP32 replays: one group, apart from the codes; the plan counts the
+    event-0 trainings and frozen stages, and nothing runs."""
+    sweep = tmp_path / "s"
+    p = run_sweep("tiny", ["hydra/launcher=clq_vectorized", "hydra.launcher.plan_only=true", f"hydra.sweep.dir={sweep}",
+                           "replay.bits=fp32,8,null,6", "latent_layer=23,27"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    plan = json.loads((sweep / "plan.json").read_text())
+    assert plan["members"] == 8 and plan["compiled_group_programs"] == 4
+    assert plan["event0_trainings"] == 1 and plan["frozen_stages"] == 2
+    assert sorted(len(g["members"]) for g in plan["groups"]) == [2, 2, 2, 2]
+    assert all(("FP32" in g["what"]) != ("U8" in g["what"]) for g in plan["groups"])
+    assert not list(sweep.glob("*/results.json"))
