@@ -2,14 +2,16 @@
 
     .venv/bin/python bench/bench_launchers.py                      # offline_grid, 24 members: ~20 min on 2 cores
     .venv/bin/python bench/bench_launchers.py --sweep tiny         # smoke run (~1 min)
+    .venv/bin/python bench/bench_launchers.py --checks-only        # only the clq-run checks, added to the result
 
 Each launcher runs the same sweep file (`sweeps/<name>.yaml`, seed 0) as a user would (`python -m clq -m ...`,
 one process tree each, one after the other on the same machine), with an empty persistent compilation cache of
 its own, so both pay their compilations as a first sweep does, and with no event-0 cache on disk beyond the
 one the vectorized launcher keeps in its own sweep folder. Reported: each launcher's wall time and CPU time of
 the whole command, the ratio (the target: vectorized <= 1/3 of joblib), and every member's final accuracy under
-both (the members are the same runs; the vectorized ones sum their vmapped matmuls in another order, so they
-agree within the summation-order noise docs/sweeps.md describes, exactly where a group has one member).
+both, and checks: five vectorized members against the same configuration run alone by `clq-run` (same XLA
+thread settings), and the default run (member 3) with the default threads against clq_joblib's (one thread per
+worker: another summation order, hence another event 0 that every joblib member shares).
 Writes bench/results/launchers.json (or --out).
 """
 
@@ -30,6 +32,48 @@ sys.path.insert(0, ROOT)
 from bench.common import machine, write_result  # noqa: E402
 
 LAUNCHERS = ("clq_vectorized", "clq_joblib")
+
+#: Members of offline_grid re-run alone with `clq-run` (default XLA threads, as the vectorized launcher), to check
+#: the vectorized members' numbers at this scale: l=19 FP32 N=1500 (a group of one), l=19 U7 and U6 N=1500 and
+#: l=23 / l=27 U8 N=1500 (groups of three).
+CHECKS = {1: ["latent_layer=19", "precision=fp32", "replay.size=1500"],
+          5: ["latent_layer=19", "precision=u8_u7", "replay.size=1500"],
+          7: ["latent_layer=19", "precision=u8_u6", "replay.size=1500"],
+          11: ["latent_layer=23", "precision=u8_u8", "replay.size=1500"],
+          19: ["latent_layer=27", "precision=u8_u8", "replay.size=1500"]}
+#: clq_joblib's worker environment (conf/hydra/launcher/clq_joblib.yaml): one XLA thread, no multi-threaded Eigen.
+JOBLIB_ENV = {"NPROC": "1", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}
+
+
+def _single(name: str, overrides: list[str], work: str, env_extra: dict) -> float:
+    run_dir = os.path.join(work, "single-" + "-".join(o.replace("=", "") for o in overrides)
+                           + ("-joblib-env" if env_extra else ""))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "offline", "WANDB_SILENT": "true", **env_extra}
+    p = subprocess.run([sys.executable, "-m", "clq", "--config-dir", os.path.join(ROOT, "sweeps"), "--config-name",
+                        name, *overrides, "tracking=none", "checkpoint_every=0", f"hydra.run.dir={run_dir}"],
+                       cwd=work, env=env, capture_output=True, text=True)
+    if p.returncode:
+        sys.stderr.write(p.stderr[-4000:])
+        raise RuntimeError(f"clq-run {' '.join(overrides)} failed")
+    return json.load(open(os.path.join(run_dir, "results.json")))["final_accuracy"]
+
+
+def checks(result: dict, work: str) -> dict:
+    """Vectorized members against clq-run alone, and the default run under clq_joblib's thread settings."""
+    v = result["clq_vectorized"]["members"]
+    out = {"members": {}}
+    for k, ov in CHECKS.items():
+        alone = _single("offline_grid", ov, work, {})
+        out["members"][k] = {"overrides": ov, "clq_run": alone, "clq_vectorized": v[k]["final_accuracy"],
+                             "clq_joblib": result["clq_joblib"]["members"][k]["final_accuracy"]}
+        print(f"  member {k} {' '.join(ov)}: clq-run {alone:.4f}, vectorized {v[k]['final_accuracy']:.4f}, "
+              f"joblib {out['members'][k]['clq_joblib']:.4f}", flush=True)
+    ov = ["latent_layer=19", "precision=u8_u8", "replay.size=1500"]
+    out["member_3_default_threads"] = _single("offline_grid", ov, work, {})
+    out["member_3_joblib_threads"] = _single("offline_grid", ov, work, JOBLIB_ENV)
+    print(f"  member 3 (the default run): {out['member_3_default_threads']:.4f} with the default threads, "
+          f"{out['member_3_joblib_threads']:.4f} with clq_joblib's", flush=True)
+    return out
 
 
 def _sweep(name: str, launcher: str, work: str) -> dict:
@@ -63,13 +107,26 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", default="offline_grid", help="sweep file in sweeps/ (default: offline_grid)")
     ap.add_argument("--out", default=None, help="result JSON (default: bench/results/launchers.json)")
+    ap.add_argument("--checks-only", action="store_true",
+                    help="add the clq-run checks (offline_grid) to an existing result (--out) without re-running sweeps")
     args = ap.parse_args(argv)
+    if args.checks_only:
+        path = args.out or os.path.join(ROOT, "bench", "results", "launchers.json")
+        result = json.load(open(path))
+        result["clq_vectorized"]["members"] = {int(k): m for k, m in result["clq_vectorized"]["members"].items()}
+        result["clq_joblib"]["members"] = {int(k): m for k, m in result["clq_joblib"]["members"].items()}
+        with tempfile.TemporaryDirectory(prefix="clq-bench-launchers-") as work:
+            result["checks"] = checks(result, work)
+        write_result("launchers", result, args.out)
+        return result
     result = {"sweep": args.sweep, "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="clq-bench-launchers-") as work:
         for launcher in LAUNCHERS:
             print(f"bench_launchers: {args.sweep} with {launcher} ...", flush=True)
             result[launcher] = _sweep(args.sweep, launcher, work)
             print(f"  {result[launcher]['wall_s']:.1f} s wall, {result[launcher]['cpu_s']:.1f} s CPU", flush=True)
+        if args.sweep == "offline_grid":
+            result["checks"] = checks(result, work)
     v, j = result["clq_vectorized"], result["clq_joblib"]
     diffs = [abs(v["members"][k]["final_accuracy"] - j["members"][k]["final_accuracy"])
              for k in v["members"] if k in j["members"]]
