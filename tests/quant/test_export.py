@@ -301,7 +301,6 @@ def test_export_defaults_to_false_and_is_checked_with_the_quantization():
 
     from clq.config import ConfigError
     from clq.run import CONF_DIR
-    from clq.vsweep import check_vectorizable
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -313,5 +312,3 @@ def test_export_defaults_to_false_and_is_checked_with_the_quantization():
             cfg("export=true")).quant
         with pytest.raises(ConfigError, match=r"export=true .* quant\.frozen_bits is null"):
             experiment_config(cfg("export=true", "quant=fp32"))
-        with pytest.raises(ConfigError, match="export must be false for clq-vsweep"):
-            check_vectorizable(experiment_config(cfg("export=true")))
