@@ -192,14 +192,7 @@ def make_event_fn(
     return train_event
 
 
-def make_learning_event(
-    adaptive_specs: Sequence[LayerSpec],
-    optimizer: optax.GradientTransformation,
-    buffer: ReplayBuffer,
-    composition: Composition,
-    epochs: int,
-    norm: AdaptiveNorm | None = None,
-) -> Callable:
-    """`make_event_fn`'s learning event under one `jax.jit`, with params, opt_state and norm_state donated."""
-    return jax.jit(make_event_fn(adaptive_specs, optimizer, buffer, composition, epochs, norm),
-                   donate_argnums=(0, 1, 7))
+def make_learning_event(*args, **kwargs) -> Callable:
+    """`make_event_fn(*args, **kwargs)`'s learning event (unmasked) under one `jax.jit`, with params, opt_state and
+    norm_state donated."""
+    return jax.jit(make_event_fn(*args, **kwargs), donate_argnums=(0, 1, 7))
