@@ -34,31 +34,7 @@ from clq.model import fold_batch_norm, init_params, mobilenet_v1_specs, split_sp
 from clq.quant import make_latent_codec  # noqa: E402
 from clq.replay import make_replay_buffer  # noqa: E402
 from clq.train import make_learning_event, make_optimizer, minibatch_composition  # noqa: E402
-
-
-def matmul_peak(sizes=(2048, 4096), repeats: int = 7) -> dict:
-    """FP32 GFLOP/s of one jitted n x n `jnp.dot` (2 n^3 FLOP), best of `repeats`, for each n; `gflops` is the max."""
-    out = {}
-    for n in sizes:
-        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-        b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-        f = jax.jit(jnp.dot)
-        jax.block_until_ready(f(a, b))
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(a, b))
-            times.append(time.perf_counter() - t0)
-        out[str(n)] = {"gflops": 2 * n**3 / min(times) / 1e9, "gflops_median": 2 * n**3 / float(np.median(times)) / 1e9}
-    return {"by_size": out, "gflops": max(v["gflops"] for v in out.values())}
-
-
-def training_macs(adaptive_specs) -> dict:
-    """MACs of one training sample: forward, weight gradients, input gradients (none for the first layer)."""
-    fwd = sum(s.macs for s in adaptive_specs)
-    wgrad = sum(s.macs for s in adaptive_specs if s.has_params)
-    igrad = sum(s.macs for s in adaptive_specs[1:])
-    return {"forward": fwd, "weight_gradient": wgrad, "input_gradient": igrad, "total": fwd + wgrad + igrad}
+from clq.perf import matmul_peak, training_macs  # noqa: E402
 
 
 def reduction_layouts(repeats: int = 5, n: int = 2000) -> dict:

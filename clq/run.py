@@ -116,6 +116,11 @@ def summary_table(results: dict) -> str:
     if "latency_s" in cost:
         rows.append((f"latency / event on {cost.get('config', {}).get('target', 'target')} (cost model)",
                      f"{cost['latency_s']['total']:.3g} s, {cost['energy_j']['total']:.3g} J"))
+    speed = results.get("speed")
+    if speed:
+        parts = [f"{name.replace('_', ' ')} {100 * ph['fraction_of_peak']:.0f} %"
+                 for name, ph in speed["phases"].items() if ph["fraction_of_peak"] is not None]
+        rows.append((f"share of the FP32 matmul peak ({speed['peak_gflop_s']:.0f} GFLOP/s here)", ", ".join(parts)))
     rows.append(("wall time", f"{results['wall_time_s']:.1f} s"))
     w = max(len(k) for k, _ in rows)
     return "\n".join([f"  {k:<{w}}  {v}" for k, v in rows] + [f"  warning: {m}" for m in results.get("warnings", [])])
@@ -224,6 +229,10 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
             on_frozen=on_frozen if exp.export else None,
         )
         bar.close()
+        from clq.perf import flop_account, matmul_peak
+
+        # How close each phase came to this machine's FP32 matmul peak, measured now, in this process (~0.3 s).
+        results["speed"] = flop_account(specs, exp.latent_layer, stream, exp.train, results, matmul_peak())
         results = completed_results(base, results, memory, t0)
         write_json_atomic(os.path.join(run_dir, "results.json"), results)
         log_summary(tracker, results)

@@ -294,6 +294,8 @@ def run_continual(
     results = hist.record(history, latent_record(latent_layer, latent_shape, frozen, codec.scale, replay.bits),
                           buffer_record(state.buffer, replay.size, K), len(compositions),
                           None if restored is None else restored[0])
+    # Whether event 0 came from the event-0 cache (None: restored from a checkpoint, not run here).
+    results["event0_cached"] = ev0.cached if restored is None else None
     if cache is not None:
         results["latent_cache"] = {"dir": cache.directory, **dataclasses.asdict(cache.stats)}
     if joint_upper_bound:

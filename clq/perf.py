@@ -1,0 +1,96 @@
+"""How close each phase of a run gets to this machine's limit: a FLOP account against the measured matmul peak.
+
+`flop_account` counts the useful FP32 work of every phase of a run analytically from the layer specs
+(``LayerSpec.macs``, 2 FLOP per MAC), the stream and the run's own record, and divides it by the phase's measured
+seconds (results.json's ``timing_s``). `matmul_peak` measures the machine's FP32 matmul rate in the same process
+(a jitted n x n `jnp.dot`), the reference every fraction is given against:
+
+* ``event_0``: training the whole network on the first experience (forward, weight and input gradients for
+  every sample of every epoch) plus the population-statistics pass (one forward of the experience);
+* ``frozen_pass``: layers 0..l on every image that goes through them once (event 0's, every learning event's,
+  the test set's);
+* ``learning_events``: the adaptive stage's training (batch x iterations x epochs samples per event);
+* ``evaluation``: the adaptive stage's forward over the test latents after every event.
+
+The frozen stage's integer work is counted as FP32-equivalent FLOP (it is simulated with FP32 arithmetic here).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+__all__ = ["matmul_peak", "training_macs", "flop_account"]
+
+
+def matmul_peak(sizes: Sequence[int] = (2048,), repeats: int = 5) -> dict:
+    """FP32 GFLOP/s of one jitted n x n `jnp.dot` (2 n^3 FLOP), best of `repeats`, for each n; `gflops` is the max.
+
+    About 0.3 s for the default size on 2 cores (compilation included).
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    out = {}
+    for n in sizes:
+        a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+        b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+        f = jax.jit(jnp.dot)
+        jax.block_until_ready(f(a, b))
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(a, b))
+            times.append(time.perf_counter() - t0)
+        out[str(n)] = {"gflops": 2 * n**3 / min(times) / 1e9, "gflops_median": 2 * n**3 / float(np.median(times)) / 1e9}
+    return {"by_size": out, "gflops": max(v["gflops"] for v in out.values())}
+
+
+def training_macs(specs) -> dict:
+    """MACs of one training sample through `specs`: forward, weight gradients, input gradients (none for the first
+    layer)."""
+    fwd = sum(s.macs for s in specs)
+    wgrad = sum(s.macs for s in specs if s.has_params)
+    igrad = sum(s.macs for s in specs[1:])
+    return {"forward": fwd, "weight_gradient": wgrad, "input_gradient": igrad, "total": fwd + wgrad + igrad}
+
+
+def _phase(flop: float, seconds: float | None, peak_gflops: float) -> dict:
+    rate = flop / seconds / 1e9 if seconds else None
+    return {"gflop": round(flop / 1e9, 3), "seconds": None if seconds is None else round(seconds, 3),
+            "gflop_s": None if rate is None else round(rate, 2),
+            "fraction_of_peak": None if rate is None else round(rate / peak_gflops, 4)}
+
+
+def flop_account(specs, latent_layer: int, stream, train, results: dict, peak: dict) -> dict:
+    """results.json's ``speed``: FLOP, seconds, GFLOP/s and fraction of `peak` of each phase of a single run.
+
+    Args:
+      specs: the whole network's layer specs; latent_layer: l.
+      stream: the `clq.data.stream.Stream` the run learned.
+      train: its `clq.train.TrainConfig` (event-0 epochs and batch, learning-event batch).
+      results: the run's learning record (``events`` rows with ``iterations``, ``timing_s``).
+      peak: `matmul_peak`'s result, measured in the same process.
+    """
+    timing = results.get("timing_s", {})
+    frozen, adaptive = specs[: latent_layer + 1], specs[latent_layer + 1 :]
+    n0 = len(stream.experiences[0])
+    bs = min(train.first_batch_size, n0)
+    ev0_samples = (n0 // bs) * bs * train.first_epochs
+    ev0 = 2 * (training_macs(specs)["total"] * ev0_samples + training_macs(specs)["forward"] * n0)
+    images = sum(len(e) for e in stream.experiences) + len(stream.test_labels)
+    frozen_pass = 2 * training_macs(frozen)["forward"] * images
+    learn_samples = sum(r.get("iterations", 0) * train.batch_size for r in results["events"][1:])
+    learn = 2 * training_macs(adaptive)["total"] * learn_samples
+    evaluation = 2 * training_macs(adaptive)["forward"] * len(stream.test_labels) * len(results["events"])
+    g = peak["gflops"]
+    phases = {
+        # No rate when event 0 was not trained here (it came from a cache or a checkpoint).
+        "event_0": _phase(ev0, None if results.get("event0_cached") is not False else timing.get("first_event_s"), g),
+        "frozen_pass": _phase(frozen_pass, timing.get("frozen_pass_s"), g),
+        "learning_events": _phase(learn, timing.get("train_s"), g),
+        "evaluation": _phase(evaluation, timing.get("eval_s"), g),
+    }
+    return {"peak_gflop_s": round(g, 2), "peak_source": "FP32 n x n jnp.dot, measured in this process (clq.perf)",
+            "phases": phases}
