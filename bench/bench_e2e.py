@@ -59,7 +59,7 @@ def worker(args) -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         r = run_experiment(experiment_config(resolved), resolved, run_dir)
     print(json.dumps({"wall_s": time.perf_counter() - t_start, "run_wall_s": r["wall_time_s"],
-                      "timing_s": r["timing_s"], "compile": clock.snapshot(),
+                      "timing_s": r["timing_s"], "speed": r.get("speed"), "compile": clock.snapshot(),
                       "final_accuracy": r["final_accuracy"]}))
 
 
