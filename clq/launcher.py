@@ -253,6 +253,20 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
             traceback.print_exc()
         return
     wall = time.perf_counter() - t0
+    from clq.perf import flop_account, group_account
+
+    if "peak" not in shared.perf:  # once per launch, in this process
+        from clq.perf import matmul_peak
+
+        shared.perf["peak"] = matmul_peak()
+    speeds = {m.idx: flop_account(specs, e.latent_layer, stream, e.train, out, shared.perf["peak"])
+              for m, out in zip(g.members, outcomes) if not isinstance(out, NonFiniteError)}
+    if speeds:
+        # The members' own phases have no seconds of their own (one program ran them all): the group's rate.
+        together = group_account(list(speeds.values()), next(o for o in outcomes if isinstance(o, dict))
+                                 ["timing_s"]["learning_events_s"])
+        for sp in speeds.values():
+            sp["group_learning_and_evaluation"] = together
     for m, out in zip(g.members, outcomes):
         s = sinks[m.idx]
         if isinstance(out, NonFiniteError):
@@ -262,6 +276,7 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
             m.outcome = {"code": 3, "message": f"clq-run: numerical error: {out} (events so far are in "
                                                f"{m.run_dir}/results.json)"}
             continue
+        out["speed"] = speeds[m.idx]
         results = completed_results(bases[m.idx], out, m.memory, t0)
         # One program ran the group: each member is charged an equal share of its wall time.
         results["wall_time_s"] = round(wall / len(g.members), 3)
@@ -284,6 +299,7 @@ class _Shared(dict):
     def __init__(self):
         super().__init__()
         self.event0: dict = {}
+        self.perf: dict = {}  # the matmul peak, measured once
 
     def _drop(self, kind: str) -> None:
         for k in [k for k in self if k[0] == kind]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-__all__ = ["matmul_peak", "training_macs", "flop_account"]
+__all__ = ["matmul_peak", "training_macs", "flop_account", "group_account"]
 
 
 def matmul_peak(sizes: Sequence[int] = (2048,), repeats: int = 5) -> dict:
@@ -94,3 +94,10 @@ def flop_account(specs, latent_layer: int, stream, train, results: dict, peak: d
     }
     return {"peak_gflop_s": round(g, 2), "peak_source": "FP32 n x n jnp.dot, measured in this process (clq.perf)",
             "phases": phases}
+
+
+def group_account(accounts: list[dict], seconds: float) -> dict:
+    """The learning phase of a vectorized group (`clq.train.group`): its members' learning events and evaluations
+    (from each member's `flop_account`) ran as one program in `seconds`; their summed FLOP against the peak."""
+    flop = sum(a["phases"][k]["gflop"] for a in accounts for k in ("learning_events", "evaluation")) * 1e9
+    return {"members": len(accounts), **_phase(flop, seconds, accounts[0]["peak_gflop_s"])}

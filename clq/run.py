@@ -50,7 +50,13 @@ def load_stream(exp: ExperimentConfig):
                                       d.labels, strict=d.strict, max_events=d.max_events)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    x, y, xt, yt = load_fashion_mnist(d.path) if d.name == "fashion_mnist" else load_arrays(d.path)
+    if d.name == "fashion_mnist":
+        x, y, xt, yt = load_fashion_mnist(d.path)
+    else:
+        try:
+            x, y, xt, yt = load_arrays(d.path)
+        except ValueError as e:  # a file that is not an arrays .npz: the user's data.path, not a bug
+            raise ConfigError(str(e)) from None
     try:
         return build_nic_stream(
             x, y, xt, yt, d.num_classes, d.sessions, d.initial_classes, d.initial_images_per_class,
@@ -120,6 +126,10 @@ def summary_table(results: dict) -> str:
     if speed:
         parts = [f"{name.replace('_', ' ')} {100 * ph['fraction_of_peak']:.0f} %"
                  for name, ph in speed["phases"].items() if ph["fraction_of_peak"] is not None]
+        together = speed.get("group_learning_and_evaluation")
+        if together and together["fraction_of_peak"] is not None:
+            parts.append(f"learning events + evaluation of the group's {together['members']} member(s) "
+                         f"{100 * together['fraction_of_peak']:.0f} %")
         rows.append((f"share of the FP32 matmul peak ({speed['peak_gflop_s']:.0f} GFLOP/s here)", ", ".join(parts)))
     rows.append(("wall time", f"{results['wall_time_s']:.1f} s"))
     w = max(len(k) for k, _ in rows)
