@@ -164,9 +164,9 @@ class _Sinks:
                                     e.tracking.group)
         self.events: list[dict] = []
 
-    def log_event(self, i: int, row: dict) -> None:
+    def log_event(self, i: int, row: dict, detail: dict | None = None) -> None:
         self.events.append(row)
-        self.tracker.log_event(i, row)
+        self.tracker.log_event(i, row, detail)
 
 
 def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: int, say: Callable[[str], None],
@@ -231,7 +231,7 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
         outcomes = run_group(
             stream, specs, e.latent_layer, e.train, e.replay.size, e.replay.policy,
             [m.exp.replay.bits for m in g.members], prepared,
-            on_event=lambda k, i, row: sinks[g.members[k].idx].log_event(i, row),
+            on_event=lambda k, i, row, detail: sinks[g.members[k].idx].log_event(i, row, detail),
             log=(lambda msg: bar.write(msg)) if e.progress else (lambda msg: None),
             progress=lambda done: bar.update(done - bar.n), checkpoint_dir=ckpt, fingerprint=fingerprint,
             resume=e.resume, eval_chunk=min(e.train.eval_batch_size, len(stream.test_labels)), seed=e.seed,
@@ -284,6 +284,7 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
                             "event0_shared": bool(event0_shared), "launcher": "clq_vectorized"}
         write_json_atomic(os.path.join(m.run_dir, "results.json"), results)
         log_summary(s.tracker, results)
+        s.tracker.log_results(results, m.run_dir)
         s.tracker.finish(True)
         m.outcome = {"code": 0, "results": results}
 

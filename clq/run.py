@@ -184,9 +184,15 @@ def log_summary(tracker, results: dict) -> None:
     cost = results["cost"]
     tracker.log_summary({k: results[k] for k in ("final_accuracy", "average_accuracy", "wall_time_s")}
                         | {"forgetting": results["forgetting"]["per_class"],
+                           "forgetting_per_session": results["forgetting"]["per_session"],
                            "memory_lr_buffer": cost["memory_bytes"]["lr_buffer"],
                            "memory_total": cost["memory_bytes"]["total"],
-                           "latency_s": cost["latency_s"]["total"], "energy_j": cost["energy_j"]["total"]}
+                           "latency_s": cost["latency_s"]["total"], "energy_j": cost["energy_j"]["total"],
+                           "target": cost["config"]["target"]}
+                        # the cost model's whole breakdown, per learning event on the target (paper.md §5)
+                        | {f"memory/{k}": v for k, v in cost["memory_bytes"].items()}
+                        | {f"latency_s/{k}": v for k, v in cost["latency_s"].items()}
+                        | {f"energy_j/{k}": v for k, v in cost["energy_j"].items()}
                         | ({"joint_accuracy": results["joint_accuracy"]} if "joint_accuracy" in results else {}))
 
 
@@ -211,9 +217,9 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
     bar = tqdm(total=stream.num_events, desc="learning events", unit="event", disable=not exp.progress,
                dynamic_ncols=True)
 
-    def on_event(i, row):
+    def on_event(i, row, detail=None):
         events.append(row)
-        tracker.log_event(i, row)
+        tracker.log_event(i, row, detail)
         bar.set_postfix(acc=f"{row['accuracy']:.3f}", loss=f"{row['train_loss']:.3f}")
         bar.update(1)
 
@@ -246,6 +252,7 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
         results = completed_results(base, results, memory, t0)
         write_json_atomic(os.path.join(run_dir, "results.json"), results)
         log_summary(tracker, results)
+        tracker.log_results(results, run_dir)
         ok = True
         return results
     except BaseException as e:

@@ -12,7 +12,7 @@ the HTML trade-off report, and the comparison with the paper's accuracy table.
 from clq.analysis.collect import (FAILURE_FILE, METRIC_COLUMNS, PARAM_COLUMNS, REPLICATE_COLUMNS, collect_runs,
                                   collect_wandb,
                                   find_members, member_row, params_from_config, precision_label,
-                                  read_wandb_offline, write_csv)
+                                  read_wandb_offline, wandb_table, write_csv)
 from clq.analysis.notebook import notebook_text, run_notebook
 from clq.analysis.paper import PAPER_ACCURACY, compare_with_paper, paper_accuracy, precision_drops
 from clq.analysis.plots import plot_accuracy_per_event, plot_memory_breakdown, plot_tradeoff, target_memory_limits
@@ -52,5 +52,6 @@ __all__ = [
     "run_notebook",
     "summary_table",
     "target_memory_limits",
+    "wandb_table",
     "write_csv",
 ]

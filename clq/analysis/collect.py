@@ -286,7 +286,10 @@ def read_wandb_offline(run_path: str) -> dict:
 
     Returns:
       ``{"run_id", "project", "group", "name", "config": dict, "summary": dict, "history": list[dict],
-      "exit_code": int | None}``; values are decoded from their JSON encoding.
+      "exit_code": int | None, "step_metrics": {metric or glob: its step metric}, "artifacts": [{"name", "type",
+      "files"}]}``; values are decoded from their JSON encoding. (wandb has no reader of its run files in the
+      installed version other than its upload service, so the records are read here; `wandb_table` reads a
+      logged table.)
     """
     from wandb.proto import wandb_internal_pb2 as pb
 
@@ -296,7 +299,7 @@ def read_wandb_offline(run_path: str) -> dict:
             raise FileNotFoundError(f"{run_path}: no .wandb file")
         run_path = files[0]
     out: dict[str, Any] = {"run_id": None, "project": None, "group": None, "name": None, "config": {},
-                           "summary": {}, "history": [], "exit_code": None}
+                           "summary": {}, "history": [], "exit_code": None, "step_metrics": {}, "artifacts": []}
     loads = lambda s: json.loads(s) if s else None  # noqa: E731
     for data in _wandb_records(run_path):
         rec = pb.Record()
@@ -321,8 +324,31 @@ def read_wandb_offline(run_path: str) -> dict:
                                    for v in [loads(i.value_json)]})
         elif kind == "exit":
             out["exit_code"] = rec.exit.exit_code
+        elif kind == "metric":  # define_metric: a metric (or glob) and the metric it is plotted against
+            out["step_metrics"][rec.metric.name or rec.metric.glob_name] = rec.metric.step_metric or None
+        elif kind == "artifact":
+            out["artifacts"].append({"name": rec.artifact.name, "type": rec.artifact.type,
+                                     "files": [e.path for e in rec.artifact.manifest.contents]})
     out["config"].pop("_wandb", None)
     return out
+
+
+def wandb_table(run_path: str, key: str) -> "pd.DataFrame":
+    """A table a run logged (e.g. ``accuracy_matrix/per_class``) as a DataFrame, from its offline folder.
+
+    wandb writes a logged `wandb.Table` as ``files/<path>`` (JSON with ``columns`` and ``data``) and records the
+    path in the summary (``<key>.path``).
+    """
+    import pandas as pd
+
+    w = read_wandb_offline(run_path)
+    path = w["summary"].get(f"{key}.path")
+    if path is None:
+        raise KeyError(f"{run_path}: no table {key!r} (tables: "
+                       f"{sorted(k[:-5] for k in w['summary'] if k.endswith('.path'))})")
+    with open(os.path.join(run_path, "files", path)) as f:
+        t = json.load(f)
+    return pd.DataFrame(t["data"], columns=t["columns"])
 
 
 def collect_wandb(root: str):

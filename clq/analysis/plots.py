@@ -14,7 +14,7 @@ import numpy as np
 
 from clq.analysis.tradeoffs import config_label, metric_column, pareto_front
 
-__all__ = ["AXIS_LABELS", "plot_accuracy_per_event", "plot_memory_breakdown", "plot_tradeoff",
+__all__ = ["AXIS_LABELS", "accuracy_heatmap", "plot_accuracy_per_event", "plot_memory_breakdown", "plot_tradeoff",
            "target_memory_limits"]
 
 AXIS_LABELS = {
@@ -220,3 +220,27 @@ def plot_memory_breakdown(df, ax=None, keys: Sequence[str] | None = None):
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return fig
+
+
+def accuracy_heatmap(per_class, per_session, session_names: Sequence[str]) -> np.ndarray:
+    """One run's accuracy matrices as a picture: accuracy (colour) of each class and each session (columns)
+    after each learning event (rows); blank where a group has no test image yet. Returns RGB uint8 [H, W, 3]."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5), gridspec_kw={"width_ratios": [max(len(per_class[0]), 1),
+                                                                                     max(len(session_names), 1)]})
+    for ax, m, labels, title in ((axes[0], per_class, [str(k) for k in range(len(per_class[0]))], "per class"),
+                                 (axes[1], per_session, list(session_names), "per session")):
+        a = np.asarray([[np.nan if v is None else v for v in row] for row in m], float)
+        im = ax.imshow(a, aspect="auto", vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+        ax.set_xticks(range(len(labels)), labels, rotation=90 if title == "per session" else 0, fontsize=7)
+        ax.set_xlabel(title)
+        ax.set_ylabel("learning event")
+    fig.colorbar(im, ax=axes, label="test accuracy")
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return img

@@ -3,7 +3,16 @@
 * JSON: ``events.jsonl`` in the run dir gets one line per learning event as soon as it ends (a crash loses
   at most the event in flight); ``results.json`` is written atomically (temp file + rename) at the end.
 * wandb: a run in `mode` (offline by default, written under ``<run dir>/wandb``; upload later with
-  ``wandb sync <run dir>/wandb/offline-run-*``), the resolved config, per-event metrics and summary metrics.
+  ``wandb sync <run dir>/wandb/offline-run-*``) that tells the experiment's story:
+
+  - config: the resolved config, plus the paper's names ``l``, ``Q_LR``, ``N_LR``, ``Q_frozen`` (paper.md §4) to
+    group and plot a sweep by;
+  - the learning event (``event``) as the step metric of every curve; per event: accuracy, training loss and
+    accuracy, ``session/<name>`` and ``class/<k>`` accuracies;
+  - at the end: the accuracy matrices as tables (``accuracy_matrix/per_class``, ``.../per_session``) and a heatmap
+    image, the replay buffer's class histogram (table and bar chart), the summary (final/average accuracy,
+    forgetting, the cost model's memory breakdown, latency and energy per learning event on the target), and an
+    artifact holding results.json (and the exported frozen stage when there is one).
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from typing import Any, Callable, NamedTuple
 
 from clq.atomic import atomic_file
 
-__all__ = ["Tracker", "make_tracker", "write_json_atomic", "to_jsonable"]
+__all__ = ["Tracker", "make_tracker", "write_json_atomic", "to_jsonable", "paper_names"]
 
 
 def to_jsonable(x: Any):
@@ -38,14 +47,24 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 
 class Tracker(NamedTuple):
-    """log_event(index, row) after each event; log_summary(dict) at the end; finish(ok) always."""
+    """log_event(index, row, detail=None) after each event; log_summary(dict) and log_results(results, run_dir) at
+    the end of a completed run; finish(ok) always."""
 
-    log_event: Callable[[int, dict], None]
+    log_event: Callable[..., None]
     log_summary: Callable[[dict], None]
     finish: Callable[[bool], None]
+    log_results: Callable[[dict, str], None]
 
 
 _SCALARS = ("accuracy", "train_loss", "train_accuracy", "n_new")
+
+
+def paper_names(config: dict) -> dict:
+    """The paper's names of a resolved config's main knobs (paper.md §4): l, Q_LR (None: FP32), N_LR, Q_frozen."""
+    replay, quant = config.get("replay") or {}, config.get("quant") or {}
+    bits = replay.get("bits")
+    return {"l": config.get("latent_layer"), "Q_LR": None if bits in (None, "fp32") else bits,
+            "N_LR": replay.get("size"), "Q_frozen": quant.get("frozen_bits") if isinstance(quant, dict) else None}
 
 
 def make_tracker(run_dir: str, backend: str, config: dict, project: str = "clq", mode: str = "offline",
@@ -59,22 +78,63 @@ def make_tracker(run_dir: str, backend: str, config: dict, project: str = "clq",
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb  # imported lazily: it costs ~2 s and is optional
 
-        run = wandb.init(project=project, mode=mode, dir=run_dir, config=to_jsonable(config), group=group,
-                         name=name, reinit="create_new")  # runs may be open side by side (a group's members)
+        run = wandb.init(project=project, mode=mode, dir=run_dir, config=to_jsonable({**config,
+                                                                                        **paper_names(config)}),
+                         group=group, name=name, reinit="create_new")  # runs may be open side by side
+        run.define_metric("event")  # the learning event is the x-axis of every curve
+        run.define_metric("*", step_metric="event")
 
-    def log_event(i: int, row: dict) -> None:
+    def log_event(i: int, row: dict, detail: dict | None = None) -> None:
         with open(events_path, "a") as f:
             f.write(json.dumps(to_jsonable(row)) + "\n")
         if run is not None:
-            run.log({k: row[k] for k in _SCALARS if k in row}, step=i)
+            metrics = {"event": i, **{k: row[k] for k in _SCALARS if k in row}}
+            if detail:
+                metrics.update({f"session/{k}": v for k, v in detail["per_session"].items() if v is not None})
+                metrics.update({f"class/{k}": v for k, v in enumerate(detail["per_class"]) if v is not None})
+            run.log(metrics, step=i)
 
     def log_summary(summary: dict) -> None:
         if run is not None:
             for k, v in to_jsonable(summary).items():
                 run.summary[k] = v
 
+    def log_results(results: dict, run_dir: str) -> None:
+        if run is not None:
+            _log_results(run, results, run_dir)
+
     def finish(ok: bool) -> None:
         if run is not None:
             run.finish(exit_code=0 if ok else 1)
 
-    return Tracker(log_event, log_summary, finish)
+    return Tracker(log_event, log_summary, finish, log_results)
+
+
+def _log_results(run, results: dict, run_dir: str) -> None:
+    """The end of a run in wandb: accuracy matrices (tables + heatmap), the buffer's class histogram, the
+    results.json (+ export) artifact."""
+    import wandb
+
+    from clq.analysis.plots import accuracy_heatmap
+
+    m = results["accuracy_matrix"]
+    sessions = list(results["final_accuracy_per_session"])
+    classes = len(m["per_class"][0]) if m["per_class"] else 0
+    run.log({"accuracy_matrix/per_class": wandb.Table(
+                 columns=["event"] + [f"class {k}" for k in range(classes)],
+                 data=[[i, *row] for i, row in enumerate(m["per_class"])]),
+             "accuracy_matrix/per_session": wandb.Table(
+                 columns=["event"] + sessions, data=[[i, *row] for i, row in enumerate(m["per_session"])]),
+             "accuracy_matrix/heatmap": wandb.Image(accuracy_heatmap(m["per_class"], m["per_session"], sessions))})
+    hist = results["buffer"]["class_histogram"]
+    table = wandb.Table(columns=["class", "latents"], data=[[str(k), int(n)] for k, n in enumerate(hist)])
+    run.log({"buffer/class_histogram": wandb.plot.bar(table, "class", "latents",
+                                                      title="replay buffer: latents per class at the end")})
+    art = wandb.Artifact(f"results-{run.id}", type="results",
+                         description="results.json of the run (and its exported frozen stage, if any)")
+    art.add_file(os.path.join(run_dir, "results.json"))
+    for key in ("npz", "json", "c_header"):
+        path = (results.get("export") or {}).get(key)
+        if path and os.path.exists(path):
+            art.add_file(path, name=f"export/{os.path.basename(path)}")
+    run.log_artifact(art)

@@ -70,7 +70,7 @@ def run_group(
     bits: Sequence[int | None],
     prepared: Prepared,
     *,
-    on_event: Callable[[int, int, dict], None] | None = None,
+    on_event: Callable[[int, int, dict, dict], None] | None = None,
     log: Callable[[str], None] = lambda msg: None,
     progress: Callable[[int], None] | None = None,
     checkpoint_dir: str | None = None,
@@ -89,7 +89,8 @@ def run_group(
       replay_size, policy: the members' shared buffer.
       bits: Q_LR of each of the M members: integers 1..16, or all None (FP32 replays).
       prepared: `clq.train.vectorized.prepare_sweep`'s result for this stream, seed, latent layer and quantization.
-      on_event: called with (member, event index, metrics row) as each row is ready (also for rows restored
+      on_event: called with (member, event index, metrics row, detail) as each row is ready (detail as
+        `clq.train.record.History`'s) (also for rows restored
         from a checkpoint, so sinks can rebuild their history).
       progress: called with the number of events completed so far (the same for every member) after each chunk.
       checkpoint_dir: where the group's atomic checkpoints go (None: none); `fingerprint` identifies the group.
@@ -128,7 +129,7 @@ def run_group(
         raise CheckpointError(f"{checkpoint_dir} holds a checkpoint of a different group; use a new sweep dir or "
                               "resume=false")
 
-    hists = [History(stream, None if on_event is None else (lambda i, row, m=m: on_event(m, i, row)),
+    hists = [History(stream, None if on_event is None else (lambda i, row, d, m=m: on_event(m, i, row, d)),
                      f"train.lr={lrs[m]}, train.first_event.lr={train.first_lr}", log) for m in range(M)]
     failed: dict[int, tuple[int, str]] = {}
     exp0 = stream.experiences[0]

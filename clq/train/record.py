@@ -45,12 +45,13 @@ class History:
 
     Args:
       stream: the `clq.data.stream.Stream`.
-      on_event: called with (event index, metrics row) as each row is added (sinks: events.jsonl, wandb).
+      on_event: called with (event index, metrics row, detail) as each row is added (sinks: events.jsonl, wandb);
+        detail: {"per_class": [accuracy or None per class], "per_session": {session name: accuracy or None}}.
       lr_hint: the learning rates, quoted by the chance-level warning.
       log: told the warning when it is raised.
     """
 
-    def __init__(self, stream, on_event: Callable[[int, dict], None] | None = None, lr_hint: str = "",
+    def __init__(self, stream, on_event: Callable[[int, dict, dict], None] | None = None, lr_hint: str = "",
                  log: Callable[[str], None] = lambda msg: None):
         self.stream, self.on_event, self.lr_hint, self.log = stream, on_event, lr_hint, log
         self.rows: list[dict] = []  # {"per_class", "per_session", "row"}; a checkpoint's meta holds them
@@ -79,7 +80,9 @@ class History:
         """Add an entry as `add` stores it (from a checkpoint): the sinks see its row again."""
         self.rows.append(entry)
         if self.on_event is not None:
-            self.on_event(entry["row"]["event"], entry["row"])
+            detail = {"per_class": entry["per_class"],
+                      "per_session": dict(zip(self.stream.session_names, entry["per_session"]))}
+            self.on_event(entry["row"]["event"], entry["row"], detail)
 
     def record(self, history0, latent: dict, buffer: dict, compiled_event_shapes: int, resumed_from) -> dict:
         """The learning part of results.json.

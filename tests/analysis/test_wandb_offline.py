@@ -55,3 +55,61 @@ def test_not_a_wandb_file(tmp_path):
     p.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a wandb run file"):
         read_wandb_offline(str(p))
+
+
+@pytest.fixture(scope="module")
+def clq_run_wandb(tmp_path_factory):
+    """A real (tiny) clq-run with its offline wandb run."""
+    from tiny import HAVE_FMNIST, TINY, run_module
+
+    if not HAVE_FMNIST:
+        pytest.skip("dataset-fashion-mnist not installed (scripts/setup.sh installs it)")
+    tmp = tmp_path_factory.mktemp("clqwb")
+    p = run_module("clq", [*TINY, "replay.bits=6", f"hydra.run.dir={tmp / 'r'}"], tmp)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (path,) = glob.glob(str(tmp / "r" / "wandb" / "offline-run-*"))
+    deadline = time.monotonic() + 30
+    while read_wandb_offline(path)["exit_code"] is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return tmp / "r", path
+
+
+def test_a_runs_wandb_tells_its_story(clq_run_wandb):
+    """The learning event is the step metric; accuracy per session and per class after every event; the accuracy
+    matrices as tables; the cost model's breakdown in the summary; the paper's names in the config; results.json
+    as an artifact. All read back offline, from the run folder."""
+    import json
+
+    from clq.analysis import wandb_table
+
+    run_dir, path = clq_run_wandb
+    res = json.loads((run_dir / "results.json").read_text())
+    w = read_wandb_offline(path)
+    assert w["exit_code"] == 0 and w["step_metrics"] == {"event": None, "*": "event"}
+    hist = sorted((h for h in w["history"] if "accuracy" in h), key=lambda h: h["event"])
+    assert [h["event"] for h in hist] == list(range(len(res["accuracy_per_event"])))
+    assert [h["accuracy"] for h in hist] == res["accuracy_per_event"]
+    sessions = list(res["final_accuracy_per_session"])
+    for i, h in enumerate(hist):
+        for j, name in enumerate(sessions):
+            assert h.get(f"session/{name}") == res["accuracy_matrix"]["per_session"][i][j]
+        assert [h.get(f"class/{k}") for k in range(10)] == res["accuracy_matrix"]["per_class"][i]
+    per_class = wandb_table(path, "accuracy_matrix/per_class")
+    assert per_class.shape == (len(hist), 11)
+    assert per_class.drop(columns="event").where(per_class.notna(), None).values.tolist() == \
+        res["accuracy_matrix"]["per_class"]
+    assert list(wandb_table(path, "accuracy_matrix/per_session").columns) == ["event", *sessions]
+    assert wandb_table(path, "buffer/class_histogram_table")["latents"].tolist() == \
+        res["buffer"]["class_histogram"]
+    s = w["summary"]
+    assert s["accuracy_matrix/heatmap._type"] == "image-file"
+    assert os.path.exists(os.path.join(path, "files", s["accuracy_matrix/heatmap.path"]))
+    for k, v in res["cost"]["memory_bytes"].items():
+        assert s[f"memory/{k}"] == v
+    assert s["latency_s/total"] == res["cost"]["latency_s"]["total"] and s["target"] == "vega"
+    assert s["energy_j/total"] == res["cost"]["energy_j"]["total"]
+    assert s["final_accuracy"] == res["final_accuracy"] and s["forgetting"] == res["forgetting"]["per_class"]
+    c = w["config"]
+    assert (c["l"], c["Q_LR"], c["N_LR"], c["Q_frozen"]) == (23, 6, 40, 8)
+    (art,) = [a for a in w["artifacts"] if a["type"] == "results"]
+    assert art["files"] == ["results.json"]
