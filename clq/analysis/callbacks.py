@@ -12,7 +12,8 @@ Every ``sweeps/*.yaml`` enables it::
   writes it with its traceback to ``<run dir>/job_failure.json`` so the collector can list the member with its
   error even when it died before writing results.json.
 * on_multirun_end: collects the sweep (`clq.analysis.collect_runs`), writes ``<sweep dir>/sweep.csv`` (the
-  wandb-free sink: one row per member, failures included), logs how many members completed and each failure's
+  wandb-free sink: one row per member, failures included), adds the sweep's summary run to the members' wandb
+  group when they log to wandb (`clq.analysis.wandb_summary`: Pareto plots, the sweep table), logs how many members completed and each failure's
   error, and exits with status 1 if any member did not complete (after every member ran).
 
 Hydra calls on_multirun_end only when the sweeper returns normally: a member that raises makes Hydra's sweeper
@@ -91,6 +92,24 @@ class SweepSummary(Callback):
         with atomic_file(path, "w") as f:
             json.dump(record, f, indent=1)
 
+    def _wandb_summary(self, config: DictConfig, sweep_dir: str, df, csv_path: str) -> None:
+        """The sweep's summary run in its members' wandb group (`clq.analysis.wandb_summary`), when they use wandb."""
+        from omegaconf import OmegaConf
+
+        if OmegaConf.select(config, "tracking.backend", default=None) != "wandb":
+            return
+        try:
+            from clq.analysis.wandb_summary import log_sweep_summary
+
+            group = OmegaConf.select(config, "tracking.group", default=None) or sweep_dir
+            where = log_sweep_summary(sweep_dir, df, csv_path, str(group),
+                                      OmegaConf.select(config, "tracking.project", default="clq"),
+                                      OmegaConf.select(config, "tracking.mode", default="offline"))
+            if where:
+                log.info(f"sweep summary run (wandb group {group}): {where}")
+        except Exception as e:  # the summary run is a view: it never costs the sweep its results
+            log.warning(f"could not write the sweep's wandb summary run: {type(e).__name__}: {e}")
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = str(config.hydra.sweep.dir)
         df = collect_runs(sweep_dir)
@@ -98,6 +117,7 @@ class SweepSummary(Callback):
         bad = df[df["status"] != "completed"]
         log.info(f"sweep {sweep_dir}: {len(df)} members, {len(df) - len(bad)} completed, {len(bad)} not; "
                  f"table: {path}; report: python -m clq.analysis {sweep_dir}")
+        self._wandb_summary(config, sweep_dir, df, path)
         for _, r in bad.iterrows():
             log.error(f"  member {r['job']} ({r['overrides']}): {r['status']}: {r['error']}")
         if len(bad) and self.fail_on_member_error:

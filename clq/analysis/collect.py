@@ -364,6 +364,8 @@ def collect_wandb(root: str):
         if not os.path.isdir(run):
             continue
         w = read_wandb_offline(run)
+        if w["config"].get("clq_sweep_summary"):  # the sweep's own summary run (clq.analysis.wandb_summary)
+            continue
         s = w["summary"]
         row = {"run_dir": os.path.dirname(os.path.dirname(run)), "wandb_dir": run, "run_id": w["run_id"],
                "status": {None: "missing", 0: "completed"}.get(w["exit_code"], "failed"),
