@@ -14,6 +14,9 @@ import numpy as np
 __all__ = ["load_arrays", "REQUIRED_KEYS"]
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
+#: What every error about a bad file ends with: what the file must be.
+NEEDS = ("data.path must be an .npz (numpy.savez) holding x_train, x_test (uint8 images [N,H,W] or [N,H,W,1|3]) "
+         "and y_train, y_test (1-D integer labels 0..K-1)")
 
 
 def load_arrays(path: str):
@@ -22,26 +25,33 @@ def load_arrays(path: str):
     Returns:
       (x_train uint8, y_train int32, x_test uint8, y_test int32)
     Raises:
-      FileNotFoundError / ValueError naming the file and what is wrong with it.
+      FileNotFoundError / ValueError starting with ``data.path=<path>:`` and saying what is wrong with the file
+      and what an arrays dataset must hold.
     """
+    where = f"data.path={path!r}"
     if not os.path.exists(path):
-        raise FileNotFoundError(f"data.path={path!r}: file not found")
+        raise FileNotFoundError(f"{where}: file not found")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not an .npz file (data.path must point to an .npz with {list(REQUIRED_KEYS)})")
+        raise ValueError(f"{where}: not an .npz file; {NEEDS}")
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in REQUIRED_KEYS if k not in f.files]
             if missing:
-                raise ValueError(f"{path}: missing arrays {missing}; an arrays dataset needs {list(REQUIRED_KEYS)}")
+                raise ValueError(f"{where}: missing arrays {missing} (it holds {sorted(f.files)}); {NEEDS}")
             x_train, y_train, x_test, y_test = (np.asarray(f[k]) for k in REQUIRED_KEYS)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable .npz file ({e})") from e
+        raise ValueError(f"{where}: not a readable .npz file ({e}); {NEEDS}") from e
+    except ValueError as e:
+        if str(e).startswith(where):
+            raise
+        # numpy's own complaint about a member (a pickled object array, a corrupt .npy header)
+        raise ValueError(f"{where}: an array could not be read ({e}); {NEEDS}") from e
     for name, x in (("x_train", x_train), ("x_test", x_test)):
         if x.dtype != np.uint8:
-            raise ValueError(f"{path}: {name} must be uint8 images, got dtype {x.dtype}")
+            raise ValueError(f"{where}: {name} must be uint8 images, got dtype {x.dtype}")
         if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] not in (1, 3)):
-            raise ValueError(f"{path}: {name} must be [N,H,W] or [N,H,W,1|3], got shape {x.shape}")
+            raise ValueError(f"{where}: {name} must be [N,H,W] or [N,H,W,1|3], got shape {x.shape}")
     for name, y in (("y_train", y_train), ("y_test", y_test)):
         if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
-            raise ValueError(f"{path}: {name} must be a 1-D integer array, got {y.dtype} {y.shape}")
+            raise ValueError(f"{where}: {name} must be a 1-D integer array, got {y.dtype} {y.shape}")
     return x_train, y_train.astype(np.int32), x_test, y_test.astype(np.int32)
