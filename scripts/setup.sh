@@ -3,7 +3,8 @@
 #   - Debian package dataset-fashion-mnist (the offline default data),
 #   - a virtual environment .venv with clq and its pinned dependencies (pyproject.toml),
 #   - the ImageNet MobileNet-V1 weights into .cache/weights (scripts/fetch_weights.sh),
-#   - with --dev, the test dependencies too, and gcc (the test that compiles the exported C header).
+#   - with --dev, the test dependencies too, gcc (the test that compiles the exported C header) and chromium
+#     (the test that opens the sweep report in a headless browser).
 # Idempotent: re-running skips what is already in place (the venv is keyed by a hash of pyproject.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,12 @@ if [[ -n "$extras" ]] && ! command -v gcc >/dev/null 2>&1; then
   echo "setup: installing Debian package gcc (tests compile the exported C header)"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq gcc >/dev/null
+fi
+
+if [[ -n "$extras" ]] && ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing Debian package chromium (a test opens the sweep report in headless Chromium)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq chromium >/dev/null
 fi
 
 PY=${PYTHON:-python3.11}
