@@ -79,7 +79,8 @@ def group_key(resolved: dict, fp32_replays: bool) -> str:
     """What a group's members share: the resolved config without the watched keys and without what the group's
     program traces (replay.bits, train.lr), but with whether the replays are FP32 (another program; from the
     validated config, where ``fp32`` and ``null`` both mean FP32)."""
-    cfg = {k: v for k, v in resolved.items() if k not in WATCHED_KEYS}
+    # resume and checkpoint_every say how the group itself runs: members that differ in them are other groups.
+    cfg = {k: v for k, v in resolved.items() if k not in WATCHED_KEYS or k in ("resume", "checkpoint_every")}
     replay = dict(cfg.get("replay", {}))
     replay.pop("bits", None)
     fp32 = bool(fp32_replays)
@@ -144,6 +145,9 @@ def plan_members(members: list[Member], set_hydra: Callable[[DictConfig], None])
         except (OmegaConfBaseException, ConfigError) as e:
             m.solo_reason = f"config error: {e}"
             continue
+        except Exception as e:  # anything else: clq-run's own task reports it for this member
+            m.solo_reason = f"{type(e).__name__}: {e}"
+            continue
         if exp.joint_upper_bound:
             m.solo_reason = "joint_upper_bound=true (the joint bound is a run of its own)"
         elif exp.replay.size < 1:
@@ -152,7 +156,8 @@ def plan_members(members: list[Member], set_hydra: Callable[[DictConfig], None])
             key = group_key(m.resolved, exp.replay.bits is None)
             groups.setdefault(key, Group([], key)).members.append(m)
     # Groups that share event 0 and the frozen stage run one after another, so each is computed once.
-    return sorted(groups.values(), key=lambda g: (_prepared_key(g.members[0].resolved), g.members[0].idx))
+    return sorted(groups.values(), key=lambda g: (_stream_key(g.members[0]), _event0_key(g.members[0].resolved),
+                                                  _prepared_key(g.members[0].resolved), g.members[0].idx))
 
 
 class _Sinks:
@@ -225,7 +230,9 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
                 bases[m.idx]["export"] = write_export(os.path.join(m.run_dir, EXPORT_DIR),
                                                       specs[: e.latent_layer + 1], prepared.frozen.layers, m.exp.quant)
         fingerprint = hashlib.sha256(json.dumps([run_fingerprint(m.resolved) for m in g.members]).encode()).hexdigest()
-        ckpt = os.path.join(sweep_dir, ".groups", g.key, "checkpoints") if e.checkpoint_every else None
+        # The members' fingerprints name the folder too: another set of members starts afresh instead of failing.
+        ckpt = (os.path.join(sweep_dir, ".groups", f"{g.key}-{fingerprint[:8]}", "checkpoints") if e.checkpoint_every
+                else None)
         bar = tqdm(total=stream.num_events, desc=f"group {gi + 1}/{n_groups} learning events", unit="event",
                    disable=not e.progress, dynamic_ncols=True)
         outcomes = run_group(
@@ -253,40 +260,60 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
             traceback.print_exc()
         return
     wall = time.perf_counter() - t0
-    from clq.perf import flop_account, group_account
-
-    if "peak" not in shared.perf:  # once per launch, in this process
-        from clq.perf import matmul_peak
-
-        shared.perf["peak"] = matmul_peak()
-    speeds = {m.idx: flop_account(specs, e.latent_layer, stream, e.train, out, shared.perf["peak"])
-              for m, out in zip(g.members, outcomes) if not isinstance(out, NonFiniteError)}
-    if speeds:
-        # The members' own phases have no seconds of their own (one program ran them all): the group's rate.
-        together = group_account(list(speeds.values()), next(o for o in outcomes if isinstance(o, dict))
-                                 ["timing_s"]["learning_events_s"])
-        for sp in speeds.values():
-            sp["group_learning_and_evaluation"] = together
+    speeds = _speeds(g, specs, stream, outcomes, shared)
+    share = round(wall / len(g.members), 3)  # one program ran the group: each member is charged an equal share
     for m, out in zip(g.members, outcomes):
         s = sinks[m.idx]
-        if isinstance(out, NonFiniteError):
+        try:
+            if isinstance(out, NonFiniteError):
+                failed = failed_results(bases[m.idx], out, s.events, m.memory, t0)
+                failed["wall_time_s"] = share
+                write_json_atomic(os.path.join(m.run_dir, "results.json"), failed)
+                s.tracker.finish(False)
+                m.outcome = {"code": 3, "message": f"clq-run: numerical error: {out} (events so far are in "
+                                                   f"{m.run_dir}/results.json)"}
+                continue
+            out["speed"] = speeds.get(m.idx)
+            out["event0_cached"] = bool(event0_shared)
+            results = completed_results(bases[m.idx], out, m.memory, t0)
+            results["wall_time_s"] = share
+            results["group"] = {"key": g.key, "members": [x.idx for x in g.members], "wall_time_s": round(wall, 3),
+                                "event0_shared": bool(event0_shared), "launcher": "clq_vectorized"}
+            write_json_atomic(os.path.join(m.run_dir, "results.json"), results)
+            log_summary(s.tracker, results)
+            s.tracker.log_results(results, m.run_dir)
+            s.tracker.finish(True)
+            m.outcome = {"code": 0, "results": results}
+        except Exception as err:  # writing one member's outputs failed: that member fails, the others go on
+            import traceback
+
+            traceback.print_exc()
             write_json_atomic(os.path.join(m.run_dir, "results.json"),
-                              failed_results(bases[m.idx], out, s.events, m.memory, t0))
-            s.tracker.finish(False)
-            m.outcome = {"code": 3, "message": f"clq-run: numerical error: {out} (events so far are in "
-                                               f"{m.run_dir}/results.json)"}
-            continue
-        out["speed"] = speeds[m.idx]
-        results = completed_results(bases[m.idx], out, m.memory, t0)
-        # One program ran the group: each member is charged an equal share of its wall time.
-        results["wall_time_s"] = round(wall / len(g.members), 3)
-        results["group"] = {"key": g.key, "members": [x.idx for x in g.members], "wall_time_s": round(wall, 3),
-                            "event0_shared": bool(event0_shared), "launcher": "clq_vectorized"}
-        write_json_atomic(os.path.join(m.run_dir, "results.json"), results)
-        log_summary(s.tracker, results)
-        s.tracker.log_results(results, m.run_dir)
-        s.tracker.finish(True)
-        m.outcome = {"code": 0, "results": results}
+                              failed_results(bases[m.idx], err, s.events, m.memory, t0))
+            try:
+                s.tracker.finish(False)
+            except Exception:
+                pass
+            m.outcome = {"code": 1, "message": f"clq-run: error: {type(err).__name__}: {err}"}
+
+
+def _speeds(g: Group, specs, stream, outcomes, shared: "_Shared") -> dict:
+    """Each completed member's speed account (`clq.perf`), with the group's learning + evaluation rate; no rate
+    when the group resumed from a checkpoint (its seconds cover only the events run since)."""
+    from clq.perf import flop_account, group_account, matmul_peak
+
+    if "peak" not in shared.perf:  # once per launch, in this process
+        shared.perf["peak"] = matmul_peak()
+    e = g.exp
+    done = [(m, o) for m, o in zip(g.members, outcomes) if isinstance(o, dict)]
+    speeds = {m.idx: flop_account(specs, e.latent_layer, stream, e.train, o, shared.perf["peak"]) for m, o in done}
+    if done:
+        resumed = done[0][1]["resumed_from_event"] is not None
+        together = group_account(list(speeds.values()),
+                                 None if resumed else done[0][1]["timing_s"]["learning_events_s"])
+        for sp in speeds.values():
+            sp["group_learning_and_evaluation"] = together
+    return speeds
 
 
 def _stream_key(m: Member) -> str:
@@ -317,9 +344,8 @@ def run_planned(members: list[Member], groups: list[Group], sweep_dir: str,
                 set_hydra: Callable[[DictConfig], None], run_job: Callable[[Member, Callable], Any],
                 solo_task: Callable, events_per_chunk: int = 8, members_per_batch: int | None = None,
                 plan_only: bool = False) -> list | None:
-    """Run every group, then Hydra's job bookkeeping for every member in job order (`run_job(member, task)`).
-
-    Members that run alone go through `solo_task` (clq-run's task function) inside `run_job`.
+    """Run every group, each followed by Hydra's job bookkeeping of its members (`run_job(member, task)`); then the
+    members that run alone, through `solo_task` (clq-run's task function) inside `run_job`.
     events_per_chunk, members_per_batch: `clq.train.group.run_group`'s (the launcher's options).
     plan_only: print and write the plan (``<sweep dir>/plan.json``, `plan_summary`), run nothing, return None.
     Returns the job returns, in the members' order.
@@ -341,21 +367,31 @@ def run_planned(members: list[Member], groups: list[Group], sweep_dir: str,
         say(f"plan only (hydra.launcher.plan_only=true): nothing run; {sweep_dir}/plan.json")
         return None
     valid = [m for m in members if m.exp is not None]
-    if valid:
-        enable_compile_cache(valid[0].exp.compile_cache_dir)
+    try:
+        if valid:
+            enable_compile_cache(valid[0].exp.compile_cache_dir)
+    except ConfigError as e:  # as clq-run: a config error of every member, reported by clq-run's task
+        for m in valid:
+            m.solo_reason = f"config error: {e}"
+        groups = []
     shared = _Shared()
+    returns: dict[int, Any] = {}
     for gi, g in enumerate(groups):
         for m in g.members:
             set_hydra(m.config)
             os.makedirs(m.run_dir, exist_ok=True)
         _run_group(g, sweep_dir, shared, gi, len(groups), say,
                    {"events_per_chunk": events_per_chunk, "members_per_batch": members_per_batch})
+        # Hydra's bookkeeping (.hydra/, callbacks) as soon as the group is written, not after the whole launch.
+        for m in g.members:
+            if m.outcome:
+                returns[m.idx] = run_job(m, _report_task(m))
     shared.clear()
-    returns = []
-    for m in members:
-        task = solo_task if (m.solo_reason is not None or not m.outcome) else _report_task(m)
-        returns.append(run_job(m, task))
-    return returns
+    shared.event0.clear()
+    for m in members:  # those that run alone (or whose group could not run them), in job order
+        if m.idx not in returns:
+            returns[m.idx] = run_job(m, solo_task)
+    return [returns[m.idx] for m in members]
 
 
 def _report_task(m: Member) -> Callable[[DictConfig], float | None]:

@@ -103,6 +103,8 @@ def log_sweep_summary(sweep_dir: str, df, csv_path: str, group: str | None, proj
         art.add_file(csv_path)
         run.log_artifact(art)
         folder = run.dir
-    finally:
-        run.finish()
+    except BaseException:
+        run.finish(exit_code=1)  # a summary run cut short says so
+        raise
+    run.finish()
     return os.path.dirname(folder)

@@ -53,12 +53,18 @@ class FirstEvent(NamedTuple):
 
 def _code_version() -> str:
     """Hash of the source of the modules that train event 0 (a code change invalidates the cache)."""
+    import jaxlib
+    import optax
+
     from clq.model import forward, specs
+    from clq.train import event
     from clq.train import first_event as fe
     from clq.train import norm
 
-    return content_key("clq-event0-code", *(inspect.getsource(m) for m in (fe, forward, specs, norm)),
-                       jax.__version__)
+    # Also what computes it: library versions, the backend (a GPU's network is not a CPU run's), the precision.
+    return content_key("clq-event0-code", *(inspect.getsource(m) for m in (fe, forward, specs, norm, event)),
+                       jax.__version__, jaxlib.__version__, optax.__version__, jax.default_backend(),
+                       bool(jax.config.jax_enable_x64), str(jax.config.jax_default_matmul_precision))
 
 
 def event0_key(stream, specs: Sequence[LayerSpec], latent_layer: int, train: TrainConfig, seed: int,

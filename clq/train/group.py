@@ -22,6 +22,8 @@ the same schema. Numbers equal a single run's up to the summation order of vmapp
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from typing import Callable, Sequence
 
@@ -29,7 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clq.model.specs import LayerSpec, split_specs
+from clq.model.specs import LayerSpec
+from clq.quant.latent import make_latent_codec
+from clq.replay.buffer import buffer_nbytes, make_replay_buffer
 from clq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from clq.train.config import TrainConfig
 from clq.train.evaluate import evaluation_from_hits
@@ -46,18 +50,6 @@ EVENTS_PER_CHUNK = 8
 
 def _member(tree, m: int):
     return jax.tree.map(lambda x: np.asarray(x[m]), tree)
-
-
-def _finite(tree) -> np.ndarray:
-    """bool [M]: every leaf of member m is finite."""
-    ok = None
-    for x in jax.tree.leaves(tree):
-        x = np.asarray(x)
-        if not np.issubdtype(x.dtype, np.floating):
-            continue
-        f = np.isfinite(x).reshape(x.shape[0], -1).all(1)
-        ok = f if ok is None else ok & f
-    return ok
 
 
 def run_group(
@@ -124,6 +116,8 @@ def run_group(
     lr = np.asarray(lrs, np.float32)
     init_args = (params, norm_state, b, scale, seeds, lr, data)
     templates = dict(zip(("states", "outputs"), jax.eval_shape(program.init, *init_args)))
+    if checkpoint_dir and not resume and os.path.isdir(checkpoint_dir):
+        shutil.rmtree(checkpoint_dir)  # resume=false: start over (a stale newer checkpoint would outlive new ones)
     restored = load_checkpoint(checkpoint_dir, templates) if (checkpoint_dir and resume) else None
     if restored is not None and restored[2].get("fingerprint") != fingerprint:
         raise CheckpointError(f"{checkpoint_dir} holds a checkpoint of a different group; use a new sweep dir or "
@@ -136,15 +130,15 @@ def run_group(
     test_labels, test_sessions = stream.test_labels, stream.test_sessions
     sizes = [len(e) for e in stream.experiences]
 
-    def add_rows(out, start: int, stop: int, states) -> None:
-        """Rows of events start..stop-1 of every member still running; non-finite values end a member."""
-        loss = np.asarray(out.train_loss)
-        ok_params = _finite((states.params, states.norm))
+    def add_rows(out, start: int, stop: int) -> None:
+        """Rows of events start..stop-1 of every member still running; an event with a non-finite loss or state
+        (the program's per-event check, as a single run checks after every event) ends that member."""
+        loss, finite = np.asarray(out.train_loss), np.asarray(out.finite)
         for m in range(M):
             if m in failed:
                 continue
             for i in range(start, stop):
-                if i > 0 and not np.isfinite(loss[m, i]) or (i == stop - 1 and not ok_params[m]):
+                if not finite[m, i]:
                     failed[m] = (i, f"non-finite loss or parameters in learning event {i}; lower train.lr "
                                     f"({lrs[m]})")
                     break
@@ -171,7 +165,7 @@ def run_group(
     if restored is None:
         states, out = program.init(*init_args)
         out = jax.tree.map(np.asarray, out)
-        add_rows(out, 0, 1, states)
+        add_rows(out, 0, 1)
         checkpoint(0, states, out)
         first = 1
     else:
@@ -190,7 +184,7 @@ def run_group(
         stop = min(start + events_per_chunk, E)
         states, out = program.run(states, out, b, scale, seeds, lr, data, jnp.int32(start), jnp.int32(stop))
         out = jax.tree.map(np.asarray, out)
-        add_rows(out, start, stop, states)
+        add_rows(out, start, stop)
         checkpoint(stop - 1, states, out)
         if progress is not None:
             progress(stop)
@@ -207,9 +201,12 @@ def run_group(
             results.append(NonFiniteError(msg, completed=[r["row"] for r in hists[m].rows]))
             continue
         lr_scale = 1.0 if max_bits is None else float(scale[m])
-        rec = hists[m].record(ev0.history, latent_record(latent_layer, latent_shape, frozen, lr_scale, bits[m]),
-                              buffer_record(_member(states.buffer, m), replay_size, K), n_comp,
-                              None if restored is None else restored[0])
+        buf = buffer_record(_member(states.buffer, m), replay_size, K)
+        # The group packs every member at its largest Q_LR; a member's RAM is what its own buffer holds in a run.
+        own = make_replay_buffer(replay_size, latent_shape, make_latent_codec(bits[m], frozen.a_max), policy, K)
+        buf["ram_bytes"] = buffer_nbytes(jax.eval_shape(own.init))
+        rec = hists[m].record(ev0.history, latent_record(latent_layer, latent_shape, frozen, lr_scale, bits[m]), buf,
+                              n_comp, None if restored is None else restored[0])
         rec["timing_s"] = {k: round(v, 3) for k, v in timer.items()}
         results.append(rec)
     return results

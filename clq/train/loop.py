@@ -134,7 +134,9 @@ def run_continual(
       specs: the whole network's layer specs (input shape must match the stream's images).
       latent_layer: l; layers 0..l frozen after event 0.
       quant: frozen-stage quantization, or None for an FP32 frozen stage.
-      on_event: called after every event with its index and that event's metrics row (also for the events
+      on_event: called after every event with its index and that event's metrics row, and with the event's
+        per-class / per-session accuracies (`clq.train.record.History`) when it takes a third argument (also for
+        the events
         restored from a checkpoint, so sinks can rebuild their history).
       checkpoint_dir: where to write atomic checkpoints (None: no checkpoints).
       checkpoint_every: checkpoint after every k-th event (and always after event 0 and the last one).
@@ -238,7 +240,8 @@ def run_continual(
     def decode(codes):
         return jnp.asarray(codes, jnp.float32) * frozen.scale
 
-    hist = History(stream, on_event, f"train.lr={train.lr}, train.first_event.lr={train.first_lr}", log)
+    hist = History(stream, _with_detail(on_event), f"train.lr={train.lr}, train.first_event.lr={train.first_lr}",
+                   log)
     rows = hist.rows  # per event: {"per_class", "per_session", "row"}; a checkpoint's meta holds them
 
     def checkpoint(i):
@@ -304,6 +307,22 @@ def run_continual(
                                                run_eval, jax.random.fold_in(key, 7))
     results["timing_s"] = {k: round(v, 3) for k, v in timer.totals.items()}
     return results
+
+
+def _with_detail(on_event):
+    """`on_event` as History calls it, (i, row, detail): a callback of (i, row) does not get the detail."""
+    import inspect
+
+    if on_event is None:
+        return None
+    try:
+        params = inspect.signature(on_event).parameters.values()
+    except (TypeError, ValueError):
+        return on_event
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in params):
+        return on_event
+    return lambda i, row, detail: on_event(i, row)
 
 
 class NonFiniteError(FloatingPointError):

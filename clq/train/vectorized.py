@@ -160,6 +160,7 @@ class Outputs(NamedTuple):
       class_hits: int32 [E, num_classes]; session_hits: int32 [E, num_sessions]: correct test predictions.
       train_loss, train_accuracy: float32 [E], of the event's last training step (row 0: NaN, event 0's own
         history is the single run's).
+      finite: bool [E], every step's loss of the event and the state after it are finite (a single run's check).
     """
 
     accuracy: jax.Array
@@ -167,6 +168,7 @@ class Outputs(NamedTuple):
     session_hits: jax.Array
     train_loss: jax.Array
     train_accuracy: jax.Array
+    finite: jax.Array
 
 
 class GroupProgram(NamedTuple):
@@ -261,7 +263,8 @@ def make_group_program(
         nan = jnp.full((e,), jnp.nan, jnp.float32)
         out = Outputs(jnp.zeros((e,), jnp.float32).at[0].set(acc),
                       jnp.zeros((e, num_classes), jnp.int32).at[0].set(ch),
-                      jnp.zeros((e, num_sessions), jnp.int32).at[0].set(sh), nan, nan)
+                      jnp.zeros((e, num_sessions), jnp.int32).at[0].set(sh), nan, nan,
+                      jnp.ones((e,), bool).at[0].set(_all_finite((state.params, state.norm))))
         return state, out
 
     def run_one(state, out: Outputs, bits, scale, seed, lr, data: SweepData, start, stop):
@@ -276,8 +279,10 @@ def make_group_program(
             state, m = step(state, event, hyper)
             acc, ch, sh = evaluation(state, data)
             last = jnp.max(jnp.where(m.active, jnp.arange(m.loss.shape[0]), 0))
+            ok = jnp.all(jnp.where(m.active, jnp.isfinite(m.loss), True)) & _all_finite((state.params, state.norm))
             out = Outputs(out.accuracy.at[i].set(acc), out.class_hits.at[i].set(ch), out.session_hits.at[i].set(sh),
-                          out.train_loss.at[i].set(m.loss[last]), out.train_accuracy.at[i].set(m.accuracy[last]))
+                          out.train_loss.at[i].set(m.loss[last]), out.train_accuracy.at[i].set(m.accuracy[last]),
+                          out.finite.at[i].set(ok))
             return state, out
 
         return jax.lax.fori_loop(start, stop, body, (state, out))
@@ -301,6 +306,12 @@ def make_group_program(
         return over_members(run_one, (states, outputs, bits, scale, seeds, lrs), (data, start, stop))
 
     return GroupProgram(init, run, optimizer)
+
+
+def _all_finite(tree) -> jax.Array:
+    """bool (): every floating leaf of `tree` is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def make_sweep(*args, **kwargs) -> Callable[..., SweepResult]:

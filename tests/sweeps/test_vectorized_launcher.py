@@ -74,9 +74,9 @@ def test_members_are_grouped_and_bad_ones_fail_alone(vectorized):
 def test_numbers_and_files_equal_the_basic_launchers(vectorized):
     tmp, sweep, _ = vectorized
     basic = tmp / "basic"
-    p = run_sweep("tiny", [f"hydra.sweep.dir={basic}", "replay.bits=8,null", "tracking=none"], cwd=tmp)
+    p = run_sweep("tiny", [f"hydra.sweep.dir={basic}", "replay.bits=8,6,null", "tracking=none"], cwd=tmp)
     assert p.returncode == 0, p.stderr[-3000:]
-    for vj, bj in ((0, 0), (4, 1)):
+    for vj, bj in ((0, 0), (2, 1), (4, 2)):
         v, b = _results(sweep / str(vj)), _results(basic / str(bj))
         assert set(v) - set(b) == {"group"} and set(b) <= set(v)
         for k in NUMBERS:  # at this size the vmapped matmuls sum in the single run's order
@@ -85,6 +85,8 @@ def test_numbers_and_files_equal_the_basic_launchers(vectorized):
             assert set(ev) == set(eb)
             assert ev["train_loss"] == pytest.approx(eb["train_loss"], rel=1e-5, abs=1e-6)
         assert v["latent"] == b["latent"] and v["cost"] == b["cost"]
+        # U6 is packed at the group's 8 bits in the program; its RAM is still what its own buffer holds alone
+        assert v["buffer"] == b["buffer"], vj
 
 
 def _launch(sweep_dir, extra=()):
