@@ -112,6 +112,9 @@ def main(argv=None) -> dict:
         "split_of_best_no_cache_run_s": split(best),
         "split_of_best_warm_cache_run_s": split(best_warm),
         "compile_of_best_no_cache_run": best["compile"],
+        # FLOP, seconds, GFLOP/s and share of the FP32 matmul peak (measured in the worker) of each phase.
+        "speed_of_best_no_cache_run": best.get("speed"),
+        "speed_of_best_warm_cache_run": best_warm.get("speed"),
         "final_accuracy": best["final_accuracy"],
         "cache_filling_run": fill,
         "runs": runs,
