@@ -63,5 +63,8 @@ def test_any_override_set_fails_cleanly_or_builds(composer, ov):
     buf = make_replay_buffer(exp.replay.size, frozen[-1].out_shape, codec, exp.replay.policy, exp.data.num_classes)
     assert buf.init().latents.shape[0] == exp.replay.size
     comp = minibatch_composition(exp.data.images_per_event, exp.replay.size, exp.train.batch_size)
-    assert comp.new_per_batch >= 1 and comp.new_per_batch + comp.replays_per_batch == exp.train.batch_size
+    n_new, b = exp.data.images_per_event, exp.train.batch_size
+    assert 1 <= comp.new_per_batch <= n_new  # never a new image twice in one mini-batch
+    # A full mini-batch of B when there is a buffer to fill it; without one, only the event's new images.
+    assert comp.new_per_batch + comp.replays_per_batch == (b if exp.replay.size > 0 else min(b, n_new))
     make_optimizer(exp.train.lr, exp.train.momentum, exp.train.weight_decay)
