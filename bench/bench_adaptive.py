@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     specs = mobilenet_v1_specs(1.0, 128, 50)
-    peak_before = matmul_peak()
+    peak_before = matmul_peak((2048, 4096), 7)
     rows = {}
     for layer in args.layers:
         _, adaptive = split_specs(specs, layer)
@@ -165,7 +165,7 @@ def main(argv=None) -> dict:
     d_ev = clq_event(d_specs, d_layer, args.repeats, batch=exp.train.batch_size)
     print(f"default experiment l={d_layer}: clq {d_ev['step_s']['best'] * 1e3:.2f} ms/step", file=sys.stderr)
     layouts = reduction_layouts()
-    peak_after = matmul_peak()
+    peak_after = matmul_peak((2048, 4096), 7)
     # The peak is measured before and after the layers; the higher one is the machine's (least disturbed) peak.
     peak = max(peak_before["gflops"], peak_after["gflops"])
 

@@ -36,11 +36,24 @@ LAUNCHERS = ("clq_vectorized", "clq_joblib")
 #: Members of offline_grid re-run alone with `clq-run` (default XLA threads, as the vectorized launcher), to check
 #: the vectorized members' numbers at this scale: l=19 FP32 N=1500 (a group of one), l=19 U7 and U6 N=1500 and
 #: l=23 / l=27 U8 N=1500 (groups of three).
-CHECKS = {1: ["latent_layer=19", "precision=fp32", "replay.size=1500"],
-          5: ["latent_layer=19", "precision=u8_u7", "replay.size=1500"],
-          7: ["latent_layer=19", "precision=u8_u6", "replay.size=1500"],
-          11: ["latent_layer=23", "precision=u8_u8", "replay.size=1500"],
-          19: ["latent_layer=27", "precision=u8_u8", "replay.size=1500"]}
+CHECKS = [["latent_layer=19", "precision=fp32", "replay.size=1500"],
+          ["latent_layer=19", "precision=u8_u7", "replay.size=1500"],
+          ["latent_layer=19", "precision=u8_u6", "replay.size=1500"],
+          ["latent_layer=23", "precision=u8_u8", "replay.size=1500"],
+          ["latent_layer=27", "precision=u8_u8", "replay.size=1500"]]
+#: sweeps/precision/*.yaml -> (quant, replay bits) as results.json records them.
+PRECISIONS = {"fp32": (None, None), "u8_u8": ("int8", 8), "u8_u7": ("int8", 7), "u8_u6": ("int8", 6)}
+
+
+def _member(members: dict, overrides: list[str]) -> int:
+    """The member of a sweep's results with these overrides (looked up by its recorded configuration)."""
+    ov = dict(o.split("=", 1) for o in overrides)
+    quant, bits = PRECISIONS[ov["precision"]]
+    (k,) = [k for k, m in members.items() if m["latent_layer"] == int(ov["latent_layer"])
+            and m["replay_size"] == int(ov["replay.size"]) and m["quant"] == quant and m["replay_bits"] == bits]
+    return k
+
+
 #: clq_joblib's worker environment (conf/hydra/launcher/clq_joblib.yaml): one XLA thread, no multi-threaded Eigen.
 JOBLIB_ENV = {"NPROC": "1", "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}
 
@@ -62,7 +75,8 @@ def checks(result: dict, work: str) -> dict:
     """Vectorized members against clq-run alone, and the default run under clq_joblib's thread settings."""
     v = result["clq_vectorized"]["members"]
     out = {"members": {}}
-    for k, ov in CHECKS.items():
+    for ov in CHECKS:
+        k = _member(v, ov)
         alone = _single("offline_grid", ov, work, {})
         out["members"][k] = {"overrides": ov, "clq_run": alone, "clq_vectorized": v[k]["final_accuracy"],
                              "clq_joblib": result["clq_joblib"]["members"][k]["final_accuracy"]}
@@ -97,7 +111,8 @@ def _sweep(name: str, launcher: str, work: str) -> dict:
             r = json.load(open(path))
             c = r["config"]
             members[int(d)] = {"latent_layer": c["latent_layer"], "replay_bits": c["replay"]["bits"],
-                               "replay_size": c["replay"]["size"], "quant": None if c["quant"] is None else "int8",
+                               "replay_size": c["replay"]["size"],
+                               "quant": None if c["quant"].get("frozen_bits") is None else f"int{c['quant']['frozen_bits']}",
                                "status": r["status"], "final_accuracy": r.get("final_accuracy")}
     return {"wall_s": round(wall, 2), "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime
                                                      - before.ru_stime, 2), "members": members}
@@ -113,6 +128,8 @@ def main(argv=None) -> dict:
     if args.checks_only:
         path = args.out or os.path.join(ROOT, "bench", "results", "launchers.json")
         result = json.load(open(path))
+        if result.get("sweep") != "offline_grid":
+            ap.error(f"--checks-only needs an offline_grid result; {path} holds {result.get('sweep')!r}")
         result["clq_vectorized"]["members"] = {int(k): m for k, m in result["clq_vectorized"]["members"].items()}
         result["clq_joblib"]["members"] = {int(k): m for k, m in result["clq_joblib"]["members"].items()}
         with tempfile.TemporaryDirectory(prefix="clq-bench-launchers-") as work:

@@ -18,10 +18,10 @@ from typing import Any, Mapping
 
 from clq.checks import check_choice, check_flag, check_int, check_number
 from clq.data import DATASETS
+from clq.data.core50.layout import NUM_CATEGORIES, NUM_OBJECTS
 from clq.data.sessions import SESSIONS
 from clq.model.specs import mobilenet_v1_specs, validate_latent_layer
 from clq.quant.frozen import QuantConfig
-from clq.quant.uniform import check_bits
 from clq.train.config import TRAIN_KEYS, ReplayConfig, TrainConfig
 from clq.train.event import minibatch_composition
 
@@ -31,15 +31,13 @@ __all__ = ["ConfigError", "ModelConfig", "DataConfig", "TrackingConfig", "Experi
 TRACKING_BACKENDS = ("wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
 #: data.labels of CORe50 -> data.num_classes it needs.
-CORE50_CLASSES = {"object": 50, "category": 10}
+CORE50_CLASSES = {"object": NUM_OBJECTS, "category": NUM_CATEGORIES}
 #: Keys of the stream built from a classification set (data=fashion_mnist_nic, data=arrays), not of CORe50.
 NIC_KEYS = ("sessions", "initial_classes", "initial_images_per_class", "test_size")
 #: Keys of CORe50's official protocol (data=core50).
 CORE50_KEYS = ("scenario", "run", "test_list", "filelists", "labels", "strict", "max_events")
-#: QuantConfig field -> its key in the ``quant`` group (``frozen_bits: null`` means no QuantConfig).
-QUANT_KEYS = {"weight_granularity": "weight_granularity", "weight_mode": "weight_mode",
-              "activation_range": "activation_range", "percentile": "percentile", "equalize": "equalize",
-              "bias_correction": "bias_correction"}
+#: QuantConfig fields read from the ``quant`` group under the same names (``frozen_bits: null``: no QuantConfig).
+QUANT_FIELDS = ("weight_granularity", "weight_mode", "activation_range", "percentile", "equalize", "bias_correction")
 
 
 class ConfigError(ValueError):
@@ -259,8 +257,7 @@ def experiment_config(cfg: Mapping[str, Any]) -> ExperimentConfig:
         if frozen_bits is None:
             quant = None
         else:
-            check_bits(frozen_bits, "quant.frozen_bits", 2, 8, allow_none=False)
-            quant = QuantConfig(bits=frozen_bits, **{f: _key(q, k, f"quant.{k}") for f, k in QUANT_KEYS.items()})
+            quant = QuantConfig(bits=frozen_bits, **{k: _key(q, k, f"quant.{k}") for k in QUANT_FIELDS})
 
         replay = ReplayConfig(size=_key(r, "size", "replay.size"),
                               bits=_bits(_key(r, "bits", "replay.bits")),

@@ -260,7 +260,7 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
             traceback.print_exc()
         return
     wall = time.perf_counter() - t0
-    speeds = _speeds(g, specs, stream, outcomes, shared)
+    speeds = _speeds(g, specs, stream, outcomes)
     share = round(wall / len(g.members), 3)  # one program ran the group: each member is charged an equal share
     for m, out in zip(g.members, outcomes):
         s = sinks[m.idx]
@@ -280,8 +280,7 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
             results["group"] = {"key": g.key, "members": [x.idx for x in g.members], "wall_time_s": round(wall, 3),
                                 "event0_shared": bool(event0_shared), "launcher": "clq_vectorized"}
             write_json_atomic(os.path.join(m.run_dir, "results.json"), results)
-            log_summary(s.tracker, results)
-            s.tracker.log_results(results, m.run_dir)
+            log_summary(s.tracker, results, m.run_dir)
             s.tracker.finish(True)
             m.outcome = {"code": 0, "results": results}
         except Exception as err:  # writing one member's outputs failed: that member fails, the others go on
@@ -297,16 +296,15 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
             m.outcome = {"code": 1, "message": f"clq-run: error: {type(err).__name__}: {err}"}
 
 
-def _speeds(g: Group, specs, stream, outcomes, shared: "_Shared") -> dict:
+def _speeds(g: Group, specs, stream, outcomes) -> dict:
     """Each completed member's speed account (`clq.perf`), with the group's learning + evaluation rate; no rate
     when the group resumed from a checkpoint (its seconds cover only the events run since)."""
     from clq.perf import flop_account, group_account, matmul_peak
 
-    if "peak" not in shared.perf:  # once per launch, in this process
-        shared.perf["peak"] = matmul_peak()
+    peak = matmul_peak()  # measured once per process
     e = g.exp
     done = [(m, o) for m, o in zip(g.members, outcomes) if isinstance(o, dict)]
-    speeds = {m.idx: flop_account(specs, e.latent_layer, stream, e.train, o, shared.perf["peak"]) for m, o in done}
+    speeds = {m.idx: flop_account(specs, e.latent_layer, stream, e.train, o, peak) for m, o in done}
     if done:
         resumed = done[0][1]["resumed_from_event"] is not None
         together = group_account(list(speeds.values()),
@@ -327,7 +325,6 @@ class _Shared(dict):
     def __init__(self):
         super().__init__()
         self.event0: dict = {}
-        self.perf: dict = {}  # the matmul peak, measured once
 
     def _drop(self, kind: str) -> None:
         for k in [k for k in self if k[0] == kind]:

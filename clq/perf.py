@@ -17,16 +17,19 @@ The frozen stage's integer work is counted as FP32-equivalent FLOP (it is simula
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Sequence
 
 __all__ = ["matmul_peak", "training_macs", "flop_account", "group_account"]
 
 
+@functools.cache
 def matmul_peak(sizes: Sequence[int] = (2048,), repeats: int = 5) -> dict:
     """FP32 GFLOP/s of one jitted n x n `jnp.dot` (2 n^3 FLOP), best of `repeats`, for each n; `gflops` is the max.
 
-    About 0.3 s for the default size on 2 cores (compilation included).
+    About 0.3 s for the default size on 2 cores (compilation included); measured once per process and arguments
+    (a launch of many members shares it). `sizes` must be a tuple.
     """
     import jax
     import jax.numpy as jnp

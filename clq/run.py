@@ -179,8 +179,9 @@ def failed_results(base: dict, error: BaseException | str, events: list, memory:
             "memory_bytes_source": MEMORY_BYTES_SOURCE, "wall_time_s": round(time.perf_counter() - t0, 3)}
 
 
-def log_summary(tracker, results: dict) -> None:
-    """The tracker's summary of a completed run (wandb's run summary)."""
+def log_summary(tracker, results: dict, run_dir: str) -> None:
+    """The tracker's end of a completed run: wandb's run summary, then its tables, plots and artifact
+    (`Tracker.log_results`, from results.json in `run_dir`)."""
     cost = results["cost"]
     tracker.log_summary({k: results[k] for k in ("final_accuracy", "average_accuracy", "wall_time_s")}
                         | {"forgetting": results["forgetting"]["per_class"],
@@ -194,6 +195,7 @@ def log_summary(tracker, results: dict) -> None:
                         | {f"latency_s/{k}": v for k, v in cost["latency_s"].items()}
                         | {f"energy_j/{k}": v for k, v in cost["energy_j"].items()}
                         | ({"joint_accuracy": results["joint_accuracy"]} if "joint_accuracy" in results else {}))
+    tracker.log_results(results, run_dir)
 
 
 def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
@@ -251,8 +253,7 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
         results["speed"] = flop_account(specs, exp.latent_layer, stream, exp.train, results, matmul_peak())
         results = completed_results(base, results, memory, t0)
         write_json_atomic(os.path.join(run_dir, "results.json"), results)
-        log_summary(tracker, results)
-        tracker.log_results(results, run_dir)
+        log_summary(tracker, results, run_dir)
         ok = True
         return results
     except BaseException as e:

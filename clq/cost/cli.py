@@ -38,8 +38,8 @@ def report_from_config(cfg: DictConfig) -> dict:
     target_dict: Any = OmegaConf.to_container(cfg.target, resolve=True)
     target = target_from_dict(target_dict, source=f"conf/target/{target_dict.get('name', '?')}.yaml")
     l1_kib = cfg.l1_kib
-    if l1_kib is not None and (isinstance(l1_kib, bool) or not isinstance(l1_kib, (int, float)) or l1_kib < 0):
-        raise ValueError(f"l1_kib must be a size in KiB >= 0 or null, got {l1_kib!r}")
+    if l1_kib is not None:
+        check_number(l1_kib, "l1_kib (a size in KiB, or null)", 0.0)
     momentum = check_number(cfg.train.momentum, "train.momentum", 0.0)
     return cost_report(
         specs,

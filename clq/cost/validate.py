@@ -30,9 +30,8 @@ __all__ = [
 BACKWARD_ERROR_POLICIES = ("all_but_first", "none")
 
 
-def check_count(value: Any, name: str, minimum: int) -> int:
-    """An integer >= minimum (`clq.checks.check_int`, the configs' check)."""
-    return check_int(value, name, minimum)
+#: An integer >= minimum: the configs' own check (`clq.checks.check_int`).
+check_count = check_int
 
 
 def check_event(new_images: Any, buffer_size: Any, epochs: Any, batch_size: Any) -> None:

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clq.checks import check_flag, check_number
+from clq.checks import check_choice, check_flag, check_int, check_number
 from clq.model.forward import forward, im2col, linear_op
 from clq.model.specs import LayerSpec
 from clq.quant.requant import quantize_multiplier, requantize_jax
@@ -105,18 +105,11 @@ class QuantConfig:
 
     def __post_init__(self):
         check_bits(self.bits, "quant.frozen_bits", lo=2, hi=8, allow_none=False)
-        for field, value, allowed in (
-            ("quant.weight_granularity", self.weight_granularity, WEIGHT_GRANULARITIES),
-            ("quant.weight_mode", self.weight_mode, WEIGHT_MODES),
-            ("quant.activation_range", self.activation_range, ACTIVATION_RANGES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{field} must be one of {list(allowed)}, got {value!r}")
+        check_choice(self.weight_granularity, "quant.weight_granularity", WEIGHT_GRANULARITIES)
+        check_choice(self.weight_mode, "quant.weight_mode", WEIGHT_MODES)
+        check_choice(self.activation_range, "quant.activation_range", ACTIVATION_RANGES)
         check_number(self.percentile, "quant.percentile", 50.0, 100.0, lo_open=True)
-        if isinstance(self.histogram_bins, bool) or not isinstance(self.histogram_bins, int) or not (
-            64 <= self.histogram_bins <= 65536
-        ):
-            raise ValueError(f"quant.histogram_bins must be an integer in 64..65536, got {self.histogram_bins!r}")
+        check_int(self.histogram_bins, "quant.histogram_bins", 64, 65536)
         for field in ("equalize", "bias_correction"):
             check_flag(getattr(self, field), f"quant.{field}")
 

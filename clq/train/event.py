@@ -107,9 +107,9 @@ class EventMetrics(NamedTuple):
     accuracy: jax.Array
     active: jax.Array
 
-    def last_loss(self) -> jax.Array:
-        """float32 (): the loss of the event's last step that ran."""
-        return self.loss[jnp.max(jnp.where(self.active, jnp.arange(self.loss.shape[0]), 0))]
+    def last_index(self) -> jax.Array:
+        """int32 (): the index of the event's last step that ran."""
+        return jnp.max(jnp.where(self.active, jnp.arange(self.loss.shape[0]), 0))
 
 
 def make_event_fn(

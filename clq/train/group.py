@@ -115,10 +115,12 @@ def run_group(
     lrs = [train.lr] * M if lrs is None else list(lrs)
     lr = np.asarray(lrs, np.float32)
     init_args = (params, norm_state, b, scale, seeds, lr, data)
-    templates = dict(zip(("states", "outputs"), jax.eval_shape(program.init, *init_args)))
     if checkpoint_dir and not resume and os.path.isdir(checkpoint_dir):
         shutil.rmtree(checkpoint_dir)  # resume=false: start over (a stale newer checkpoint would outlive new ones)
-    restored = load_checkpoint(checkpoint_dir, templates) if (checkpoint_dir and resume) else None
+    restored = None
+    if checkpoint_dir and resume:  # restored onto the shapes the program's init gives (traced, not run)
+        templates = dict(zip(("states", "outputs"), jax.eval_shape(program.init, *init_args)))
+        restored = load_checkpoint(checkpoint_dir, templates)
     if restored is not None and restored[2].get("fingerprint") != fingerprint:
         raise CheckpointError(f"{checkpoint_dir} holds a checkpoint of a different group; use a new sweep dir or "
                               "resume=false")
@@ -129,6 +131,7 @@ def run_group(
     exp0 = stream.experiences[0]
     test_labels, test_sessions = stream.test_labels, stream.test_sessions
     sizes = [len(e) for e in stream.experiences]
+    comps = [None] + [minibatch_composition(n, replay_size, train.batch_size) for n in sizes[1:]]
 
     def add_rows(out, start: int, stop: int) -> None:
         """Rows of events start..stop-1 of every member still running; an event with a non-finite loss or state
@@ -148,8 +151,7 @@ def run_group(
                     fields = {"n_new": len(exp0), "train_loss": ev0.history[-1][0],
                               "train_accuracy": ev0.history[-1][1]}
                 else:
-                    comp = minibatch_composition(sizes[i], replay_size, train.batch_size)
-                    fields = event_fields(sizes[i], float(loss[m, i]), float(out.train_accuracy[m, i]), comp,
+                    fields = event_fields(sizes[i], float(loss[m, i]), float(out.train_accuracy[m, i]), comps[i],
                                           train.epochs)
                 hists[m].add(i, ev, **fields)
 
@@ -193,7 +195,7 @@ def run_group(
     timer["total_s"] = time.perf_counter() - t0
 
     latent_shape = tuple(data.codes0.shape[1:])
-    n_comp = len({minibatch_composition(n, replay_size, train.batch_size) for n in sizes[1:]})
+    n_comp = len(set(comps[1:]))
     results = []
     for m in range(M):
         if m in failed:

@@ -50,9 +50,8 @@ from clq.train.evaluate import make_hits
 from clq.train.event import Composition, make_optimizer, minibatch_composition
 from clq.train.norm import AdaptiveNorm, make_adaptive_norm
 from clq.train.event0 import first_event
-from clq.train.frozen_stage import make_frozen_stage
 
-__all__ = ["SweepData", "SweepResult", "Prepared", "Outputs", "GroupProgram", "make_group_program", "group_program", "lr_scales", "make_sweep", "sweep_data", "prepare_sweep", "run_sweep",
+__all__ = ["SweepData", "SweepResult", "Prepared", "Outputs", "GroupProgram", "make_group_program", "group_program", "lr_scales", "make_sweep", "sweep_data", "prepare_sweep",
            "shared_composition"]
 
 
@@ -278,7 +277,7 @@ def make_group_program(
             event = Event(decode(data.event_codes[j], data), data.event_labels[j], data.event_n[j], i)
             state, m = step(state, event, hyper)
             acc, ch, sh = evaluation(state, data)
-            last = jnp.max(jnp.where(m.active, jnp.arange(m.loss.shape[0]), 0))
+            last = m.last_index()
             ok = jnp.all(jnp.where(m.active, jnp.isfinite(m.loss), True)) & _all_finite((state.params, state.norm))
             out = Outputs(out.accuracy.at[i].set(acc), out.class_hits.at[i].set(ch), out.session_hits.at[i].set(sh),
                           out.train_loss.at[i].set(m.loss[last]), out.train_accuracy.at[i].set(m.accuracy[last]),
@@ -381,56 +380,20 @@ def prepare_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, 
     Returns:
       `Prepared`
     """
+    from clq.train.loop import calibrate_frozen_stage  # the run's own builder (the loop imports JAX programs)
+
     say = log or (lambda msg: None)
-    frozen_specs, _ = split_specs(specs, latent_layer)
-    exp0 = stream.experiences[0]
     ev0 = first_event(stream, specs, latent_layer, train, base_seed, initial_params, event0_cache_dir, event0_memo,
                       log)
-    bn_form = (ev0.bn_params, ev0.bn_stats)
-    folded = fold_batch_norm(specs, *bn_form)
     say(f"frozen stage: layers 0..{latent_layer} calibrated on event 0")
-    frozen = make_frozen_stage(frozen_specs, folded[: latent_layer + 1], stream.train_images[exp0], quant)
+    frozen = calibrate_frozen_stage(stream, specs, latent_layer, fold_batch_norm(specs, ev0.bn_params, ev0.bn_stats),
+                                    quant)
     say("latents: every image of the stream through the frozen stage, once")
     # The adaptive stage in the form its normalization trains (as `run_continual` starts its learning events).
     _, adaptive_specs = split_specs(specs, latent_layer)
     norm = make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum)
-    bn_params, bn_stats = bn_form
-    adaptive = norm.init(bn_params[latent_layer + 1 :], bn_stats[latent_layer + 1 :])
+    adaptive = norm.init(ev0.bn_params[latent_layer + 1 :], ev0.bn_stats[latent_layer + 1 :])
     return Prepared(adaptive, frozen, sweep_data(stream, frozen, eval_chunk), ev0)
-
-
-def run_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, replay_size: int,
-              lr_bits: Sequence[int], seeds: Sequence[int], quant, base_seed: int = 0, policy: str = "ar1",
-              eval_chunk: int = 1000, prepared=None, members_per_batch: int | None = None) -> dict:
-    """K bit-widths x S seeds of the learning phase on one stream and frozen stage, as one compiled call.
-
-    Args:
-      train: `clq.train.TrainConfig` (strategy must be 'qlr').
-      lr_bits: the K values of Q_LR (1..16).
-      seeds: the S seeds of the learning phase.
-      prepared: the result of `prepare_sweep` to reuse (else it is computed here).
-      members_per_batch: configurations vmapped together (`make_sweep`); fewer bound the memory, None: all.
-    Returns:
-      dict with ``accuracy`` float [K, S, E], ``final_accuracy`` float [K, S], ``train_loss`` [K, S, E-1],
-      ``buffer_histogram`` [K, S, num_classes], ``class_hits`` [K, S, E, num_classes] and ``session_hits``
-      [K, S, E, num_sessions] (NumPy), and the ``lr_bits``/``seeds`` axes.
-    """
-    if not lr_bits or not seeds:
-        raise ValueError("lr_bits and seeds must each hold at least one value")
-    lr_bits = [check_bits(b, "replay.bits") for b in lr_bits]
-    if any(b is None for b in lr_bits):
-        raise ValueError("replay.bits=null (FP32 latents) cannot be vectorized with integer bit-widths")
-    (params, norm_state), frozen, data, _ = prepared if prepared is not None else prepare_sweep(
-        stream, specs, latent_layer, train, quant, base_seed, eval_chunk)
-    sweep = make_sweep(*_group_args(stream, specs, latent_layer, train, replay_size, policy, max(lr_bits), eval_chunk,
-                                    members_per_batch, [int(n) for n in np.asarray(data.event_n)]))
-    res = sweep(params, np.asarray(lr_bits, np.int32), lr_scales(lr_bits, frozen.a_max),
-                np.asarray(seeds, np.int32), data, norm_state)
-    acc = np.asarray(res.accuracy, np.float64)
-    return {"lr_bits": list(lr_bits), "seeds": [int(s) for s in seeds], "accuracy": acc,
-            "final_accuracy": acc[:, :, -1], "train_loss": np.asarray(res.train_loss),
-            "buffer_histogram": np.asarray(res.buffer_histogram), "class_hits": np.asarray(res.class_hits),
-            "session_hits": np.asarray(res.session_hits)}
 
 
 def _group_args(stream, specs, latent_layer, train, replay_size, policy, max_bits, eval_chunk, members_per_batch,
@@ -450,6 +413,6 @@ def group_program(stream, specs: Sequence[LayerSpec], latent_layer: int, train, 
                   max_bits: int | None, eval_chunk: int, members_per_batch: int | None,
                   event_sizes: Sequence[int]) -> GroupProgram:
     """The `GroupProgram` of a run's configuration (`clq.train.TrainConfig` `train`, the stream's learning events
-    of `event_sizes`): what `clq.train.group.run_group` and `run_sweep` run."""
+    of `event_sizes`): what `clq.train.group.run_group` runs."""
     return make_group_program(*_group_args(stream, specs, latent_layer, train, replay_size, policy, max_bits,
                                            eval_chunk, members_per_batch, event_sizes))

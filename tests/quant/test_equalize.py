@@ -53,8 +53,10 @@ def test_equalization_keeps_the_function_and_balances_ranges(network, act):
     assert (len(clips) > 0) == (act == "relu6")
     if clips:
         assert max(float(np.ptp(c)) for c in clips) > 1.0
-    # The latent layer's outputs are not rescaled: its weights per output channel keep their ranges' order.
-    assert L - 1 not in equalization_pairs(specs[:L])
+    # The latent layer's outputs are not rescaled (its inputs are): its bias, which scales with its outputs only,
+    # is the folded network's, and its ReLU6 still clips every channel at 6.
+    np.testing.assert_array_equal(np.asarray(eq[L - 1]["b"]), np.asarray(folded[L - 1]["b"]))
+    assert np.all(np.asarray(eq[L - 1].get("clip", 6.0)) == 6.0)
 
 
 def test_dead_channels_are_pruned_without_changing_outputs(network):

@@ -9,7 +9,7 @@ from clq.model import fold_batch_norm, init_params, mobilenet_v1_specs, split_sp
 from clq.quant import make_latent_codec
 from clq.replay import make_replay_buffer
 from clq.train import TrainConfig, evaluate, make_hits, make_learning_event, make_optimizer, minibatch_composition
-from clq.train.vectorized import SweepData, lr_scales, make_sweep, run_sweep
+from clq.train.vectorized import SweepData, lr_scales, make_sweep
 
 LAYER, CLASSES, N_LR, EVENTS, N_NEW, N0, TEST, CHUNK = 25, 6, 24, 4, 12, 30, 40, 20
 FROZEN_SCALE = np.float32(0.02)
@@ -130,13 +130,6 @@ def test_lr_scales_match_the_codec():
         assert lr_scales([b], 3.7)[0] == make_latent_codec(b, 3.7).scale
     with pytest.raises(ValueError, match="replay.bits"):
         lr_scales([17], 1.0)
-
-
-def test_run_sweep_validates_its_arguments():
-    with pytest.raises(ValueError, match="at least one"):
-        run_sweep(None, None, LAYER, TrainConfig(), N_LR, [], [0], None)
-    with pytest.raises(ValueError, match="FP32"):
-        run_sweep(None, None, LAYER, TrainConfig(), N_LR, [8, None], [0], None)
 
 
 def test_sweep_runs_ar1_star_with_fresh_momentum_like_the_single_run_learner(setup):
