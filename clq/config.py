@@ -23,7 +23,7 @@ from clq.data.sessions import SESSIONS
 from clq.model.specs import mobilenet_v1_specs, validate_latent_layer
 from clq.quant.frozen import QuantConfig
 from clq.train.config import TRAIN_KEYS, ReplayConfig, TrainConfig
-from clq.train.event import minibatch_composition
+from clq.minibatch import minibatch_composition
 
 __all__ = ["ConfigError", "ModelConfig", "DataConfig", "TrackingConfig", "ExperimentConfig", "experiment_config",
            "TRACKING_BACKENDS", "WANDB_MODES"]

@@ -53,7 +53,7 @@ class LearningEvent(NamedTuple):
 
 def event_arrays(new_images, buffer_size, epochs, batch_size) -> dict[str, np.ndarray]:
     """Vectorized `learning_event`: every argument broadcasts; returns float64 arrays keyed like the fields."""
-    from clq.train.event import minibatch_composition
+    from clq.minibatch import minibatch_composition
 
     n, nlr, e, b = (np.asarray(v, dtype=np.float64) for v in (new_images, buffer_size, epochs, batch_size))
     # The rule once per distinct (n_new, N_LR, B): a grid has few of them.

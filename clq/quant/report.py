@@ -359,8 +359,9 @@ def scheme_report(
 ) -> dict:
     """Everything `clq-quant-report` says about one quantization config, as a JSON-ready dict.
 
-    The frozen stage is quantized once per latent layer l (layers 0..l, as a run does: equalization never
-    rescales the latent layer's outputs, so the stages for different l differ).
+    With equalization the frozen stage is quantized once per latent layer l (layers 0..l, as a run does:
+    equalization never rescales the latent layer's outputs, so the stages for different l differ); without it,
+    every l's stage is a prefix of one quantized stage, measured in one pass.
 
     Args:
       specs, params: the whole network in folded form.
@@ -380,20 +381,28 @@ def scheme_report(
            "layer_sqnr_db": rep.layer_sqnr_db.round(2).tolist(), "lr_bits": rep.lr_bits.tolist(),
            "latent_sqnr_db": rep.latent_sqnr_db.round(2).tolist(), "top1_agreement": {},
            "top1_agreement_confident": {}, "sample_top1": {}, "sample_top1_kept": {}, "sample_class_kept": {}}
+    def agreement(ls, layers):
+        """top1_agreement on the held-out views (own codes, U7, U6) and on the sample photos, for latent layers ls."""
+        return (top1_agreement(specs, params, layers, ls, evals, config.bits, lr_bits=(None, 7, 6),
+                               batch_size=batch_size),
+                top1_agreement(specs, params, layers, ls, samples, config.bits, batch_size=batch_size))
+
+    if config.equalize:
+        # Equalization leaves layer l's outputs alone, which changes the stage: quantized again per l.
+        per_l = {l: agreement([l], calibrate_and_quantize(specs[: l + 1], params[: l + 1], cal, config)[0])
+                 for l in latent_layers}
+    else:
+        # Without equalization each stage 0..l is a prefix of the report's stage 0..27 (calibration and bias
+        # correction of a layer depend only on the layers below it): one pass serves every l.
+        both = agreement(list(latent_layers), rep.layers)
+        per_l = {l: both for l in latent_layers}
+    name = {None: "own", 7: "U7", 6: "U6"}
     for l in latent_layers:
-        # Without equalization the stage 0..l is a prefix of the report's stage 0..27 (calibration and bias
-        # correction of a layer depend only on the layers below it); equalization leaves layer l's outputs alone,
-        # which changes the stage, so it is quantized again.
-        layers = (calibrate_and_quantize(specs[: l + 1], params[: l + 1], cal, config)[0] if config.equalize
-                  else rep.layers[: l + 1])
-        agree, top_fp, preds, p_fp = top1_agreement(specs, params, layers, [l], evals, config.bits,
-                                                    lr_bits=(None, 7, 6), batch_size=batch_size)
+        (agree, top_fp, preds, p_fp), (_, s_fp, s_preds, _) = per_l[l]
         confident = p_fp > 0.5
-        name = {None: "own", 7: "U7", 6: "U6"}
         out["top1_agreement"][str(l)] = {name[q]: round(v, 4) for q, v in agree[l].items()}
         out["top1_agreement_confident"][str(l)] = {
             name[q]: round(float(np.mean(p[confident] == top_fp[confident])), 4) for q, p in preds[l].items()}
-        _, s_fp, s_preds, _ = top1_agreement(specs, params, layers, [l], samples, config.bits, batch_size=batch_size)
         out["sample_top1"][str(l)] = {n: int(c) for n, c in zip(SAMPLE_PHOTOS, s_preds[l][None])}
         out["sample_top1_kept"][str(l)] = bool(np.all(s_preds[l][None] == s_fp))
         out["sample_class_kept"][str(l)] = bool(all(
