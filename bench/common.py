@@ -120,6 +120,7 @@ def machine() -> dict:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__,
             "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
             "load_average_at_start": load}
 
 

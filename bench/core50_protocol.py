@@ -3,6 +3,7 @@
     .venv/bin/python bench/core50_protocol.py                       # 391 events, width 0.25 / 32 px
     .venv/bin/python bench/core50_protocol.py --events 40           # a shorter sample
     .venv/bin/python bench/core50_protocol.py --paper-events 4      # + the paper's model on 4 events
+    .venv/bin/python bench/core50_protocol.py --no-protocol --paper-events 391   # the paper's model alone (a GPU)
 
 CORe50's pixels cannot be downloaded here, so the benchmark writes a tree with **every path of the official
 NICv2-391 run lists** (the 119,894 training frames of the run and the 2,249 frames of the 1-in-20 test list;
@@ -70,8 +71,12 @@ def build_tree(lists: str, cache: str, scenario: str, run: int, processes: int) 
 
 
 def run_protocol(name: str, cache: str, lists: str, scenario: str, run: int, width: float, image_size: int,
-                 latent_layer: int, events: int | None, first_epochs: int, replay_size: int, epochs: int) -> dict:
-    """Run the learning-event loop over the generated tree; per-event wall time and memory."""
+                 latent_layer: int, events: int | None, first_epochs: int, replay_size: int, epochs: int,
+                 partial=None) -> dict:
+    """Run the learning-event loop over the generated tree; per-event wall time and memory.
+
+    `partial(rows)`, if given, gets the per-event rows so far every 10 events, so that a run stopped from outside
+    (a time limit) still leaves its measured events behind."""
     from clq.data.core50 import load_core50_stream
     from clq.model.specs import mobilenet_v1_specs
     from clq.quant.frozen import QuantConfig
@@ -93,6 +98,8 @@ def run_protocol(name: str, cache: str, lists: str, scenario: str, run: int, wid
         stamps.append(now)
         rows.append({"event": i, "seconds": round(now - (stamps[-2] if len(stamps) > 1 else t0), 3),
                      "rss_mb": round(cur, 1), "peak_rss_mb": round(peak, 1), "accuracy": round(row["accuracy"], 4)})
+        if partial is not None and i % 10 == 0:
+            partial(rows)
         if i % 25 == 0 or i == stream.num_events - 1:
             print(f"  {name}: event {i}/{stream.num_events - 1}  {rows[-1]['seconds']:.2f} s  "
                   f"rss {cur:.0f} MB (peak {peak:.0f})  acc {row['accuracy']:.3f}", file=sys.stderr)
@@ -139,24 +146,39 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--replay-size", type=int, default=1500)
     ap.add_argument("--paper-events", type=int, default=0, help="also run the paper's model on this many events")
+    ap.add_argument("--no-protocol", action="store_true", help="skip the small model (with --paper-events)")
     ap.add_argument("--processes", type=int, default=2, help="processes writing the tree")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "core50_protocol.json"))
     args = ap.parse_args(argv)
+    if args.no_protocol and args.paper_events <= 0:
+        sys.exit("--no-protocol leaves nothing to run without --paper-events K > 0")
     if not os.path.exists(args.lists):
         sys.exit(f"official file lists not found at {args.lists} (--lists)")
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
-    out = {"machine": {"cpus": os.cpu_count()}, "scenario": args.scenario, "run": args.run}
-    print("writing the generated tree (once)...", file=sys.stderr)
-    out["tree"] = build_tree(args.lists, args.cache, args.scenario, args.run, args.processes)
-    out["protocol"] = run_protocol("protocol", args.cache, args.lists, args.scenario, args.run, args.width,
-                                   args.image_size, args.latent_layer, args.events, args.first_epochs,
-                                   args.replay_size, args.epochs)
-    if args.paper_events > 0:
-        out["paper"] = run_protocol("paper", args.cache, args.lists, args.scenario, args.run, 1.0, 128, 19,
-                                    args.paper_events, args.first_epochs, args.replay_size, args.epochs)
+    # No device is pinned: JAX runs this on its default device (a GPU where its plugin finds one).
+    sys.path.insert(0, ROOT)
+    from bench.common import machine
     from clq.tracking import write_json_atomic
 
+    out = {"scenario": args.scenario, "run": args.run}
+
+    def partial(name):
+        def write(rows):
+            write_json_atomic(args.out, {**out, name: {"partial": True, "per_event": rows}})
+        return write
+
+    print("writing the generated tree (once)...", file=sys.stderr)
+    out["tree"] = build_tree(args.lists, args.cache, args.scenario, args.run, args.processes)
+    # After the tree: its writer processes are forked, and JAX must not be running in a process that forks.
+    out["machine"] = machine()
+    if not args.no_protocol:
+        out["protocol"] = run_protocol("protocol", args.cache, args.lists, args.scenario, args.run, args.width,
+                                       args.image_size, args.latent_layer, args.events, args.first_epochs,
+                                       args.replay_size, args.epochs, partial("protocol"))
+        write_json_atomic(args.out, out)
+    if args.paper_events > 0:
+        out["paper"] = run_protocol("paper", args.cache, args.lists, args.scenario, args.run, 1.0, 128, 19,
+                                    args.paper_events, args.first_epochs, args.replay_size, args.epochs,
+                                    partial("paper"))
     write_json_atomic(args.out, out)
     for k in ("protocol", "paper"):
         if k in out:
