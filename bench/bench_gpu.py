@@ -64,11 +64,16 @@ def _tail(text: str, n: int = 3000) -> str:
     return text[-n:]
 
 
-def run_step(name: str, cmd: list[str], timeout: float, log, env: dict | None = None) -> dict:
+def _shown(cmd: list[str], work: str | None) -> list[str]:
+    """`cmd` as recorded: the interpreter as ``python`` and the scratch folder as ``$WORK``, not this machine's paths."""
+    return ["python" if c == sys.executable else (c.replace(work, "$WORK") if work else c) for c in cmd]
+
+
+def run_step(name: str, cmd: list[str], timeout: float, log, work: str | None = None) -> dict:
     """Run `cmd` under `timeout` seconds; its output goes to `log`. Returns status, seconds and the output's tail."""
     print(f"[{name}] {' '.join(cmd)}  (limit {timeout:.0f} s)", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         status, out = ("ok" if p.returncode == 0 else f"exit {p.returncode}"), p.stdout + p.stderr
@@ -79,14 +84,15 @@ def run_step(name: str, cmd: list[str], timeout: float, log, env: dict | None = 
     log.write(f"\n===== {name} ({status}, {seconds} s): {' '.join(cmd)}\n{out}\n")
     log.flush()
     print(f"[{name}] {status} in {seconds} s", file=sys.stderr, flush=True)
-    return {"status": status, "process_s": seconds, "command": cmd, **({} if status == "ok" else {"tail": _tail(out)})}
+    return {"status": status, "process_s": seconds, "command": _shown(cmd, work),
+            **({} if status == "ok" else {"tail": _tail(out)})}
 
 
 def clq_run(name: str, overrides: list[str], cache: str, work: str, timeout: float, log) -> dict:
     """One `clq-run` (``python -m clq.run``) with `overrides`, its compilation cache in `cache`."""
     run_dir = os.path.join(work, name)
     cmd = [sys.executable, "-m", "clq.run", *overrides, f"compile_cache_dir={cache}", f"hydra.run.dir={run_dir}"]
-    res = run_step(name, cmd, timeout, log)
+    res = run_step(name, cmd, timeout, log, work)
     path = os.path.join(run_dir, "results.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -169,7 +175,7 @@ def main(argv=None):
                 out["steps"][name] = {"status": "skipped: no time left"}
                 continue
             path = os.path.join(work, f"{name}.json")
-            res = run_step(name, [*core50, *extra, "--out", path], left(), log)
+            res = run_step(name, [*core50, *extra, "--out", path], left(), log, work)
             if os.path.exists(path):
                 with open(path) as f:
                     r = json.load(f)
