@@ -28,7 +28,7 @@ from clq.train.config import TrainConfig
 from clq.train.first_event import configure_head, train_first_event
 from clq.train.latent_cache import content_key
 
-__all__ = ["FirstEvent", "first_event", "event0_key"]
+__all__ = ["FirstEvent", "first_event", "event0_key", "network_shapes"]
 
 #: Bumped when the cache's layout or the meaning of its key changes.
 CACHE_FORMAT = 1
@@ -80,8 +80,18 @@ def event0_key(stream, specs: Sequence[LayerSpec], latent_layer: int, train: Tra
                        initial_params)
 
 
-def _bn_template(specs, train: TrainConfig):
+def network_shapes(specs: Sequence[LayerSpec], train: TrainConfig):
+    """Shapes and dtypes of the whole network in BN form as event 0 leaves it, computing no weights.
+
+    Returns:
+      (params, bn_stats): tuples aligned with `specs` of dicts of `jax.ShapeDtypeStruct`, the structure of
+      `train_first_event`'s result (the classifier's form follows `train.head_bias` / `train.head_init`). Pass
+      them to `jax.eval_shape` to get a form derived from it (folded, the adaptive stage's) the same way.
+    """
+
     def bn_form():
+        # Any key: only shapes come out. Pretrained (ImageNet) weights have `init_params`' layout and go through
+        # the same `configure_head`, so this describes a run started from them too.
         params, stats = init_params(specs, jax.random.PRNGKey(0))
         return configure_head(params, train.head_bias, train.head_init), stats
 
@@ -110,7 +120,7 @@ def first_event(stream, specs: Sequence[LayerSpec], latent_layer: int, train: Tr
     folder = None if cache_dir is None else os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), key)
     if folder is not None and os.path.isdir(folder):
         try:
-            restored = load_checkpoint(folder, {"bn": _bn_template(specs, train)})
+            restored = load_checkpoint(folder, {"bn": network_shapes(specs, train)})
         except CheckpointError as e:
             say(f"event 0 cache entry {folder} unusable ({e}); training event 0 again")
             restored = None

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clq.data.stream import Stream
-from clq.model.forward import fold_batch_norm, init_params
+from clq.model.forward import fold_batch_norm
 from clq.model.specs import LayerSpec, split_specs
 from clq.quant.frozen import QuantConfig
 from clq.quant.latent import make_latent_codec
@@ -33,8 +33,7 @@ from clq.train.config import ReplayConfig, TrainConfig
 from clq.train.evaluate import evaluate, make_hits
 from clq.train.latent_cache import with_latent_cache
 from clq.train.event import make_learning_event, make_optimizer, minibatch_composition
-from clq.train.event0 import first_event
-from clq.train.first_event import configure_head
+from clq.train.event0 import first_event, network_shapes
 from clq.train.norm import make_adaptive_norm
 from clq.train.frozen_stage import FrozenStage, make_frozen_stage
 from clq.train.record import History, buffer_record, event_fields, latent_record
@@ -64,12 +63,7 @@ class _Timer:
 def folded_shapes(specs: Sequence[LayerSpec], train: TrainConfig):
     """Shapes and dtypes of the folded network event 0 leaves: the restore template of a checkpoint's
     ``folded`` tree (the classifier's form follows `train.head_bias` / `train.head_init`)."""
-
-    def folded():
-        params, stats = init_params(specs, jax.random.PRNGKey(0))
-        return fold_batch_norm(specs, configure_head(params, train.head_bias, train.head_init), stats)
-
-    return jax.eval_shape(folded)
+    return jax.eval_shape(lambda params, stats: fold_batch_norm(specs, params, stats), *network_shapes(specs, train))
 
 
 def calibrate_frozen_stage(
@@ -165,22 +159,18 @@ def run_continual(
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
     timer = _Timer()
     key = jax.random.PRNGKey(seed)
-    k_first, k_train, k_buf = jax.random.split(key, 3)
+    _, k_train, k_buf = jax.random.split(key, 3)  # the first key is event 0's (`clq.train.event0`)
     K, S = stream.num_classes, len(stream.session_names)
     exp0 = stream.experiences[0]
     latent_shape = tuple(frozen_specs[-1].out_shape)
     optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
     norm = make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum)
 
-    def adaptive_after_event0():
-        """The adaptive stage's (params, norm_state) as event 0 leaves them (shapes only)."""
-        params, stats = init_params(specs, k_first)
-        params = configure_head(params, train.head_bias, train.head_init)
-        return norm.init(params[latent_layer + 1 :], stats[latent_layer + 1 :])
-
     # Shapes of everything a checkpoint holds, to restore onto without deserialising objects.
     folded_t = folded_shapes(specs, train)
-    adaptive_t, norm_t = jax.eval_shape(adaptive_after_event0)
+    adaptive_t, norm_t = jax.eval_shape(  # the adaptive stage's (params, norm_state) as event 0 leaves them
+        lambda params, stats: norm.init(params[latent_layer + 1 :], stats[latent_layer + 1 :]),
+        *network_shapes(specs, train))
     shape_buffer = make_replay_buffer(replay.size, latent_shape, make_latent_codec(replay.bits, 1.0),
                                       replay.policy, K)
     strategy = make_strategy(train.strategy, train.reset_momentum, optimizer.init, K)
