@@ -35,7 +35,7 @@ import numpy as np
 from clq.quant.latent import LatentCodec
 from clq.replay.packing import PACK_BITS, pack, packed_words, unpack
 
-__all__ = ["BufferState", "ReplayBuffer", "make_replay_buffer", "buffer_nbytes", "POLICIES"]
+__all__ = ["BufferState", "ReplayBuffer", "make_replay_buffer", "buffer_nbytes", "masked_counts", "POLICIES"]
 
 POLICIES = ("ar1", "reservoir", "class_balanced")
 
@@ -100,6 +100,27 @@ def buffer_nbytes(state: BufferState) -> dict[str, int]:
     size = {k: math.prod(a.shape) * np.dtype(a.dtype).itemsize for k, a in state._asdict().items()}
     out = {"latents": size.pop("latents"), "labels": size.pop("labels"), "bookkeeping": sum(size.values())}
     return {**out, "total": sum(out.values())}
+
+
+def masked_counts(index, valid, length: int, dtype=jnp.int32, weights=None) -> jax.Array:
+    """How many entries of `index` fall in each of `length` bins, counting only the `valid` ones; jittable.
+
+    Args:
+      index: int [n], each entry's bin in [0, length) (any value where not `valid`, e.g. the -1 of an empty slot).
+      valid: bool [n], the entries that count.
+      length: the number of bins K (static).
+      dtype: the result's dtype (int32 counts by default; float32 for CWR*'s class counts).
+      weights: optional [n], what each valid entry adds instead of 1 (e.g. int32 0/1 correct predictions);
+        cast to `dtype`.
+    Returns:
+      `dtype` [K]: per bin, the number (or the summed `weights`) of its valid entries.
+
+    The scatter keeps every entry so that shapes stay fixed under jit/vmap (no boolean indexing): a masked entry
+    goes to bin 0 (its own index may be out of range, e.g. -1) and adds 0 there.
+    """
+    valid = jnp.asarray(valid, bool)
+    add = valid.astype(dtype) if weights is None else jnp.where(valid, weights, 0).astype(dtype)
+    return jnp.zeros(length, dtype).at[jnp.where(valid, index, 0)].add(add)
 
 
 def _code_bits(codec: LatentCodec, code_bits):
@@ -178,7 +199,7 @@ def make_replay_buffer(
         )
 
     def _bookkeeping(state: BufferState, labels, valid) -> BufferState:
-        per_class = jnp.zeros((num_classes,), jnp.int32).at[jnp.where(valid, labels, 0)].add(valid.astype(jnp.int32))
+        per_class = masked_counts(labels, valid, num_classes)
         return state._replace(
             seen=state.seen + jnp.sum(valid, dtype=jnp.int32),
             events=state.events + 1,
@@ -226,9 +247,7 @@ def make_replay_buffer(
                 slot = jnp.where(full, j, first_empty)
                 do = v & (~full | (j < n_slots))
             else:
-                counts = jnp.zeros((num_classes,), jnp.int32).at[jnp.where(st.filled, st.labels, 0)].add(
-                    st.filled.astype(jnp.int32)
-                )
+                counts = masked_counts(st.labels, st.filled, num_classes)
                 largest = jnp.max(counts)
                 own_is_largest = counts[y] >= largest
                 # Random victim class among the largest ones (random tie-break).

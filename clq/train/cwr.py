@@ -23,6 +23,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from clq.replay.buffer import masked_counts
+
 __all__ = ["CWRState", "cwr_init", "class_counts", "cwr_reset", "cwr_consolidate", "cwr_apply"]
 
 
@@ -60,7 +62,7 @@ def cwr_init(fc: dict) -> CWRState:
 
 def class_counts(labels: jax.Array, valid: jax.Array, num_classes: int) -> jax.Array:
     """float32 [K]: how many of `labels` (int32 [n]) with `valid` (bool [n]) fall in each class."""
-    return jnp.zeros(num_classes, jnp.float32).at[jnp.where(valid, labels, 0)].add(valid.astype(jnp.float32))
+    return masked_counts(labels, valid, num_classes, jnp.float32)
 
 
 def cwr_reset(fc: dict, state: CWRState, present: jax.Array) -> dict:

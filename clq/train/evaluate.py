@@ -11,6 +11,7 @@ import numpy as np
 from clq.batching import padded_batches
 from clq.model.forward import forward
 from clq.model.specs import LayerSpec
+from clq.replay.buffer import masked_counts
 
 __all__ = ["make_hits", "Evaluation", "hit_rates", "evaluation_from_hits", "evaluate"]
 
@@ -28,8 +29,8 @@ def make_hits(adaptive_specs: Sequence[LayerSpec], num_classes: int, num_session
         pred = jnp.argmax(forward(adaptive_specs, params, x).reshape(x.shape[0], -1), -1)
         valid = labels >= 0
         ok = ((pred == labels) & valid).astype(jnp.int32)
-        return (jnp.zeros(num_classes, jnp.int32).at[jnp.where(valid, labels, 0)].add(ok),
-                jnp.zeros(num_sessions, jnp.int32).at[jnp.where(valid, sessions, 0)].add(ok))
+        return (masked_counts(labels, valid, num_classes, weights=ok),
+                masked_counts(sessions, valid, num_sessions, weights=ok))
 
     return hits
 

@@ -44,7 +44,7 @@ from clq.model.forward import fold_batch_norm
 from clq.model.specs import LayerSpec, split_specs
 from clq.quant.latent import LatentCodec, make_latent_codec
 from clq.quant.uniform import check_bits, storage_dtype
-from clq.replay.buffer import make_replay_buffer
+from clq.replay.buffer import make_replay_buffer, masked_counts
 from clq.learn import Event, Hyper, Strategy, make_learner, make_strategy, plain
 from clq.train.evaluate import make_hits
 from clq.train.event import Composition, make_optimizer, minibatch_composition
@@ -337,8 +337,7 @@ def make_sweep(*args, **kwargs) -> Callable[..., SweepResult]:
         e = data.event_n.shape[0] + 1
         states, out = program.run(states, out, bits, scale, seed, lrs, data, jnp.int32(1), jnp.int32(e))
         buf, num_classes = states.buffer, out.class_hits.shape[-1]
-        hist = jax.vmap(lambda f, l: jnp.zeros(num_classes, jnp.int32).at[jnp.where(f, l, 0)].add(
-            f.astype(jnp.int32)))(buf.filled, buf.labels)
+        hist = jax.vmap(lambda f, l: masked_counts(l, f, num_classes))(buf.filled, buf.labels)
         res = SweepResult(out.accuracy, out.train_loss[:, 1:], hist, out.class_hits, out.session_hits)
         return SweepResult(*(a.reshape(k, s, *a.shape[1:]) for a in res))
 
