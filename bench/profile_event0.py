@@ -1,0 +1,219 @@
+"""Where event 0's whole-network SGD step spends its time: kernels by kind, thread use, and one candidate fix.
+
+    .venv/bin/python bench/profile_event0.py                  # default model: 0.5 / 32 px, batch 64 (~1 min)
+    .venv/bin/python bench/profile_event0.py --width 1.0 --image-size 64 --batch 128 --out /tmp/p.json
+
+The step is event 0's (`clq.train.first_event`): `forward_bn` with batch statistics, softmax cross-entropy, SGD
+with momentum and weight decay, inside a `lax.scan` over `--steps` mini-batches, as one jitted program. It is
+timed, then traced once with `jax.profiler`. XLA's optimized HLO (dumped by this script) maps every kernel to
+its kind:
+
+* ``ynn reduce`` / ``ynn dot``: reductions and matmuls that XLA's CPU backend hands to YNNPACK;
+* ``dot``: XLA's own matmuls; ``loop fusions``: elementwise work, slices and pads (depthwise taps,
+  batch-norm arithmetic);
+* ``threads busy``: kernel time summed over XLA's worker threads divided by the step's wall time (2.0 would
+  be both cores busy all the time).
+
+The candidate (``written_bn``): batch norm with a written-out backward pass (the closed form
+dx = gamma/sigma * (g - mean(g) - xhat * mean(g * xhat))), two reductions instead of autodiff's, timed against
+the current step in the same process (the machine is shared: only same-process ratios are meaningful). It
+changes the summation order, so it is measured here and not used by clq (docs/performance.md says why).
+Writes ``bench/results/event0_profile.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+DUMP = tempfile.mkdtemp(prefix="clq-event0-hlo-")
+# Set before JAX starts: the optimized HLO names every kernel the profiler reports.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           f" --xla_dump_to={DUMP} --xla_dump_hlo_as_text --xla_dump_hlo_pass_re=^$").strip()
+
+import importlib  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from bench.common import machine, write_result  # noqa: E402
+from clq.model.specs import mobilenet_v1_specs  # noqa: E402
+from clq.perf import matmul_peak, training_macs  # noqa: E402
+from clq.train.event import cross_entropy  # noqa: E402
+
+fw = importlib.import_module("clq.model.forward")  # the module (clq.model re-exports a function named forward)
+
+
+@jax.custom_vjp
+def written_bn(r, gamma, beta):
+    """Batch norm in training mode over rows r [N, C] (N = B*H*W) with a written-out backward pass."""
+    return _written_bn_fwd(r, gamma, beta)[0]
+
+
+def _written_bn_fwd(r, gamma, beta):
+    mean = jnp.mean(r, axis=0)
+    inv = jax.lax.rsqrt(jnp.mean(jnp.square(r - mean), axis=0) + fw.BN_EPS)
+    xhat = (r - mean) * inv
+    return xhat * gamma + beta, (xhat, inv, gamma)
+
+
+def _written_bn_bwd(res, g):
+    xhat, inv, gamma = res
+    dbeta = jnp.sum(g, axis=0)
+    dgamma = jnp.sum(g * xhat, axis=0)
+    n = g.shape[0]
+    return (gamma * inv / n) * (n * g - dbeta - xhat * dgamma), dgamma, dbeta
+
+
+written_bn.defvjp(_written_bn_fwd, _written_bn_bwd)
+
+
+def forward(specs, params, x, variant: str):
+    """`forward_bn(train=True)`'s output ('current'), or the same network with `written_bn` ('written_bn')."""
+    if variant == "current":
+        return fw.forward_bn(specs, params, tuple({} for _ in specs), x, train=True)[0]
+    for spec, p in zip(specs, params):
+        y = fw._maybe_flat(fw.linear_op(spec, p.get("w"), fw._maybe_flat(x)))
+        if spec.batch_norm:
+            y = written_bn(y.reshape(-1, y.shape[-1]), p["gamma"], p["beta"]).reshape(y.shape)
+        elif "b" in p:
+            y = y + p["b"]
+        x = fw.activation(spec, y)
+    return fw._restore(specs, x)
+
+
+def epoch_program(specs, x_all, y_all, steps: int, batch: int, variant: str):
+    optimizer = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.05, momentum=0.9))
+
+    def loss_fn(p, x, y):
+        logits = forward(specs, p, x.astype(jnp.float32) / 255.0, variant).reshape(x.shape[0], -1)
+        return cross_entropy(logits, y)
+
+    @jax.jit
+    def epoch(params, opt_state):
+        def step(carry, idx):
+            p, s = carry
+            loss, g = jax.value_and_grad(loss_fn)(p, x_all[idx], y_all[idx])
+            u, s = optimizer.update(g, s, p)
+            return (optax.apply_updates(p, u), s), loss
+        (params, opt_state), loss = jax.lax.scan(step, (params, opt_state),
+                                                 jnp.arange(steps * batch).reshape(steps, batch))
+        return params, opt_state, loss
+
+    return epoch, optimizer
+
+
+def kernel_kinds(hlo_text: str) -> dict:
+    """Optimized-HLO kernel name -> kind (ynn reduce / ynn dot / dot / loop fusion / copy ...)."""
+    kinds = {}
+    for m in re.finditer(r"%(\S+) = \S+ (fusion|dot|copy|concatenate)\((.*)", hlo_text):
+        name, op, rest = m.groups()
+        if "__ynn_fusion" in rest:
+            kinds[name] = "ynn dot" if "dot_general" in rest else "ynn reduce" if "reduce" in rest else "ynn other"
+        elif op == "fusion":
+            kinds[name] = "loop fusion"
+        else:
+            kinds[name] = op
+    return kinds
+
+
+def profile(epoch, args, steps: int) -> dict:
+    trace = tempfile.mkdtemp(prefix="clq-event0-trace-")
+    jax.profiler.start_trace(trace)
+    t0 = time.perf_counter()
+    jax.block_until_ready(epoch(*args))
+    wall = time.perf_counter() - t0
+    jax.profiler.stop_trace()
+    from jax.profiler import ProfileData
+
+    pd = ProfileData.from_file(glob.glob(os.path.join(trace, "**", "*.xplane.pb"), recursive=True)[0])
+    # The first epoch program compiled is the current step (main compiles it before the candidate).
+    hlo = open(sorted(glob.glob(os.path.join(DUMP, "*jit_epoch*after_optimizations.txt")))[0]).read()
+    kinds = kernel_kinds(hlo)
+    by_kind = collections.defaultdict(lambda: [0, 0.0])
+    busy = 0.0
+    for plane in pd.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_XLAEigen"):
+                continue
+            for ev in line.events:
+                if ev.name.startswith(("ThunkExecutor", "SlinkyThreadPool", "end:")):
+                    continue
+                kind = kinds.get(ev.name)
+                if kind is None:  # profiler events inside a kernel, not kernels of the program
+                    continue
+                by_kind[kind][0] += 1
+                by_kind[kind][1] += ev.duration_ns / 1e6
+                busy += ev.duration_ns / 1e6
+    step_ms = 1000 * wall / steps
+    return {"step_ms_traced": round(step_ms, 2),
+            "kernels_per_step": round(sum(c for c, _ in by_kind.values()) / steps, 1),
+            "threads_busy": round(busy / steps / step_ms, 2),
+            "by_kind_ms_per_step": {k: {"kernels": round(c / steps, 1), "ms": round(ms / steps, 3)}
+                                    for k, (c, ms) in sorted(by_kind.items(), key=lambda kv: -kv[1][1])}}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=40, help="mini-batches per timed program")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating timed rounds per variant")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    specs = tuple(mobilenet_v1_specs(args.width, args.image_size, 10))
+    params, _ = fw.init_params(specs, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    n = args.steps * args.batch
+    x_all = jnp.asarray(rng.integers(0, 256, (n, args.image_size, args.image_size, 3), dtype=np.uint8))
+    y_all = jnp.asarray(rng.integers(0, 10, n, dtype=np.int32))
+    step_flop = 2 * training_macs(specs)["total"] * args.batch
+    peak = matmul_peak()["gflops"]
+
+    programs = {}
+    for variant in ("current", "written_bn"):
+        epoch, optimizer = epoch_program(specs, x_all, y_all, args.steps, args.batch, variant)
+        state = (params, optimizer.init(params))
+        jax.block_until_ready(epoch(*state))
+        programs[variant] = (epoch, state)
+    times = {v: [] for v in programs}
+    for _ in range(args.rounds):
+        for v, (epoch, state) in programs.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(epoch(*state))
+            times[v].append(1000 * (time.perf_counter() - t0) / args.steps)
+    result = {"benchmark": "event 0's whole-network SGD step: kernels by kind, thread use, written-out BN backward",
+              "command": "python bench/profile_event0.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "model": {"width": args.width, "image_size": args.image_size, "batch": args.batch},
+              "peak_gflop_s": round(peak, 1), "step_gflop": round(step_flop / 1e9, 3), "variants": {}}
+    for v, ts in times.items():
+        best = min(ts)
+        result["variants"][v] = {"ms_per_step_best": round(best, 2), "ms_per_step_median": round(float(np.median(ts)), 2),
+                                 "fraction_of_peak": round(step_flop / (best / 1000) / 1e9 / peak, 4)}
+    result["written_bn_over_current"] = round(min(times["written_bn"]) / min(times["current"]), 3)
+    result["profile_current"] = profile(*programs["current"][:1], programs["current"][1], args.steps)
+    result["machine"] = machine()
+    path = write_result("event0_profile", result, args.out)
+    cur, prof = result["variants"]["current"], result["profile_current"]
+    print(f"step {cur['ms_per_step_best']} ms ({100 * cur['fraction_of_peak']:.1f} % of {peak:.0f} GFLOP/s); "
+          f"{prof['kernels_per_step']} kernels/step, threads busy {prof['threads_busy']}; "
+          f"written-out BN backward: x{result['written_bn_over_current']} time")
+    for k, v in prof["by_kind_ms_per_step"].items():
+        print(f"  {k:12s} {v['ms']:7.3f} ms/step  {v['kernels']:6.1f} kernels")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
