@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/profile_event0.py                  # default model: 0.5 / 32 px, batch 64 (~1 min)
     .venv/bin/python bench/profile_event0.py --width 1.0 --image-size 64 --batch 128 --out /tmp/p.json
+    .venv/bin/python bench/profile_event0.py --compile-options '{"xla_cpu_use_onednn": true}'   # + a switch
 
 The step is event 0's (`clq.train.first_event`): `forward_bn` with batch statistics, softmax cross-entropy, SGD
 with momentum and weight decay, inside a `lax.scan` over `--steps` mini-batches, as one jitted program. It is
@@ -14,10 +15,12 @@ its kind:
 * ``threads busy``: kernel time summed over XLA's worker threads divided by the step's wall time (2.0 would
   be both cores busy all the time).
 
-The candidate (``written_bn``): batch norm with a written-out backward pass (the closed form
-dx = gamma/sigma * (g - mean(g) - xhat * mean(g * xhat))), two reductions instead of autodiff's, timed against
-the current step in the same process (the machine is shared: only same-process ratios are meaningful). It
-changes the summation order, so it is measured here and not used by clq (docs/performance.md says why).
+Two candidates, timed against the current step in the same process (the machine is shared: only same-process
+ratios are meaningful): ``fusion_emitters_off``, the same program compiled with
+``xla_cpu_use_fusion_emitters=false``, and ``written_bn``: batch norm with a written-out backward pass (the closed form
+dx = gamma/sigma * (g - mean(g) - xhat * mean(g * xhat))), two reductions instead of autodiff's. Both change
+the floating-point summation order, so they are measured here and not used by clq (docs/performance.md says
+why).
 Writes ``bench/results/event0_profile.json``.
 """
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import glob
+import json
 import os
 import re
 import sys
@@ -170,6 +174,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=40, help="mini-batches per timed program")
     ap.add_argument("--rounds", type=int, default=5, help="alternating timed rounds per variant")
+    ap.add_argument("--compile-options", type=json.loads, action="append", default=[],
+                    help='more compiler switches to time, e.g. \'{"xla_cpu_use_onednn": true}\' (repeatable)')
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -188,6 +194,16 @@ def main(argv=None):
         state = (params, optimizer.init(params))
         jax.block_until_ready(epoch(*state))
         programs[variant] = (epoch, state)
+    # The current step compiled with XLA's older loop emitters, and with any other compiler switches asked for
+    # (same program, other code generation).
+    epoch, state = programs["current"]
+    switches = {"fusion_emitters_off": {"xla_cpu_use_fusion_emitters": False}}
+    for opt in args.compile_options:
+        switches[json.dumps(opt, sort_keys=True)] = opt
+    for name, opt in switches.items():
+        compiled = epoch.lower(*state).compile(opt)
+        jax.block_until_ready(compiled(*state))
+        programs[name] = (compiled, state)
     times = {v: [] for v in programs}
     for _ in range(args.rounds):
         for v, (epoch, state) in programs.items():
@@ -202,14 +218,18 @@ def main(argv=None):
         best = min(ts)
         result["variants"][v] = {"ms_per_step_best": round(best, 2), "ms_per_step_median": round(float(np.median(ts)), 2),
                                  "fraction_of_peak": round(step_flop / (best / 1000) / 1e9 / peak, 4)}
-    result["written_bn_over_current"] = round(min(times["written_bn"]) / min(times["current"]), 3)
+    for v in ("written_bn", "fusion_emitters_off"):
+        result[f"{v}_over_current"] = round(min(times[v]) / min(times["current"]), 3)
+    for v in list(switches)[1:]:
+        result["variants"][v]["over_current"] = round(min(times[v]) / min(times["current"]), 3)
     result["profile_current"] = profile(*programs["current"][:1], programs["current"][1], args.steps)
     result["machine"] = machine()
     path = write_result("event0_profile", result, args.out)
     cur, prof = result["variants"]["current"], result["profile_current"]
     print(f"step {cur['ms_per_step_best']} ms ({100 * cur['fraction_of_peak']:.1f} % of {peak:.0f} GFLOP/s); "
           f"{prof['kernels_per_step']} kernels/step, threads busy {prof['threads_busy']}; "
-          f"written-out BN backward: x{result['written_bn_over_current']} time")
+          f"written-out BN backward: x{result['written_bn_over_current']} time, "
+          f"fusion emitters off: x{result['fusion_emitters_off_over_current']}")
     for k, v in prof["by_kind_ms_per_step"].items():
         print(f"  {k:12s} {v['ms']:7.3f} ms/step  {v['kernels']:6.1f} kernels")
     print(f"wrote {path}")
