@@ -198,3 +198,47 @@ def test_event0_cache_gives_same_numbers_and_skips_event_0(tiny, ref, tmp_path):
     again = first_event(stream, specs, 23, train, 0, cache_dir=str(cache))
     assert not again.cached
     assert first_event(stream, specs, 23, train, 0, cache_dir=str(cache)).cached
+
+
+def test_background_checkpoints_commit_in_order_and_hold_the_saved_values(tmp_path):
+    """`CheckpointWriter` copies the arrays when `save` returns (the learning step donates its state), commits
+    in order, keeps the newest `keep`, and a failed write raises at the next save."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from clq.train.checkpoint import CheckpointWriter, load_checkpoint
+
+    host = np.zeros(4, np.float32)
+    rows = []
+    with CheckpointWriter() as writer:
+        for i in range(5):
+            host[:] = i
+            rows.append(i)
+            writer.save(str(tmp_path), i, {"a": {"w": host, "j": jnp.full(2, float(i))}}, {"rows": rows}, keep=2)
+            host[:] = -1  # overwritten right after save, as a donated buffer is
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000003.json", "ckpt-000003.npz", "ckpt-000004.json",
+                                            "ckpt-000004.npz"]
+    template = {"a": {"w": jnp.zeros(4), "j": jnp.zeros(2)}}
+    event, trees, meta = load_checkpoint(str(tmp_path), template)
+    assert event == 4 and meta["rows"] == [0, 1, 2, 3, 4]
+    assert np.array_equal(np.asarray(trees["a"]["w"]), np.full(4, 4.0)) and float(trees["a"]["j"][0]) == 4.0
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    writer = CheckpointWriter()
+    writer.save(str(blocked), 0, {"a": {"w": host}}, {})
+    with pytest.raises(OSError):
+        writer.save(str(blocked), 1, {"a": {"w": host}}, {})
+    writer.close()
+
+
+def test_an_error_in_the_run_still_commits_the_last_checkpoint(tmp_path):
+    import jax.numpy as jnp
+
+    from clq.train.checkpoint import CheckpointWriter, load_checkpoint
+
+    with pytest.raises(KeyError):
+        with CheckpointWriter() as writer:
+            writer.save(str(tmp_path), 7, {"a": {"w": jnp.ones(3)}}, {"x": 1})
+            raise KeyError("the run's own error")
+    assert load_checkpoint(str(tmp_path), {"a": {"w": jnp.zeros(3)}})[0] == 7

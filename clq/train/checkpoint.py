@@ -14,11 +14,14 @@ objects are ever deserialised.
 
 from __future__ import annotations
 
+import concurrent.futures
 import glob
 import hashlib
+import io
 import json
 import os
 import re
+import warnings
 from typing import Any
 
 import jax
@@ -26,7 +29,7 @@ import numpy as np
 
 from clq.atomic import atomic_file
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "CheckpointWriter"]
 
 _NAME = re.compile(r"ckpt-(\d+)\.json$")
 
@@ -36,13 +39,42 @@ class CheckpointError(RuntimeError):
 
 
 def _flatten(name: str, tree) -> dict[str, np.ndarray]:
+    """The leaves of `tree` as host arrays named ``<name>/<key path>``, copied: the caller may donate or
+    overwrite the device buffers as soon as this returns (a CPU array can otherwise be a view of one)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {f"{name}/{jax.tree_util.keystr(path)}": np.asarray(leaf) for path, leaf in leaves}
+    return {f"{name}/{jax.tree_util.keystr(path)}": np.array(leaf, copy=True) for path, leaf in leaves}
 
 
 def _sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _host_arrays(trees: dict[str, Any]) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for name, tree in trees.items():
+        arrays.update(_flatten(name, tree))
+    return arrays
+
+
+def _write(folder: str, event: int, arrays: dict[str, np.ndarray], meta: dict, keep: int) -> str:
+    """Commit one checkpoint: the `.npz`, then its JSON record, then drop all but the newest `keep`."""
+    os.makedirs(folder, exist_ok=True)
+    npz = f"ckpt-{event:06d}.npz"
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getbuffer()
+    with atomic_file(os.path.join(folder, npz)) as f:
+        f.write(data)
+    # Hashed from memory, not by reading the file back; the file holds exactly these bytes.
+    record = {"event": event, "npz": npz, "sha256": hashlib.sha256(data).hexdigest(), "meta": meta}
+    with atomic_file(os.path.join(folder, f"ckpt-{event:06d}.json"), "w") as f:
+        json.dump(record, f)
+    for old in sorted(glob.glob(os.path.join(folder, "ckpt-*.json")))[:-keep]:
+        for p in (old, old[:-5] + ".npz"):
+            if os.path.exists(p):
+                os.unlink(p)
+    return os.path.join(folder, f"ckpt-{event:06d}.json")
 
 
 def save_checkpoint(folder: str, event: int, trees: dict[str, Any], meta: dict, keep: int = 1) -> str:
@@ -51,21 +83,56 @@ def save_checkpoint(folder: str, event: int, trees: dict[str, Any], meta: dict, 
     Older checkpoints beyond the newest `keep` are removed after the new one is committed.
     Returns the path of the JSON commit record.
     """
-    os.makedirs(folder, exist_ok=True)
-    arrays: dict[str, np.ndarray] = {}
-    for name, tree in trees.items():
-        arrays.update(_flatten(name, tree))
-    npz = f"ckpt-{event:06d}.npz"
-    with atomic_file(os.path.join(folder, npz)) as f:
-        np.savez(f, **arrays)
-    record = {"event": event, "npz": npz, "sha256": _sha256(os.path.join(folder, npz)), "meta": meta}
-    with atomic_file(os.path.join(folder, f"ckpt-{event:06d}.json"), "w") as f:
-        json.dump(record, f)
-    for old in sorted(glob.glob(os.path.join(folder, "ckpt-*.json")))[:-keep]:
-        for p in (old, old[:-5] + ".npz"):
-            if os.path.exists(p):
-                os.unlink(p)
-    return os.path.join(folder, f"ckpt-{event:06d}.json")
+    return _write(folder, event, _host_arrays(trees), meta, keep)
+
+
+class CheckpointWriter:
+    """`save_checkpoint` in a background thread, so that a run's next event computes while the last one is
+    written (serializing, hashing and two fsyncs: ~20 ms per checkpoint of the default run on 2 CPU cores; on
+    a GPU the host is otherwise idle meanwhile).
+
+    `save` copies the arrays to the host before it returns (the learning step donates its state) and then
+    waits for the previous checkpoint to be committed, so checkpoints are committed in order and at most one
+    is in flight. A write that failed raises at the next `save` or at `close`. A process killed mid-write
+    leaves the previous complete checkpoint, as `save_checkpoint` does. Use as a context manager: leaving the
+    block waits for the last write.
+    """
+
+    def __init__(self):
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clq-checkpoint")
+        self._pending: concurrent.futures.Future | None = None
+
+    def save(self, folder: str, event: int, trees: dict[str, Any], meta: dict, keep: int = 1) -> None:
+        arrays = _host_arrays(trees)
+        # Shallow copies of the lists a run keeps appending to (history, rows); their entries never change.
+        meta = {k: list(v) if isinstance(v, list) else v for k, v in meta.items()}
+        self.wait()
+        self._pending = self._pool.submit(_write, folder, event, arrays, meta, keep)
+
+    def wait(self) -> None:
+        """Block until the checkpoint in flight is committed; raise its error if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "CheckpointWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # Another error is propagating: commit what can be committed, and report a failed write beside it.
+        try:
+            self.close()
+        except Exception as e:  # noqa: BLE001 - the propagating error is the one to raise
+            warnings.warn(f"the last checkpoint could not be written either: {e}", RuntimeWarning, stacklevel=2)
 
 
 def load_checkpoint(folder: str, templates: dict[str, Any]):

@@ -28,7 +28,7 @@ from clq.quant.frozen import QuantConfig
 from clq.quant.latent import make_latent_codec
 from clq.learn import Event, Hyper, LearnerState, make_learner, make_strategy
 from clq.replay.buffer import make_replay_buffer
-from clq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from clq.train.checkpoint import CheckpointError, CheckpointWriter, load_checkpoint
 from clq.train.config import ReplayConfig, TrainConfig
 from clq.train.evaluate import evaluate, make_hits
 from clq.train.latent_cache import with_latent_cache
@@ -234,69 +234,75 @@ def run_continual(
                    log)
     rows = hist.rows  # per event: {"per_class", "per_session", "row"}; a checkpoint's meta holds them
 
-    def checkpoint(i):
-        if checkpoint_dir and (i % checkpoint_every == 0 or i == stream.num_events - 1):
-            with timer("checkpoint_s"):
-                save_checkpoint(checkpoint_dir, i, {"folded": folded, "learner": state},
+    # Checkpoints are written in the background while the next event computes (`CheckpointWriter`); leaving
+    # the block, normally or by an error, waits for the last one.
+    with CheckpointWriter() as writer:
+        def checkpoint(i):
+            if checkpoint_dir and (i % checkpoint_every == 0 or i == stream.num_events - 1):
+                with timer("checkpoint_s"):
+                    writer.save(checkpoint_dir, i, {"folded": folded, "learner": state},
                                 {"fingerprint": fingerprint, "history": history, "rows": rows})
 
-    if restored is None:
-        # A copy: the learning step donates the state, and the joint bound restarts from `folded`.
-        adaptive_params, norm_state = jax.tree.map(
-            jnp.array, norm.init(bn_params[latent_layer + 1 :], bn_stats[latent_layer + 1 :]))
-        # Event 0's latents fill the buffer (and the strategy sees event 0's data, e.g. CWR* consolidates it).
-        with timer("frozen_pass_s"):
-            codes0 = frozen.latents(stream.train_images[exp0])
-        with timer("buffer_s"):
-            event0 = Event(decode(codes0), jnp.asarray(stream.train_labels[exp0]), jnp.int32(len(exp0)),
-                           jnp.int32(0))
-            state = jax.jit(learner.init)(adaptive_params, norm_state, event0, hyper)
-        hist.add(0, run_eval(state.params, state.norm), n_new=len(exp0), train_loss=history[-1][0],
-                 train_accuracy=history[-1][1])
-        checkpoint(0)
-        first = 1
-    else:
-        state = trees["learner"]
-        for r in meta["rows"]:
-            hist.restore(r)
-        first = done + 1
+        if restored is None:
+            # A copy: the learning step donates the state, and the joint bound restarts from `folded`.
+            adaptive_params, norm_state = jax.tree.map(
+                jnp.array, norm.init(bn_params[latent_layer + 1 :], bn_stats[latent_layer + 1 :]))
+            # Event 0's latents fill the buffer (and the strategy sees event 0's data, e.g. CWR* consolidates it).
+            with timer("frozen_pass_s"):
+                codes0 = frozen.latents(stream.train_images[exp0])
+            with timer("buffer_s"):
+                event0 = Event(decode(codes0), jnp.asarray(stream.train_labels[exp0]), jnp.int32(len(exp0)),
+                               jnp.int32(0))
+                state = jax.jit(learner.init)(adaptive_params, norm_state, event0, hyper)
+            hist.add(0, run_eval(state.params, state.norm), n_new=len(exp0), train_loss=history[-1][0],
+                     train_accuracy=history[-1][1])
+            checkpoint(0)
+            first = 1
+        else:
+            state = trees["learner"]
+            for r in meta["rows"]:
+                hist.restore(r)
+            first = done + 1
 
-    # 4. Learning events 1.. : one compiled learner step each (`clq.learn`), state donated.
-    for i in range(first, stream.num_events):
-        idx = stream.experiences[i]
-        with timer("frozen_pass_s"):
-            codes = frozen.latents(stream.train_images[idx])
-        n_new = len(idx)
-        pad = n_max - n_new
-        new_x = np.concatenate([codes, np.zeros((pad, *latent_shape), codes.dtype)]) if pad else codes
-        event = Event(decode(new_x), jnp.asarray(np.concatenate([stream.train_labels[idx], np.zeros(pad, np.int32)])),
-                      jnp.int32(n_new), jnp.int32(i))
-        comp = minibatch_composition(n_new, replay.size, train.batch_size)
-        compositions.add(comp)
-        with timer("train_s"):
-            state, m = learner.jit_step(comp)(state, event, hyper)
-            loss = np.asarray(m.loss)
-        if not np.all(np.isfinite(loss)) or not _finite_tree((state.params, state.norm)):
-            step = int(np.argmin(np.isfinite(loss))) if not np.all(np.isfinite(loss)) else len(loss) - 1
-            raise NonFiniteError(f"non-finite loss or parameters in learning event {i}, step {step} of "
-                                 f"{len(loss)}; lower train.lr ({train.lr})", completed=[r["row"] for r in rows])
-        hist.add(i, run_eval(state.params, state.norm), **event_fields(
-            n_new, float(loss[-1]), float(np.asarray(m.accuracy)[-1]), comp, train.epochs))
-        checkpoint(i)
+        # 4. Learning events 1.. : one compiled learner step each (`clq.learn`), state donated.
+        for i in range(first, stream.num_events):
+            idx = stream.experiences[i]
+            with timer("frozen_pass_s"):
+                codes = frozen.latents(stream.train_images[idx])
+            n_new = len(idx)
+            pad = n_max - n_new
+            new_x = np.concatenate([codes, np.zeros((pad, *latent_shape), codes.dtype)]) if pad else codes
+            event = Event(decode(new_x), jnp.asarray(np.concatenate([stream.train_labels[idx], np.zeros(pad, np.int32)])),
+                          jnp.int32(n_new), jnp.int32(i))
+            comp = minibatch_composition(n_new, replay.size, train.batch_size)
+            compositions.add(comp)
+            with timer("train_s"):
+                state, m = learner.jit_step(comp)(state, event, hyper)
+                loss = np.asarray(m.loss)
+            if not np.all(np.isfinite(loss)) or not _finite_tree((state.params, state.norm)):
+                step = int(np.argmin(np.isfinite(loss))) if not np.all(np.isfinite(loss)) else len(loss) - 1
+                raise NonFiniteError(f"non-finite loss or parameters in learning event {i}, step {step} of "
+                                     f"{len(loss)}; lower train.lr ({train.lr})", completed=[r["row"] for r in rows])
+            hist.add(i, run_eval(state.params, state.norm), **event_fields(
+                n_new, float(loss[-1]), float(np.asarray(m.accuracy)[-1]), comp, train.epochs))
+            checkpoint(i)
 
-    results = hist.record(history, latent_record(latent_layer, latent_shape, frozen, codec.scale, replay.bits),
-                          buffer_record(state.buffer, replay.size, K), len(compositions),
-                          None if restored is None else restored[0])
-    # Whether event 0 came from the event-0 cache (None: restored from a checkpoint, not run here).
-    results["event0_cached"] = ev0.cached if restored is None else None
-    if cache is not None:
-        results["latent_cache"] = {"dir": cache.directory, **dataclasses.asdict(cache.stats)}
-    if joint_upper_bound:
-        with timer("joint_s"):
-            results["joint_accuracy"] = _joint(stream, frozen, folded[latent_layer + 1 :], adaptive_specs, train,
-                                               run_eval, jax.random.fold_in(key, 7))
-    results["timing_s"] = {k: round(v, 3) for k, v in timer.totals.items()}
-    return results
+        with timer("checkpoint_s"):
+            writer.wait()  # the last checkpoint is committed (and its time counted) before the run's record
+
+        results = hist.record(history, latent_record(latent_layer, latent_shape, frozen, codec.scale, replay.bits),
+                              buffer_record(state.buffer, replay.size, K), len(compositions),
+                              None if restored is None else restored[0])
+        # Whether event 0 came from the event-0 cache (None: restored from a checkpoint, not run here).
+        results["event0_cached"] = ev0.cached if restored is None else None
+        if cache is not None:
+            results["latent_cache"] = {"dir": cache.directory, **dataclasses.asdict(cache.stats)}
+        if joint_upper_bound:
+            with timer("joint_s"):
+                results["joint_accuracy"] = _joint(stream, frozen, folded[latent_layer + 1 :], adaptive_specs, train,
+                                                   run_eval, jax.random.fold_in(key, 7))
+        results["timing_s"] = {k: round(v, 3) for k, v in timer.totals.items()}
+        return results
 
 
 def _with_detail(on_event):
