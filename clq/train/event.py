@@ -29,6 +29,7 @@ from clq.replay.buffer import BufferState, ReplayBuffer
 from clq.train.norm import AdaptiveNorm, make_adaptive_norm
 
 __all__ = [
+    "all_finite",
     "Composition",
     "minibatch_composition",
     "make_optimizer",
@@ -38,6 +39,13 @@ __all__ = [
     "make_event_fn",
     "EventMetrics",
 ]
+
+
+def all_finite(tree) -> jax.Array:
+    """bool (): every floating leaf of `tree` is finite. One reduction, traceable: a run checks a learning
+    event's state with one jitted call (one host sync), a vectorized group inside its program."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def _sgd(learning_rate, momentum, weight_decay):

@@ -47,7 +47,7 @@ from clq.quant.uniform import check_bits, storage_dtype
 from clq.replay.buffer import make_replay_buffer, masked_counts
 from clq.learn import Event, Hyper, Strategy, make_learner, make_strategy, plain
 from clq.train.evaluate import make_hits
-from clq.train.event import Composition, make_optimizer, minibatch_composition
+from clq.train.event import Composition, all_finite, make_optimizer, minibatch_composition
 from clq.train.norm import AdaptiveNorm, make_adaptive_norm
 from clq.train.event0 import first_event
 
@@ -263,7 +263,7 @@ def make_group_program(
         out = Outputs(jnp.zeros((e,), jnp.float32).at[0].set(acc),
                       jnp.zeros((e, num_classes), jnp.int32).at[0].set(ch),
                       jnp.zeros((e, num_sessions), jnp.int32).at[0].set(sh), nan, nan,
-                      jnp.ones((e,), bool).at[0].set(_all_finite((state.params, state.norm))))
+                      jnp.ones((e,), bool).at[0].set(all_finite((state.params, state.norm))))
         return state, out
 
     def run_one(state, out: Outputs, bits, scale, seed, lr, data: SweepData, start, stop):
@@ -278,7 +278,7 @@ def make_group_program(
             state, m = step(state, event, hyper)
             acc, ch, sh = evaluation(state, data)
             last = m.last_index()
-            ok = jnp.all(jnp.where(m.active, jnp.isfinite(m.loss), True)) & _all_finite((state.params, state.norm))
+            ok = jnp.all(jnp.where(m.active, jnp.isfinite(m.loss), True)) & all_finite((state.params, state.norm))
             out = Outputs(out.accuracy.at[i].set(acc), out.class_hits.at[i].set(ch), out.session_hits.at[i].set(sh),
                           out.train_loss.at[i].set(m.loss[last]), out.train_accuracy.at[i].set(m.accuracy[last]),
                           out.finite.at[i].set(ok))
@@ -305,12 +305,6 @@ def make_group_program(
         return over_members(run_one, (states, outputs, bits, scale, seeds, lrs), (data, start, stop))
 
     return GroupProgram(init, run, optimizer)
-
-
-def _all_finite(tree) -> jax.Array:
-    """bool (): every floating leaf of `tree` is finite."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def make_sweep(*args, **kwargs) -> Callable[..., SweepResult]:
