@@ -64,7 +64,20 @@ class History:
                "accuracy": evaluation["accuracy"], **fields}
         self.restore({"per_class": nan_to_none(np.asarray(evaluation["per_class"], float)),
                       "per_session": nan_to_none(np.asarray(evaluation["per_session"], float)), "row": row})
-        k = s.num_classes
+        return row
+
+    def restore(self, entry: dict) -> None:
+        """Add an entry as `add` stores it (from a checkpoint): the sinks see its row again, and the chance-level
+        check runs on it as it did then, so a resumed run warns exactly as an uninterrupted one."""
+        self.rows.append(entry)
+        if self.on_event is not None:
+            detail = {"per_class": entry["per_class"],
+                      "per_session": dict(zip(self.stream.session_names, entry["per_session"]))}
+            self.on_event(entry["row"]["event"], entry["row"], detail)
+        self._check_chance(entry["row"]["event"])
+
+    def _check_chance(self, i: int) -> None:
+        k = self.stream.num_classes
         since = at_chance([r["row"]["accuracy"] for r in self.rows], k)
         if since is not None and not self.warnings:
             self.warnings.append(
@@ -74,15 +87,6 @@ class History:
                 "(+experiment=fashion_mnist_imagenet), a network trained from scratch on the offline stream 0.01 / "
                 "0.05")
             self.log("warning: " + self.warnings[-1])
-        return row
-
-    def restore(self, entry: dict) -> None:
-        """Add an entry as `add` stores it (from a checkpoint): the sinks see its row again."""
-        self.rows.append(entry)
-        if self.on_event is not None:
-            detail = {"per_class": entry["per_class"],
-                      "per_session": dict(zip(self.stream.session_names, entry["per_session"]))}
-            self.on_event(entry["row"]["event"], entry["row"], detail)
 
     def record(self, history0, latent: dict, buffer: dict, compiled_event_shapes: int, resumed_from) -> dict:
         """The learning part of results.json.

@@ -96,3 +96,29 @@ def test_a_run_stuck_at_chance_says_so(monkeypatch):
     assert len(res["warnings"]) == 1 and "since event 1" in res["warnings"][0] and "train.lr=0.01" in res["warnings"][0]
     warned = [m for m in said if m.startswith("warning: accuracy has stayed at chance")]
     assert warned == ["warning: " + res["warnings"][0]]
+
+
+def test_a_resumed_run_warns_at_chance_exactly_as_an_uninterrupted_one():
+    """The chance-level warning is computed from the rows: rows restored from a checkpoint raise it as they did."""
+    from types import SimpleNamespace
+
+    from clq.train.record import History
+
+    n = 12
+    stream = SimpleNamespace(num_classes=K, session_names=["s"], experience_classes=[np.arange(1)] * n,
+                             experience_sessions=np.zeros(n, int))
+    accuracy = [0.5, 0.6] + [1.0 / K] * (n - 2)  # collapses after event 1
+    ev = [{"accuracy": a, "per_class": np.full(K, a), "per_session": np.full(1, a)} for a in accuracy]
+    whole = History(stream)
+    for i in range(n):
+        whole.add(i, ev[i])
+    assert len(whole.warnings) == 1 and "since event 2" in whole.warnings[0]
+    for cut in range(1, n):  # a checkpoint after event cut - 1, then the rest run again
+        said = []
+        resumed = History(stream, log=said.append)
+        for entry in whole.rows[:cut]:
+            resumed.restore(entry)
+        for i in range(cut, n):
+            resumed.add(i, ev[i])
+        assert resumed.warnings == whole.warnings, cut
+        assert said == ["warning: " + whole.warnings[0]]
