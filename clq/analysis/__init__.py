@@ -11,7 +11,7 @@ the HTML trade-off report, and the comparison with the paper's accuracy table.
 
 from clq.analysis.collect import (FAILURE_FILE, METRIC_COLUMNS, PARAM_COLUMNS, REPLICATE_COLUMNS, collect_runs,
                                   collect_wandb,
-                                  find_members, member_row, params_from_config, precision_label,
+                                  find_members, member_row, paper_names, params_from_config, precision_label,
                                   read_wandb_offline, wandb_table, write_csv)
 from clq.analysis.notebook import notebook_text, run_notebook
 from clq.analysis.paper import PAPER_ACCURACY, compare_with_paper, paper_accuracy, precision_drops
@@ -39,6 +39,7 @@ __all__ = [
     "metric_column",
     "notebook_text",
     "paper_accuracy",
+    "paper_names",
     "params_from_config",
     "pareto_front",
     "plot_accuracy",

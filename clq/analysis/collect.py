@@ -55,6 +55,7 @@ __all__ = [
     "collect_wandb",
     "find_members",
     "member_row",
+    "paper_names",
     "params_from_config",
     "precision_label",
     "read_wandb_offline",
@@ -96,24 +97,39 @@ def precision_label(bits: float) -> str:
     return "FP32" if bits is None or (isinstance(bits, float) and math.isnan(bits)) else f"U{int(bits)}"
 
 
+def paper_names(config: Mapping[str, Any], *, default_bits: Any = None) -> dict:
+    """The paper's names of a resolved config's main knobs (paper.md §4): l, Q_LR (None: FP32), N_LR, Q_frozen
+    (None when ``quant`` is not a mapping: an FP32 frozen stage), as the config spells them.
+
+    A run's wandb config gets them (`clq.tracking.sinks.make_tracker`), and `params_from_config` derives its columns
+    from them. `default_bits` stands for a ``replay.bits`` or ``quant.frozen_bits`` that the config lacks: None for
+    wandb (it shows what the config says), the config's default 8 for the tables.
+    """
+    replay, quant = config.get("replay") or {}, config.get("quant")
+    bits = replay.get("bits", default_bits)
+    return {"l": config.get("latent_layer"), "Q_LR": None if bits in (None, "fp32") else bits,
+            "N_LR": replay.get("size"),
+            "Q_frozen": quant.get("frozen_bits", default_bits) if isinstance(quant, Mapping) else None}
+
+
 def params_from_config(config: Mapping[str, Any] | None) -> dict:
     """The `PARAM_COLUMNS` (and group) of one member from its resolved (or composed) config dict."""
     c = dict(config or {})
     get = lambda group, key, default=None: (c.get(group) or {}).get(key, default)  # noqa: E731
-    lr_bits = _bits(get("replay", "bits", 8))
-    quant = c.get("quant")
-    frozen_bits = _bits(quant.get("frozen_bits", 8)) if isinstance(quant, Mapping) else math.nan
+    # The knobs as the wandb config names them, a bit-width the config lacks standing for its default 8.
+    names = paper_names(c, default_bits=8)
+    lr_bits, frozen_bits = _bits(names["Q_LR"]), _bits(names["Q_frozen"])
     lr, fr = precision_label(lr_bits), precision_label(frozen_bits)
     target = c.get("target")
     width, size = get("model", "width"), get("model", "input_size")
     return {
-        "latent_layer": c.get("latent_layer"),
+        "latent_layer": names["l"],
         "lr_bits": lr_bits,
         "lr_precision": lr,
         "frozen_bits": frozen_bits,
         # paper.md §4: "A + B" = frozen-stage + LR precision; all-FP32 is just "FP32".
         "precision": "FP32" if lr == fr == "FP32" else f"{fr} + {lr}",
-        "buffer_size": get("replay", "size"),
+        "buffer_size": names["N_LR"],
         "policy": get("replay", "policy"),
         "strategy": get("train", "strategy", "qlr"),
         "model": f"{get('model', 'name', 'model')} x{width} {size}px" if width is not None else None,

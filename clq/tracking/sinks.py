@@ -5,8 +5,8 @@
 * wandb: a run in `mode` (offline by default, written under ``<run dir>/wandb``; upload later with
   ``wandb sync <run dir>/wandb/offline-run-*``) that tells the experiment's story:
 
-  - config: the resolved config, plus the paper's names ``l``, ``Q_LR``, ``N_LR``, ``Q_frozen`` (paper.md §4) to
-    group and plot a sweep by;
+  - config: the resolved config, plus the paper's names ``l``, ``Q_LR``, ``N_LR``, ``Q_frozen`` (paper.md §4;
+    `clq.analysis.collect.paper_names`) to group and plot a sweep by;
   - the learning event (``event``) as the step metric of every curve; per event: accuracy, training loss and
     accuracy, ``session/<name>`` and ``class/<k>`` accuracies;
   - at the end: the accuracy matrices as tables (``accuracy_matrix/per_class``, ``.../per_session``) and a heatmap
@@ -24,7 +24,7 @@ from typing import Any, Callable, NamedTuple
 
 from clq.atomic import atomic_file
 
-__all__ = ["Tracker", "make_tracker", "write_json_atomic", "to_jsonable", "paper_names"]
+__all__ = ["Tracker", "make_tracker", "write_json_atomic", "to_jsonable"]
 
 
 def to_jsonable(x: Any):
@@ -59,14 +59,6 @@ class Tracker(NamedTuple):
 _SCALARS = ("accuracy", "train_loss", "train_accuracy", "n_new")
 
 
-def paper_names(config: dict) -> dict:
-    """The paper's names of a resolved config's main knobs (paper.md §4): l, Q_LR (None: FP32), N_LR, Q_frozen."""
-    replay, quant = config.get("replay") or {}, config.get("quant") or {}
-    bits = replay.get("bits")
-    return {"l": config.get("latent_layer"), "Q_LR": None if bits in (None, "fp32") else bits,
-            "N_LR": replay.get("size"), "Q_frozen": quant.get("frozen_bits") if isinstance(quant, dict) else None}
-
-
 def make_tracker(run_dir: str, backend: str, config: dict, project: str = "clq", mode: str = "offline",
                  group: str | None = None, name: str | None = None) -> Tracker:
     """Open the sinks for one run. `backend` is 'wandb' or 'none' (the JSON sink is always on)."""
@@ -77,6 +69,8 @@ def make_tracker(run_dir: str, backend: str, config: dict, project: str = "clq",
     if backend == "wandb":
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb  # imported lazily: it costs ~2 s and is optional
+
+        from clq.analysis.collect import paper_names  # the analysis tables' names too; lazily, as wandb
 
         run = wandb.init(project=project, mode=mode, dir=run_dir, config=to_jsonable({**config,
                                                                                         **paper_names(config)}),

@@ -3,11 +3,14 @@
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from clq.analysis import collect_runs, find_members, params_from_config, write_csv
+from clq.analysis import collect_runs, find_members, paper_names, params_from_config, write_csv
 
 
 def test_collect_lists_every_member_with_status_and_error(fake_sweep):
@@ -59,6 +62,48 @@ def test_params_from_config_precision_names():
     assert p["precision"] == "FP32" and p["buffer_size"] == 3 and p["latent_layer"] == 27
     p = params_from_config({"quant": {"frozen_bits": None}, "replay": {"bits": 7}})
     assert p["precision"] == "FP32 + U7"
+
+
+@pytest.mark.parametrize("config, names, columns", [
+    ({"latent_layer": 23, "replay": {"bits": 6, "size": 40}, "quant": {"frozen_bits": 8}},
+     (23, 6, 40, 8), (23, 6.0, 40, 8.0, "U8 + U6")),
+    ({"latent_layer": 27, "replay": {"bits": None, "size": 3}, "quant": {"frozen_bits": 8}},  # FP32 replays
+     (27, None, 3, 8), (27, math.nan, 3, 8.0, "U8 + FP32")),
+    ({"latent_layer": 27, "replay": {"bits": "fp32", "size": 3}, "quant": {"frozen_bits": 7}},
+     (27, None, 3, 7), (27, math.nan, 3, 7.0, "U7 + FP32")),
+    ({"latent_layer": 19, "replay": {"bits": None, "size": 5}, "quant": None},  # FP32 frozen stage and replays
+     (19, None, 5, None), (19, math.nan, 5, math.nan, "FP32")),
+    ({"replay": {"bits": 7}, "quant": {"frozen_bits": None}},
+     (None, 7, None, None), (None, 7.0, None, math.nan, "FP32 + U7")),
+    # bit-widths the config lacks: the wandb config shows None, the tables the config's default 8
+    ({"latent_layer": 20, "replay": {"size": 10}, "quant": {}}, (20, None, 10, None), (20, 8.0, 10, 8.0, "U8 + U8")),
+    ({}, (None, None, None, None), (None, 8.0, None, math.nan, "FP32 + U8")),  # no quant group: FP32 frozen
+])
+def test_params_from_config_agrees_with_the_wandb_paper_names(config, names, columns):
+    """The analysis columns derive from the names a run's wandb config gets (`paper_names`, default_bits None)."""
+    got = paper_names(config)
+    assert list(got) == ["l", "Q_LR", "N_LR", "Q_frozen"] and tuple(got.values()) == names
+    assert [type(v) for v in got.values()] == [type(v) for v in names]
+    p = params_from_config(config)
+    row = (p["latent_layer"], p["lr_bits"], p["buffer_size"], p["frozen_bits"], p["precision"])
+    assert [type(v) for v in row] == [type(v) for v in columns]
+    assert all(a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)) for a, b in zip(row, columns))
+    # where the config sets a name, both read the same value (None / "fp32" = FP32 = NaN in the tables)
+    full = paper_names(config, default_bits=8)
+    assert (p["latent_layer"], p["buffer_size"]) == (full["l"], full["N_LR"]) == (got["l"], got["N_LR"])
+    for name, col in (("Q_LR", "lr_bits"), ("Q_frozen", "frozen_bits")):
+        assert (full[name] is None and math.isnan(p[col])) or float(full[name]) == p[col]
+        if got[name] is not None:
+            assert float(got[name]) == p[col]
+
+
+def test_importing_clq_tracking_loads_no_analysis():
+    """clq.tracking takes paper_names from clq.analysis.collect only when it opens a wandb run: importing it loads
+    neither the analysis nor pandas, wandb or matplotlib."""
+    code = ("import sys, clq.tracking; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('pandas', 'wandb', 'matplotlib') or m.startswith('clq.analysis')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_csv_round_trip(fake_sweep, tmp_path):
