@@ -6,13 +6,17 @@
 1. **Plan** (before any compute): every member's config is resolved and validated as ``clq-run`` does, and its
    cost report made (``target.enforce_memory`` refusals too). Members that differ only in ``replay.bits`` and
    ``train.lr`` (traced values), and in what is only watched (tracking, progress, ...), form a *group*; FP32 replays (``replay.bits=null``) form
-   their own. Members a group cannot run (a config error, ``joint_upper_bound``, no replay buffer, events of
-   different mini-batch splits) run one by one through ``clq-run``'s own task, as under the basic launcher.
+   their own; so do members whose ``hydra.job.env_set`` differs (it is set while their group computes). Members a
+   group cannot run (a config error, ``joint_upper_bound``, no replay buffer, events of different mini-batch
+   splits) run one by one through ``clq-run``'s own task, as under the basic launcher. ``<sweep dir>/plan.json``
+   holds the plan; as each group runs, its entry gets ``ran``: ``group``, or ``alone`` (it fell back to
+   ``clq-run``'s task at run time) with ``why``; a group whose run failed every member also has ``error``.
 2. **Share**: members with the same data, model, seed and event-0 settings share one event 0
    (`clq.train.event0`: in memory here, and on disk under ``event0_cache_dir`` or, when that is null, under
    ``<sweep dir>/.cache/event0``); groups with the same frozen stage (latent layer, quantization) share its
    latents (`clq.train.vectorized.prepare_sweep` runs once for them).
-3. **Run** each group (`clq.train.group.run_group`), chunk by chunk, with progress, non-finite checks and
+3. **Run** each group (`clq.train.group.run_group`) with its members' ``hydra.job.env_set`` in the environment
+   (restored afterwards, as Hydra's ``run_job`` does for a job), chunk by chunk, with progress, non-finite checks and
    atomic checkpoints in ``<sweep dir>/.groups/<group>/``; resumed after a crash when the same sweep dir is run
    again (``hydra.sweep.dir=...``, ``resume=true``).
 4. **Write** every member as ``clq-run`` would: results.json (same schema, built by the same functions),
@@ -23,6 +27,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -55,12 +60,16 @@ class Member:
     memory: dict | None = None
     solo_reason: str | None = None  # why it runs alone through clq-run's task (None: in a group)
     outcome: dict = field(default_factory=dict)  # filled when its group has run: code, message, results
+    env_set: dict = field(default_factory=dict)  # its hydra.job.env_set, resolved: set while its group computes
 
 
 @dataclass
 class Group:
     members: list
     key: str
+    ran: str | None = None  # once run: "group" (one program) or "alone" (fell back to clq-run's task, member by member)
+    why: str | None = None  # why it fell back (with ran="alone")
+    error: str | None = None  # the error that failed every member of a group that ran (with ran="group")
 
     @property
     def exp(self) -> ExperimentConfig:
@@ -71,22 +80,54 @@ class Group:
         lrs = {m.exp.train.lr for m in self.members}
         bits = [("FP32" if m.exp.replay.bits is None else f"U{m.exp.replay.bits}")
                 + (f"@lr={m.exp.train.lr}" if len(lrs) > 1 else "") for m in self.members]
+        env = self.members[0].env_set
         return (f"l={e.latent_layer} quant={'fp32' if e.quant is None else e.quant.bits} replays {','.join(bits)} "
-                f"N={e.replay.size} seed={e.seed}")
+                f"N={e.replay.size} seed={e.seed}" + (f" env_set {','.join(f'{k}={v}' for k, v in sorted(env.items()))}"
+                                                      if env else ""))
 
 
-def group_key(resolved: dict, fp32_replays: bool) -> str:
+def group_key(resolved: dict, fp32_replays: bool, env_set: dict | None = None) -> str:
     """What a group's members share: the resolved config without the watched keys and without what the group's
     program traces (replay.bits, train.lr), but with whether the replays are FP32 (another program; from the
-    validated config, where ``fp32`` and ``null`` both mean FP32)."""
+    validated config, where ``fp32`` and ``null`` both mean FP32), and the job's ``hydra.job.env_set`` (`env_set`;
+    set while the group computes, so it must be the same for every member)."""
     # resume and checkpoint_every say how the group itself runs: members that differ in them are other groups.
     cfg = {k: v for k, v in resolved.items() if k not in WATCHED_KEYS or k in ("resume", "checkpoint_every")}
     replay = dict(cfg.get("replay", {}))
     replay.pop("bits", None)
     fp32 = bool(fp32_replays)
     train = {k: v for k, v in cfg.get("train", {}).items() if k != "lr"}
-    return hashlib.sha256(json.dumps({**cfg, "replay": replay, "train": train, "fp32_replays": fp32},
+    # Only a non-empty env_set enters the key: the keys (and checkpoint folders) of other sweeps stay what they were.
+    env = {"hydra.job.env_set": dict(env_set)} if env_set else {}
+    return hashlib.sha256(json.dumps({**cfg, "replay": replay, "train": train, "fp32_replays": fp32, **env},
                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def job_environment(env_set: dict):
+    """``os.environ`` with a job's ``hydra.job.env_set`` set, and as it was afterwards (what Hydra's ``run_job``
+    does around a job's task)."""
+    old = {k: os.environ.get(k) for k in env_set}
+    os.environ.update(env_set)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _env_set(config: DictConfig) -> dict:
+    """A job config's ``hydra.job.env_set``, resolved as Hydra's ``run_job`` resolves it: within the hydra node
+    (``${hydra.job.num}``, not the task's keys). ``{}`` when it has none."""
+    node = OmegaConf.select(OmegaConf.masked_copy(config, "hydra"), "hydra.job.env_set", default=None)
+    env = {} if node is None else OmegaConf.to_container(node, resolve=True)
+    bad = [k for k, v in env.items() if v is None]
+    if bad:
+        raise ConfigError(f"hydra.job.env_set.{bad[0]} is null; an environment variable needs a string")
+    return {str(k): str(v) for k, v in env.items()}
 
 
 def _event0_key(resolved: dict) -> str:
@@ -115,6 +156,13 @@ def plan_summary(members: list[Member], groups: list[Group]) -> dict:
     }
 
 
+def _ran(g: Group) -> dict:
+    """How a group ran, once it has (plan.json's ``ran``, and ``why`` or ``error`` when set): nothing before."""
+    if g.ran is None:
+        return {}
+    return {"ran": g.ran} | {k: v for k, v in (("why", g.why), ("error", g.error)) if v is not None}
+
+
 def _prepared_key(resolved: dict) -> str:
     """What `prepare_sweep` depends on: data, model, seed, training (not the learning events' rate), quantization,
     latent layer."""
@@ -135,13 +183,15 @@ def plan_members(members: list[Member], set_hydra: Callable[[DictConfig], None])
     for m in members:
         set_hydra(m.config)
         try:
-            cfg = OmegaConf.masked_copy(m.config, [k for k in m.config if k != "hydra"])
-            m.resolved = OmegaConf.to_container(cfg, resolve=True)
-            exp = experiment_config(m.resolved)
-            if exp.tracking.group is None:  # as clq-run: an ad-hoc multirun is grouped by its sweep folder
-                exp = replace(exp, tracking=replace(exp.tracking, group=str(m.config.hydra.sweep.dir)))
-            m.exp = exp
-            m.memory = memory_report(exp, exp.model.specs())
+            m.env_set = _env_set(m.config)
+            with job_environment(m.env_set):  # as clq-run's task resolves its config: inside the job's env_set
+                cfg = OmegaConf.masked_copy(m.config, [k for k in m.config if k != "hydra"])
+                m.resolved = OmegaConf.to_container(cfg, resolve=True)
+                exp = experiment_config(m.resolved)
+                if exp.tracking.group is None:  # as clq-run: an ad-hoc multirun is grouped by its sweep folder
+                    exp = replace(exp, tracking=replace(exp.tracking, group=str(m.config.hydra.sweep.dir)))
+                m.exp = exp
+                m.memory = memory_report(exp, exp.model.specs())
         except (OmegaConfBaseException, ConfigError) as e:
             m.solo_reason = f"config error: {e}"
             continue
@@ -153,7 +203,7 @@ def plan_members(members: list[Member], set_hydra: Callable[[DictConfig], None])
         elif exp.replay.size < 1:
             m.solo_reason = "replay.size=0 (no buffer to vectorize over)"
         if m.solo_reason is None:
-            key = group_key(m.resolved, exp.replay.bits is None)
+            key = group_key(m.resolved, exp.replay.bits is None, m.env_set)
             groups.setdefault(key, Group([], key)).members.append(m)
     # Groups that share event 0 and the frozen stage run one after another, so each is computed once.
     return sorted(groups.values(), key=lambda g: (_stream_key(g.members[0]), _event0_key(g.members[0].resolved),
@@ -176,7 +226,8 @@ class _Sinks:
 
 def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: int, say: Callable[[str], None],
                options: dict) -> None:
-    """Run one group and write its members' outputs; every member's `outcome` is set (also on a crash)."""
+    """Run one group and write its members' outputs; every member's `outcome` is set (also on a crash), or, when
+    the group cannot run them after all, every member's `solo_reason`. Sets ``g.ran`` (and ``g.why``, ``g.error``)."""
     from tqdm.auto import tqdm
 
     from clq.quant.export import EXPORT_DIR, write_export
@@ -206,6 +257,7 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
         except ValueError as err:
             for m in g.members:
                 m.solo_reason = f"events of different mini-batch splits ({err})"
+            g.ran, g.why = "alone", "events of different mini-batch splits"
             say(f"group {gi + 1}: runs member by member: {g.members[0].solo_reason}")
             return
         for m in g.members:
@@ -245,6 +297,7 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
             lrs=[m.exp.train.lr for m in g.members], **options)
         bar.close()
     except Exception as err:  # every member records it; the sweep goes on with the other groups
+        g.ran, g.error = "group", _short(f"{type(err).__name__}: {err}")
         code = 2 if isinstance(err, (ConfigError, FileNotFoundError, CheckpointError)) else 1
         for m in g.members:
             events = sinks[m.idx].events if m.idx in sinks else []
@@ -259,6 +312,7 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
 
             traceback.print_exc()
         return
+    g.ran = "group"
     wall = time.perf_counter() - t0
     speeds = _speeds(g, specs, stream, outcomes)
     share = round(wall / len(g.members), 3)  # one program ran the group: each member is charged an equal share
@@ -294,6 +348,12 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
             except Exception:
                 pass
             m.outcome = {"code": 1, "message": f"clq-run: error: {type(err).__name__}: {err}"}
+
+
+def _short(text: str, limit: int = 200) -> str:
+    """The first line of `text`, at most `limit` characters (plan.json's ``error``)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _speeds(g: Group, specs, stream, outcomes) -> dict:
@@ -350,12 +410,13 @@ def run_planned(members: list[Member], groups: list[Group], sweep_dir: str,
     def say(msg: str) -> None:
         print(f"clq_vectorized: {msg}", flush=True)
 
-    plan = plan_summary(members, groups)
+    plan = plan_summary(members, groups)  # plan["groups"][i] is groups[i]'s entry
     grouped = sum(len(g.members) for g in groups)
     say(f"{len(members)} members: {grouped} in {len(groups)} compiled group(s), {len(members) - grouped} alone; "
         f"{plan['event0_trainings']} event-0 training(s) and {plan['frozen_stages']} frozen stage(s) for the "
         f"grouped members (one of each per member under another launcher)")
-    write_json_atomic(os.path.join(sweep_dir, "plan.json"), plan)
+    plan_path = os.path.join(sweep_dir, "plan.json")
+    write_json_atomic(plan_path, plan)  # rewritten as each group runs: its entry gets "ran" (and "why"/"error")
     for idx, reason in plan["alone"].items():
         say(f"member {idx} runs alone: {reason}")
     if plan_only:
@@ -370,6 +431,10 @@ def run_planned(members: list[Member], groups: list[Group], sweep_dir: str,
     except ConfigError as e:  # as clq-run: a config error of every member, reported by clq-run's task
         for m in valid:
             m.solo_reason = f"config error: {e}"
+        for g, entry in zip(groups, plan["groups"]):
+            g.ran, g.why = "alone", _short(f"config error: {e}")
+            entry.update(_ran(g))
+        write_json_atomic(plan_path, plan)
         groups = []
     shared = _Shared()
     returns: dict[int, Any] = {}
@@ -377,8 +442,12 @@ def run_planned(members: list[Member], groups: list[Group], sweep_dir: str,
         for m in g.members:
             set_hydra(m.config)
             os.makedirs(m.run_dir, exist_ok=True)
-        _run_group(g, sweep_dir, shared, gi, len(groups), say,
-                   {"events_per_chunk": events_per_chunk, "members_per_batch": members_per_batch})
+        with job_environment(g.members[0].env_set):  # the members' hydra.job.env_set (one per group: its key)
+            _run_group(g, sweep_dir, shared, gi, len(groups), say,
+                       {"events_per_chunk": events_per_chunk, "members_per_batch": members_per_batch})
+        # plan.json now says how this group ran (as a group, or alone and why), however the launch ends.
+        plan["groups"][gi].update(_ran(g))
+        write_json_atomic(plan_path, plan)
         # Hydra's bookkeeping (.hydra/, callbacks) as soon as the group is written, not after the whole launch.
         for m in g.members:
             if m.outcome:

@@ -27,7 +27,8 @@ class VectorizedLauncher(Launcher):
         happen between calls).
       members_per_batch: members of a group vmapped together (null: all; fewer bound memory).
       plan_only: print how the members would run (groups, event-0 trainings, frozen stages; also written to
-        ``<sweep dir>/plan.json``) and exit without running any.
+        ``<sweep dir>/plan.json``, which a launch that runs updates with how each group ran) and exit without
+        running any.
     """
 
     def __init__(self, events_per_chunk: int = 8, members_per_batch: Optional[int] = None,

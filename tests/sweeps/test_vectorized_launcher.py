@@ -69,6 +69,11 @@ def test_members_are_grouped_and_bad_ones_fail_alone(vectorized):
     w = collect_wandb(str(sweep))
     assert len(w) == 3 and (w["status"] == "completed").all() and (w["group"] == str(sweep)).all()
     assert sorted(w["final_accuracy"]) == sorted(df.loc[[0, 2, 4], "final_accuracy"])
+    # plan.json, after the launch: every group ran as one program; those of the corrupt copy failed, and say why
+    ran = {tuple(g["members"]): g for g in json.loads((sweep / "plan.json").read_text())["groups"]}
+    assert sorted(ran) == [(0, 2), (1, 3), (4,), (5,)] and all(g["ran"] == "group" for g in ran.values())
+    assert "error" not in ran[(0, 2)] and "error" not in ran[(4,)]
+    assert "SHA-256" in ran[(1, 3)]["error"] and "SHA-256" in ran[(5,)]["error"]
 
 
 def test_numbers_and_files_equal_the_basic_launchers(vectorized):
@@ -177,3 +182,133 @@ def test_a_sweep_gets_a_wandb_summary_run_with_its_pareto_fronts(tmp_path, have_
     assert len(wandb_table(str(summary), "sweep/members")) == 4
     assert any(a["type"] == "sweep" and a["files"] == ["sweep.csv"] for a in w["artifacts"])
     assert len(collect_wandb(str(sweep))) == 4  # the members, not the summary run
+
+
+# clq-run (as `python -m clq`) with two probes: every call of clq.train.group.run_group appends the replays it runs,
+# their learning rates and the environment's CLQ_PROBE to $CLQ_PROBE_LOG (CLQ_PROBE once more when the process
+# exits); with CLQ_PROBE_SPLIT_FP32=1 the launcher's run-time check of the mini-batch split fails for a group of FP32
+# replays, as it fails for a stream whose learning events split their mini-batches differently (the tiny stream's
+# events all have one size, so they never do).
+PROBED_CLQ_RUN = """
+import atexit, json, os, sys
+
+import clq.train.group as group
+import clq.train.vectorized as vectorized
+from clq.run import main
+
+
+def note(**row):
+    with open(os.environ["CLQ_PROBE_LOG"], "a") as f:
+        f.write(json.dumps(row) + "\\n")
+
+
+run_group, shared_composition = group.run_group, vectorized.shared_composition
+
+
+def probed_run_group(*args, **kwargs):
+    note(bits=args[6], lrs=kwargs["lrs"], env=os.environ.get("CLQ_PROBE"))
+    return run_group(*args, **kwargs)
+
+
+def split_fp32(*args, **kwargs):
+    caller = sys._getframe(1)
+    if caller.f_globals["__name__"] == "clq.launcher" and caller.f_locals["g"].exp.replay.bits is None:
+        raise ValueError("event sizes [11, 12] give (3, 13, 4), (3, 13, 4) and (4, 12, 3) (simulated)")
+    return shared_composition(*args, **kwargs)
+
+
+group.run_group = probed_run_group
+if os.environ.get("CLQ_PROBE_SPLIT_FP32") == "1":
+    vectorized.shared_composition = split_fp32
+atexit.register(lambda: note(at_exit=os.environ.get("CLQ_PROBE")))
+main()
+"""
+
+
+def _run_probed(tmp_path, args, **env):
+    """The tiny sweep, vectorized, through PROBED_CLQ_RUN: (the process, the probes' rows)."""
+    script, log = tmp_path / "probed_clq_run.py", tmp_path / "probes.jsonl"
+    script.write_text(PROBED_CLQ_RUN)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "CLQ_PROBE_LOG": str(log), **env}
+    p = subprocess.run([sys.executable, str(script), "-m", "--config-dir", SWEEPS, "--config-name", "tiny",
+                        "hydra/launcher=clq_vectorized", "tracking=none", *args],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    return p, [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_plan_json_says_which_group_fell_back_to_member_by_member_runs(tmp_path, have_fmnist):
+    """A group that the run-time mini-batch check sends member by member to clq-run's task: plan.json, written
+    before any compute, says after the launch that this group ran alone and why, and that the other ran as one."""
+    sweep = tmp_path / "s"
+    p, probes = _run_probed(tmp_path, [f"hydra.sweep.dir={sweep}", "replay.bits=8,null"], CLQ_PROBE_SPLIT_FP32="1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "group 2: runs member by member: events of different mini-batch splits" in p.stdout, p.stdout[-3000:]
+    plan = json.loads((sweep / "plan.json").read_text())
+    assert [{k: v for k, v in g.items() if k != "what"} for g in plan["groups"]] == [
+        {"members": [0], "ran": "group"},
+        {"members": [1], "ran": "alone", "why": "events of different mini-batch splits"}]
+    assert plan["alone"] == {}  # the plan's own part stays what was planned
+    assert probes == [{"bits": [8], "lrs": [0.01], "env": None}, {"at_exit": None}]  # FP32 never ran as a group
+    r0, r1 = _results(sweep / "0"), _results(sweep / "1")
+    assert r0["group"]["members"] == [0]
+    assert r1["status"] == "completed" and "group" not in r1  # clq-run's own run
+    assert len(r1["accuracy_per_event"]) == 16
+
+
+def test_plan_json_says_groups_fell_back_when_the_compile_cache_is_unusable(tmp_path):
+    """An unusable compile_cache_dir (found when the launch starts, after the plan) sends every member to clq-run's
+    task, which reports the config error: plan.json says every group ran alone, with the error as the reason."""
+    (tmp_path / "a-file").write_text("")
+    sweep = tmp_path / "s"
+    p = run_sweep("tiny", ["hydra/launcher=clq_vectorized", f"hydra.sweep.dir={sweep}", "replay.bits=8,null",
+                           f"compile_cache_dir={tmp_path / 'a-file' / 'cache'}", "tracking=none"], cwd=tmp_path)
+    assert p.returncode == 1, p.stderr[-3000:]
+    plan = json.loads((sweep / "plan.json").read_text())
+    assert [g["members"] for g in plan["groups"]] == [[0], [1]]
+    for g in plan["groups"]:
+        assert g["ran"] == "alone" and g["why"].startswith("config error: compile_cache_dir="), g
+    df = collect_runs(str(sweep))
+    assert list(df["status"]) == ["failed", "failed"] and df["error"].str.contains("compile_cache_dir").all()
+
+
+def test_a_groups_env_set_is_set_while_it_computes_and_differing_ones_split_groups(tmp_path, vectorized):
+    """hydra.job.env_set, which Hydra's launchers set around a job: a group computes with its members' values in
+    the environment, with the same numbers; members whose env_set differs (here per job) are groups of their own;
+    the environment is as before afterwards."""
+    _, plain, _ = vectorized
+    same, per_job = tmp_path / "same", tmp_path / "per-job"
+    p, probes = _run_probed(tmp_path, [f"hydra.sweep.dir={same}", "replay.bits=8,6", "+hydra.job.env_set.CLQ_PROBE=s"],
+                            CLQ_PROBE="outer")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert probes == [{"bits": [8, 6], "lrs": [0.01, 0.01], "env": "s"}, {"at_exit": "outer"}]
+    (g,) = json.loads((same / "plan.json").read_text())["groups"]
+    assert g["members"] == [0, 1] and g["ran"] == "group" and g["what"].endswith("env_set CLQ_PROBE=s")
+    for j, ref in ((0, 0), (1, 2)):  # U8, U6: the vectorized sweep's U8, U6
+        r, want = _results(same / str(j)), _results(plain / str(ref))
+        for k in NUMBERS:
+            assert r[k] == want[k], (j, k)
+    (tmp_path / "probes.jsonl").unlink()
+    p, probes = _run_probed(tmp_path, [f"hydra.sweep.dir={per_job}", "replay.bits=8,6",
+                                       "+hydra.job.env_set.CLQ_PROBE=job${hydra.job.num}"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    plan = json.loads((per_job / "plan.json").read_text())
+    assert [(g["members"], g["ran"]) for g in plan["groups"]] == [([0], "group"), ([1], "group")]
+    assert probes == [{"bits": [8], "lrs": [0.01], "env": "job0"}, {"bits": [6], "lrs": [0.01], "env": "job1"},
+                      {"at_exit": None}]
+    assert _results(per_job / "1")["final_accuracy"] == _results(plain / "2")["final_accuracy"]
+
+
+def test_job_environment_restores_the_environment_and_env_set_enters_the_group_key(monkeypatch):
+    from clq.launcher import group_key, job_environment
+
+    monkeypatch.setenv("CLQ_PROBE_A", "before")
+    monkeypatch.delenv("CLQ_PROBE_B", raising=False)
+    with pytest.raises(RuntimeError):
+        with job_environment({"CLQ_PROBE_A": "a", "CLQ_PROBE_B": "b"}):
+            assert (os.environ["CLQ_PROBE_A"], os.environ["CLQ_PROBE_B"]) == ("a", "b")
+            raise RuntimeError("the group failed")
+    assert os.environ["CLQ_PROBE_A"] == "before" and "CLQ_PROBE_B" not in os.environ
+    resolved = {"seed": 0, "replay": {"bits": 8, "size": 40}, "train": {"lr": 0.01}}
+    assert group_key(resolved, False, {}) == group_key(resolved, False)  # no env_set: the key it always had
+    assert group_key(resolved, False, {"X": "1"}) != group_key(resolved, False, {"X": "2"})
