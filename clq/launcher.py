@@ -27,7 +27,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -40,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from clq.config import ConfigError, ExperimentConfig, experiment_config
+from clq.environ import environment
 from clq.run import (WATCHED_KEYS, completed_results, enable_compile_cache, failed_results, initial_params,
                      load_stream, log_summary, memory_report, run_fingerprint, summary_table)
 from clq.tracking import make_tracker, write_json_atomic
@@ -103,20 +103,10 @@ def group_key(resolved: dict, fp32_replays: bool, env_set: dict | None = None) -
                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
 def job_environment(env_set: dict):
     """``os.environ`` with a job's ``hydra.job.env_set`` set, and as it was afterwards (what Hydra's ``run_job``
     does around a job's task)."""
-    old = {k: os.environ.get(k) for k in env_set}
-    os.environ.update(env_set)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return environment(env_set)
 
 
 def _env_set(config: DictConfig) -> dict:

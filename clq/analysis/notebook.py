@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
+from clq.environ import environment
+
 __all__ = ["NOTEBOOK_DIR", "notebook_text", "run_notebook"]
 
 NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -21,17 +23,9 @@ def run_notebook(name: str, env: Mapping[str, str], timeout: int = 600):
     from nbclient import NotebookClient
 
     nb = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(env):
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": NOTEBOOK_DIR}}).execute()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return nb
 
 
