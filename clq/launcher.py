@@ -27,6 +27,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -304,6 +305,9 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
         return
     g.ran = "group"
     wall = time.perf_counter() - t0
+    for out in outcomes:
+        if isinstance(out, dict):
+            out["event0_cached"] = bool(event0_shared)
     speeds = _speeds(g, specs, stream, outcomes)
     share = round(wall / len(g.members), 3)  # one program ran the group: each member is charged an equal share
     for m, out in zip(g.members, outcomes):
@@ -318,7 +322,6 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
                                                    f"{m.run_dir}/results.json)"}
                 continue
             out["speed"] = speeds.get(m.idx)
-            out["event0_cached"] = bool(event0_shared)
             results = completed_results(bases[m.idx], out, m.memory, t0)
             results["wall_time_s"] = share
             results["group"] = {"key": g.key, "members": [x.idx for x in g.members], "wall_time_s": round(wall, 3),
@@ -346,19 +349,25 @@ def _short(text: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _speeds(g: Group, specs, stream, outcomes) -> dict:
-    """Each completed member's speed account (`clq.perf`), with the group's learning + evaluation rate; no rate
-    when the group resumed from a checkpoint (its seconds cover only the events run since)."""
-    from clq.perf import flop_account, group_account, matmul_peak
+@functools.cache
+def _launch_peak() -> dict:
+    """The matmul peak every member's speed account is given against, measured once per launch (process)."""
+    from clq.perf import matmul_peak
 
-    peak = matmul_peak()  # measured once per process
+    return matmul_peak()
+
+
+def _speeds(g: Group, specs, stream, outcomes) -> dict:
+    """Each completed member's speed account (`clq.perf`; after a resume it counts the events run since), with
+    the group's learning + evaluation rate."""
+    from clq.perf import flop_account, group_account
+
+    peak = _launch_peak()
     e = g.exp
     done = [(m, o) for m, o in zip(g.members, outcomes) if isinstance(o, dict)]
     speeds = {m.idx: flop_account(specs, e.latent_layer, stream, e.train, o, peak) for m, o in done}
     if done:
-        resumed = done[0][1]["resumed_from_event"] is not None
-        together = group_account(list(speeds.values()),
-                                 None if resumed else done[0][1]["timing_s"]["learning_events_s"])
+        together = group_account(list(speeds.values()), done[0][1]["timing_s"]["learning_events_s"])
         for sp in speeds.values():
             sp["group_learning_and_evaluation"] = together
     return speeds

@@ -17,7 +17,6 @@ The frozen stage's integer work is counted as FP32-equivalent FLOP (it is simula
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Sequence
 
@@ -30,15 +29,14 @@ PEAK_SIZES = {"cpu": (2048,)}
 ACCELERATOR_PEAK_SIZES = (8192,)
 
 
-@functools.cache
 def matmul_peak(sizes: Sequence[int] | None = None, repeats: int = 5) -> dict:
     """FP32 GFLOP/s of one jitted n x n `jnp.dot` (2 n^3 FLOP) at JAX's default precision on the default device,
     best of `repeats`, for each n; `gflops` is the max, `backend` the device kind it ran on.
 
     `sizes=None` picks the size for the backend (`PEAK_SIZES`). On a GPU the default precision lets XLA use
     TF32 tensor cores for FP32 products, as it does for the training that is measured against this. About 0.3 s
-    on 2 CPU cores (compilation included); measured once per process and arguments (a launch of many members
-    shares it). `sizes` must be a tuple.
+    on 2 CPU cores (compilation included); every call measures (a launch of many members keeps one,
+    `clq.launcher`).
     """
     import jax
     import jax.numpy as jnp
@@ -85,7 +83,8 @@ def flop_account(specs, latent_layer: int, stream, train, results: dict, peak: d
       specs: the whole network's layer specs; latent_layer: l.
       stream: the `clq.data.stream.Stream` the run learned.
       train: its `clq.train.TrainConfig` (event-0 epochs and batch, learning-event batch).
-      results: the run's learning record (``events`` rows with ``iterations``, ``timing_s``).
+      results: the run's learning record (``events`` rows with ``iterations``, ``timing_s``,
+        ``resumed_from_event``, ``latent_cache``).
       peak: `matmul_peak`'s result, measured in the same process.
     """
     timing = results.get("timing_s", {})
@@ -94,11 +93,20 @@ def flop_account(specs, latent_layer: int, stream, train, results: dict, peak: d
     bs = min(train.first_batch_size, n0)
     ev0_samples = (n0 // bs) * bs * train.first_epochs
     ev0 = 2 * (training_macs(specs)["total"] * ev0_samples + training_macs(specs)["forward"] * n0)
-    images = sum(len(e) for e in stream.experiences) + len(stream.test_labels)
+    # Only the work done in this process counts against its seconds: a run resumed after event r recomputes
+    # the test latents and the experiences from r + 1 on, and learns and evaluates those events alone; a latent
+    # cache passes only its misses through the frozen stage.
+    resumed = results.get("resumed_from_event")
+    start = 0 if resumed is None else resumed + 1
+    events = results["events"]
+    if "latent_cache" in results:
+        images = results["latent_cache"]["misses"]
+    else:
+        images = sum(len(e) for e in stream.experiences[start:]) + len(stream.test_labels)
     frozen_pass = 2 * training_macs(frozen)["forward"] * images
-    learn_samples = sum(r.get("iterations", 0) * train.batch_size for r in results["events"][1:])
+    learn_samples = sum(r.get("iterations", 0) * train.batch_size for r in events[max(start, 1):])
     learn = 2 * training_macs(adaptive)["total"] * learn_samples
-    evaluation = 2 * training_macs(adaptive)["forward"] * len(stream.test_labels) * len(results["events"])
+    evaluation = 2 * training_macs(adaptive)["forward"] * len(stream.test_labels) * (len(events) - start)
     g = peak["gflops"]
     phases = {
         # No rate when event 0 was not trained here (it came from a cache or a checkpoint).
