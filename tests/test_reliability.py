@@ -242,3 +242,25 @@ def test_an_error_in_the_run_still_commits_the_last_checkpoint(tmp_path):
             writer.save(str(tmp_path), 7, {"a": {"w": jnp.ones(3)}}, {"x": 1})
             raise KeyError("the run's own error")
     assert load_checkpoint(str(tmp_path), {"a": {"w": jnp.zeros(3)}})[0] == 7
+
+
+def test_starting_over_in_a_folder_with_later_checkpoints_keeps_the_new_ones(tmp_path):
+    """resume=false in a reused run dir: the new run's checkpoints replace the stale later ones (pruning by file
+    name used to delete the checkpoint just written and keep the stale one)."""
+    import jax.numpy as jnp
+
+    from clq.train.checkpoint import CheckpointWriter, load_checkpoint, save_checkpoint
+
+    save_checkpoint(str(tmp_path), 10, {"a": {"w": jnp.full(3, 10.0)}}, {"x": 10})
+    save_checkpoint(str(tmp_path), 0, {"a": {"w": jnp.zeros(3)}}, {"x": 0})
+    assert load_checkpoint(str(tmp_path), {"a": {"w": jnp.zeros(3)}})[0] == 0
+    rows = []
+    with CheckpointWriter() as writer:
+        for i in (1, 2):
+            rows.append({"event": i})
+            writer.save(str(tmp_path), i, {"a": {"w": jnp.full(3, float(i))}}, {"rows": rows}, keep=2)
+            rows[-1]["event"] = -1  # the caller changes its rows afterwards: the checkpoint keeps them as saved
+    assert sorted(os.listdir(tmp_path)) == ["ckpt-000001.json", "ckpt-000001.npz", "ckpt-000002.json",
+                                            "ckpt-000002.npz"]
+    with open(tmp_path / "ckpt-000001.json") as f:
+        assert json.load(f)["meta"]["rows"] == [{"event": 1}]

@@ -70,11 +70,25 @@ def _write(folder: str, event: int, arrays: dict[str, np.ndarray], meta: dict, k
     record = {"event": event, "npz": npz, "sha256": hashlib.sha256(data).hexdigest(), "meta": meta}
     with atomic_file(os.path.join(folder, f"ckpt-{event:06d}.json"), "w") as f:
         json.dump(record, f)
-    for old in sorted(glob.glob(os.path.join(folder, "ckpt-*.json")))[:-keep]:
-        for p in (old, old[:-5] + ".npz"):
-            if os.path.exists(p):
-                os.unlink(p)
+    _prune(folder, event, keep)
     return os.path.join(folder, f"ckpt-{event:06d}.json")
+
+
+def _prune(folder: str, event: int, keep: int) -> None:
+    """Drop every checkpoint but the newest `keep` up to `event`, the one just committed. Checkpoints of later
+    events are stale (a run started over with resume=false in the same folder): left there, `load_checkpoint`
+    would prefer them to the new ones."""
+    records = {}
+    for path in glob.glob(os.path.join(folder, "ckpt-*.json")):
+        m = _NAME.search(os.path.basename(path))
+        if m:
+            records[int(m.group(1))] = path
+    kept = sorted(e for e in records if e <= event)[-keep:]
+    for e, path in records.items():
+        if e not in kept:
+            for p in (path, path[:-5] + ".npz"):
+                if os.path.exists(p):
+                    os.unlink(p)
 
 
 def save_checkpoint(folder: str, event: int, trees: dict[str, Any], meta: dict, keep: int = 1) -> str:
@@ -104,8 +118,8 @@ class CheckpointWriter:
 
     def save(self, folder: str, event: int, trees: dict[str, Any], meta: dict, keep: int = 1) -> None:
         arrays = _host_arrays(trees)
-        # Shallow copies of the lists a run keeps appending to (history, rows); their entries never change.
-        meta = {k: list(v) if isinstance(v, list) else v for k, v in meta.items()}
+        # A snapshot of the metadata as it is now (the run keeps appending to its rows), through JSON.
+        meta = json.loads(json.dumps(meta))
         self.wait()
         self._pending = self._pool.submit(_write, folder, event, arrays, meta, keep)
 

@@ -22,8 +22,6 @@ the same schema. Numbers equal a single run's up to the summation order of vmapp
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from typing import Callable, Sequence
 
@@ -115,8 +113,6 @@ def run_group(
     lrs = [train.lr] * M if lrs is None else list(lrs)
     lr = np.asarray(lrs, np.float32)
     init_args = (params, norm_state, b, scale, seeds, lr, data)
-    if checkpoint_dir and not resume and os.path.isdir(checkpoint_dir):
-        shutil.rmtree(checkpoint_dir)  # resume=false: start over (a stale newer checkpoint would outlive new ones)
     restored = None
     if checkpoint_dir and resume:  # restored onto the shapes the program's init gives (traced, not run)
         templates = dict(zip(("states", "outputs"), jax.eval_shape(program.init, *init_args)))
