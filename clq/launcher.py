@@ -36,11 +36,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from hydra.core.utils import env_override  # what Hydra's run_job sets a job's hydra.job.env_set with
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from clq.config import ConfigError, ExperimentConfig, experiment_config
-from clq.environ import environment
 from clq.run import (WATCHED_KEYS, completed_results, enable_compile_cache, failed_results, initial_params,
                      load_stream, log_summary, memory_report, run_fingerprint, summary_table)
 from clq.tracking import make_tracker, write_json_atomic
@@ -102,12 +102,6 @@ def group_key(resolved: dict, fp32_replays: bool, env_set: dict | None = None) -
     env = {"hydra.job.env_set": dict(env_set)} if env_set else {}
     return hashlib.sha256(json.dumps({**cfg, "replay": replay, "train": train, "fp32_replays": fp32, **env},
                                      sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def job_environment(env_set: dict):
-    """``os.environ`` with a job's ``hydra.job.env_set`` set, and as it was afterwards (what Hydra's ``run_job``
-    does around a job's task)."""
-    return environment(env_set)
 
 
 def _env_set(config: DictConfig) -> dict:
@@ -175,7 +169,7 @@ def plan_members(members: list[Member], set_hydra: Callable[[DictConfig], None])
         set_hydra(m.config)
         try:
             m.env_set = _env_set(m.config)
-            with job_environment(m.env_set):  # as clq-run's task resolves its config: inside the job's env_set
+            with env_override(m.env_set):  # as clq-run's task resolves its config: inside the job's env_set
                 cfg = OmegaConf.masked_copy(m.config, [k for k in m.config if k != "hydra"])
                 m.resolved = OmegaConf.to_container(cfg, resolve=True)
                 exp = experiment_config(m.resolved)
@@ -441,7 +435,7 @@ def run_planned(members: list[Member], groups: list[Group], sweep_dir: str,
         for m in g.members:
             set_hydra(m.config)
             os.makedirs(m.run_dir, exist_ok=True)
-        with job_environment(g.members[0].env_set):  # the members' hydra.job.env_set (one per group: its key)
+        with env_override(g.members[0].env_set):  # the members' hydra.job.env_set (one per group: its key)
             _run_group(g, sweep_dir, shared, gi, len(groups), say,
                        {"events_per_chunk": events_per_chunk, "members_per_batch": members_per_batch})
         # plan.json now says how this group ran (as a group, or alone and why), however the launch ends.

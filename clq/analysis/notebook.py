@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from typing import Mapping
 
-from clq.environ import environment
-
 __all__ = ["NOTEBOOK_DIR", "notebook_text", "run_notebook"]
 
 NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -20,10 +18,11 @@ def run_notebook(name: str, env: Mapping[str, str], timeout: int = 600):
       The executed ``nbformat.NotebookNode``, outputs included.
     """
     import nbformat
+    from hydra.core.utils import env_override
     from nbclient import NotebookClient
 
     nb = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
-    with environment(env):
+    with env_override(dict(env)):
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": NOTEBOOK_DIR}}).execute()
     return nb
