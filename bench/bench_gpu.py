@@ -2,7 +2,7 @@
 the paper-size CORe50-shaped protocol, each in its own process, within a time limit.
 
     .venv/bin/python bench/bench_gpu.py                          # writes bench/results/gpu.json
-    .venv/bin/python bench/bench_gpu.py --limit 420 --paper-events 391 --out /tmp/gpu.json
+    .venv/bin/python bench/bench_gpu.py --limit 420 --paper-events 391 --out gpu.json
 
 Needs JAX with a GPU plugin (`pip install -e '.[cuda]'`, docs/performance.md "On a GPU"); it refuses to run on a
 CPU-only JAX unless `--allow-cpu` (how the script itself is tried on a CPU machine). Nothing is pinned to a
@@ -60,17 +60,14 @@ print(json.dumps(out))
 RUN_KEYS = ("final_accuracy", "average_accuracy", "wall_time_s", "timing_s", "speed", "event0_cached")
 
 
-def _tail(text: str, n: int = 3000) -> str:
-    return text[-n:]
-
-
 def _shown(cmd: list[str], work: str | None) -> list[str]:
     """`cmd` as recorded: the interpreter as ``python`` and the scratch folder as ``$WORK``, not this machine's paths."""
     return ["python" if c == sys.executable else (c.replace(work, "$WORK") if work else c) for c in cmd]
 
 
 def run_step(name: str, cmd: list[str], timeout: float, log, work: str | None = None) -> dict:
-    """Run `cmd` under `timeout` seconds; its output goes to `log`. Returns status, seconds and the output's tail."""
+    """Run `cmd` under `timeout` seconds; its output goes to `log`. Returns (status, seconds and the output's
+    tail on failure; the whole output)."""
     print(f"[{name}] {' '.join(cmd)}  (limit {timeout:.0f} s)", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -85,14 +82,14 @@ def run_step(name: str, cmd: list[str], timeout: float, log, work: str | None = 
     log.flush()
     print(f"[{name}] {status} in {seconds} s", file=sys.stderr, flush=True)
     return {"status": status, "process_s": seconds, "command": _shown(cmd, work),
-            **({} if status == "ok" else {"tail": _tail(out)})}
+            **({} if status == "ok" else {"tail": out[-3000:]})}, out
 
 
 def clq_run(name: str, overrides: list[str], cache: str, work: str, timeout: float, log) -> dict:
     """One `clq-run` (``python -m clq.run``) with `overrides`, its compilation cache in `cache`."""
     run_dir = os.path.join(work, name)
     cmd = [sys.executable, "-m", "clq.run", *overrides, f"compile_cache_dir={cache}", f"hydra.run.dir={run_dir}"]
-    res = run_step(name, cmd, timeout, log, work)
+    res, _ = run_step(name, cmd, timeout, log, work)
     path = os.path.join(run_dir, "results.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -125,7 +122,8 @@ def main(argv=None):
     def left() -> float:
         return args.limit - (time.perf_counter() - t_start) - margin
 
-    work = tempfile.mkdtemp(prefix="clq-gpu-bench-")
+    scratch = tempfile.TemporaryDirectory(prefix="clq-gpu-bench-")  # removed at exit, also after sys.exit
+    work = scratch.name
     cache = os.path.join(work, "xla-cache")
     log_path = args.log or os.path.splitext(args.out)[0] + ".log"
     data = [f"data.path={args.data_path}"] if args.data_path else []
@@ -142,12 +140,10 @@ def main(argv=None):
 
     with open(log_path, "w") as log:
         if "device" in steps:
-            res = run_step("device", [sys.executable, "-c", DEVICE_PROBE], min(120, left()), log)
+            res, text = run_step("device", [sys.executable, "-c", DEVICE_PROBE], min(120, left()), log)
             res["command"] = ["python", "-c", "bench_gpu.DEVICE_PROBE"]
             if res["status"] == "ok":
-                with open(log_path) as f:
-                    last = [ln for ln in f.read().splitlines() if ln.startswith("{")][-1]
-                res.update(json.loads(last))
+                res.update(json.loads([ln for ln in text.splitlines() if ln.startswith("{")][-1]))
                 if res["backend"] == "cpu" and not args.allow_cpu:
                     out["steps"]["device"] = res
                     save()
@@ -175,7 +171,7 @@ def main(argv=None):
                 out["steps"][name] = {"status": "skipped: no time left"}
                 continue
             path = os.path.join(work, f"{name}.json")
-            res = run_step(name, [*core50, *extra, "--out", path], left(), log, work)
+            res, _ = run_step(name, [*core50, *extra, "--out", path], left(), log, work)
             if os.path.exists(path):
                 with open(path) as f:
                     r = json.load(f)
@@ -183,7 +179,7 @@ def main(argv=None):
             out["steps"][name] = res
             save()
     save()
-    shutil.rmtree(work, ignore_errors=True)
+    scratch.cleanup()
     print(json.dumps({k: v.get("status") for k, v in out["steps"].items()}))
     print(f"wrote {args.out} and {log_path}")
 

@@ -1,7 +1,7 @@
 """Where event 0's whole-network SGD step spends its time: kernels by kind, thread use, and one candidate fix.
 
     .venv/bin/python bench/profile_event0.py                  # default model: 0.5 / 32 px, batch 64 (~1 min)
-    .venv/bin/python bench/profile_event0.py --width 1.0 --image-size 64 --batch 128 --out /tmp/p.json
+    .venv/bin/python bench/profile_event0.py --width 1.0 --image-size 64 --batch 128 --out p.json
     .venv/bin/python bench/profile_event0.py --compile-options '{"xla_cpu_use_onednn": true}'   # + a switch
 
 The step is event 0's (`clq.train.first_event`): `forward_bn` with batch statistics, softmax cross-entropy, SGD
@@ -27,11 +27,14 @@ Writes ``bench/results/event0_profile.json``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import glob
 import json
 import os
 import re
+import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -39,6 +42,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 DUMP = tempfile.mkdtemp(prefix="clq-event0-hlo-")
+atexit.register(shutil.rmtree, DUMP, True)  # XLA dumps every program of the process there
 # Set before JAX starts: the optimized HLO names every kernel the profiler reports.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            f" --xla_dump_to={DUMP} --xla_dump_hlo_as_text --xla_dump_hlo_pass_re=^$").strip()
@@ -141,6 +145,7 @@ def profile(epoch, args, steps: int) -> dict:
     from jax.profiler import ProfileData
 
     pd = ProfileData.from_file(glob.glob(os.path.join(trace, "**", "*.xplane.pb"), recursive=True)[0])
+    shutil.rmtree(trace, ignore_errors=True)
     # The first epoch program compiled is the current step (main compiles it before the candidate).
     hlo = open(sorted(glob.glob(os.path.join(DUMP, "*jit_epoch*after_optimizations.txt")))[0]).read()
     kinds = kernel_kinds(hlo)
@@ -211,7 +216,7 @@ def main(argv=None):
             jax.block_until_ready(epoch(*state))
             times[v].append(1000 * (time.perf_counter() - t0) / args.steps)
     result = {"benchmark": "event 0's whole-network SGD step: kernels by kind, thread use, written-out BN backward",
-              "command": "python bench/profile_event0.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": shlex.join(["python", "bench/profile_event0.py", *(argv if argv is not None else sys.argv[1:])]),
               "model": {"width": args.width, "image_size": args.image_size, "batch": args.batch},
               "peak_gflop_s": round(peak, 1), "step_gflop": round(step_flop / 1e9, 3), "variants": {}}
     for v, ts in times.items():
@@ -222,7 +227,7 @@ def main(argv=None):
         result[f"{v}_over_current"] = round(min(times[v]) / min(times["current"]), 3)
     for v in list(switches)[1:]:
         result["variants"][v]["over_current"] = round(min(times[v]) / min(times["current"]), 3)
-    result["profile_current"] = profile(*programs["current"][:1], programs["current"][1], args.steps)
+    result["profile_current"] = profile(*programs["current"], args.steps)
     result["machine"] = machine()
     path = write_result("event0_profile", result, args.out)
     cur, prof = result["variants"]["current"], result["profile_current"]
