@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run_all.py                   # ~45 min on the 2-core machine
     .venv/bin/python bench/run_all.py --only adaptive cost
-    .venv/bin/python bench/run_all.py --quick           # smoke run: few events and repeats, results in /tmp
+    .venv/bin/python bench/run_all.py --quick           # smoke run: few events and repeats, results in a temporary folder
 
 Benchmarks (each also runs alone; see its docstring): `bench_cost` (cost-model grid throughput),
 `bench_adaptive` (adaptive-stage FLOP/s vs the FP32 matmul peak), `bench_e2e` (default experiment, phase
