@@ -1,6 +1,8 @@
-"""End-to-end time of the default experiment, its split by phase, and what the persistent compilation cache saves.
+"""End-to-end time of the default experiment, its split by phase, and what clq's caches save, side by side with
+an earlier commit.
 
-    .venv/bin/python bench/bench_e2e.py                 # ~6 min on the 2-core machine; writes bench/results/e2e.json
+    .venv/bin/python bench/bench_e2e.py                      # ~8 min on the 2-core machine; writes bench/results/e2e.json
+    .venv/bin/python bench/bench_e2e.py --against HEAD~3     # also that commit's default run, interleaved
 
 Each run is the default experiment (`clq-run` with conf/config.yaml: MobileNet-V1 0.5 / 32 px, Fashion-MNIST
 NICv2-style stream, 76 events, l = 19, checkpoints after every event, offline wandb) through
@@ -8,15 +10,19 @@ NICv2-style stream, 76 events, l = 19, checkpoints after every event, offline wa
 what a user's run pays (imports, compilation). The split comes from `results['timing_s']`; compile time from
 `jax.monitoring` (it overlaps the phases: a function compiles inside the phase that first calls it).
 
-Variants, interleaved over --repeats rounds so that machine noise hits both alike:
+Variants, interleaved over --repeats rounds so that machine noise hits all alike:
 
-* ``no cache``: `clq-run compile_cache_dir=null`, every program compiled in the run (a user's first run);
-* ``warm cache``: the same run with JAX's persistent compilation cache (`clq.run.enable_compile_cache`, on by
-  default in `clq-run`) filled by an earlier run: the second and later runs of any configuration load their
-  compiled programs instead of compiling them.
+* ``no cache``: no cache of any kind, every program compiled in the run (a first run on a fresh machine);
+* ``warm cache``: JAX's persistent compilation cache (`clq.run.enable_compile_cache`, on by default in
+  `clq-run`) filled by an earlier run, the event-0 and latent caches empty: the first run of a configuration;
+* ``rerun``: every cache clq-run keeps by default filled by an earlier run of the same command: compiled
+  programs, event 0 (`event0_cache_dir`) and the frozen stage's latents (`latent_cache_dir`). What a second run
+  of a configuration pays, and a sweep member whose event 0 (or frozen stage) another run has computed;
+* ``REV, warm cache`` (with ``--against REV``): that commit's own default run and bench worker, checked out in a
+  temporary git worktree, with its own warm compilation cache: the speed before, measured in the same rounds.
 
-Reported: the best and median wall time of each variant and their ratio, and the phase split of the best
-no-cache run.
+Reported: the best and median wall time of each variant, their ratios, and each variant's phase split and FLOP
+account (share of the FP32 matmul peak measured in the worker).
 """
 
 from __future__ import annotations
@@ -55,7 +61,9 @@ def worker(args) -> None:
     from clq.run import run_experiment
 
     clock = CompileClock()
-    resolved = default_config(["tracking.mode=offline", "progress=false", *args.overrides])
+    caches = ([f"event0_cache_dir={args.result_caches}/event0", f"latent_cache_dir={args.result_caches}/latents"]
+              if args.result_caches else ["event0_cache_dir=null", "latent_cache_dir=null"])
+    resolved = default_config(["tracking.mode=offline", "progress=false", *caches, *args.overrides])
     with tempfile.TemporaryDirectory() as run_dir:
         r = run_experiment(experiment_config(resolved), resolved, run_dir)
     print(json.dumps({"wall_s": time.perf_counter() - t_start, "run_wall_s": r["wall_time_s"],
@@ -63,14 +71,27 @@ def worker(args) -> None:
                       "final_accuracy": r["final_accuracy"]}))
 
 
-def run_worker(cache_dir: str | None, overrides) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker"]
+def run_worker(name: str, cache_dir: str | None, overrides, result_caches: str | None = None,
+               root: str = ROOT) -> dict:
+    """One worker process of the variant `name`; `root` is the checkout whose bench worker (and clq) runs."""
+    cmd = [sys.executable, os.path.join(root, "bench", "bench_e2e.py"), "--worker"]
     if cache_dir:
         cmd += ["--cache-dir", cache_dir]
+    if result_caches:
+        cmd += ["--result-caches", result_caches]
     if overrides:
         cmd += ["--overrides", *overrides]
-    return run_json_worker(cmd, "warm cache" if cache_dir else "no cache",
-                           env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    # An earlier commit's worker reads its own conf/; its caches of results were off by default.
+    return run_json_worker(cmd, name, env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}, cwd=root)
+
+
+def worktree(rev: str, parent: str) -> str:
+    """A detached git worktree of `rev` under `parent` (removed by the caller's `git worktree remove`)."""
+    import subprocess
+
+    path = os.path.join(parent, "against")
+    subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", path, rev], check=True, capture_output=True)
+    return path
 
 
 def split(run: dict) -> dict:
@@ -81,50 +102,87 @@ def split(run: dict) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=2, help="rounds of (no cache, warm cache)")
+    ap.add_argument("--repeats", type=int, default=2, help="rounds of the variants")
+    ap.add_argument("--against", default=None, metavar="REV",
+                    help="also time this git revision's default run (its own checkout and bench worker)")
     ap.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of the default experiment")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--result-caches", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.worker:
         return worker(args)
 
+    import subprocess
+
     info = machine()
-    with tempfile.TemporaryDirectory(prefix="clq-jax-cache-") as cache:
-        fill = run_worker(cache, args.overrides)  # fills the cache (a cold-cache run)
-        print(f"cache-filling run: {fill['process_s']:.1f} s", file=sys.stderr)
-        runs = {"no cache": [], "warm cache": []}
-        for r in range(args.repeats):
-            for variant in runs:
-                res = run_worker(cache if variant == "warm cache" else None, args.overrides)
-                runs[variant].append(res)
-                print(f"round {r}: {variant}: {res['process_s']:.1f} s (compile {res['compile']['total_s']:.1f} s, "
-                      f"final accuracy {res['final_accuracy']:.4f})", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="clq-e2e-") as work:
+        jax_cache, results_cache = os.path.join(work, "xla"), os.path.join(work, "results")
+        against = None
+        if args.against:
+            rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", args.against], check=True,
+                                 capture_output=True, text=True).stdout.strip()
+            against = (f"{rev}, warm cache", worktree(rev, work), os.path.join(work, "xla-against"))
+        try:
+            # Fill the caches: this code's compiled programs, event 0 and latents; the other commit's programs.
+            fill = run_worker("cache-filling run", jax_cache, args.overrides, results_cache)
+            print(f"cache-filling run: {fill['process_s']:.1f} s", file=sys.stderr)
+            if against:
+                run_worker(against[0], against[2], args.overrides, root=against[1])
+            variants = {"no cache": lambda: run_worker("no cache", None, args.overrides),
+                        "warm cache": lambda: run_worker("warm cache", jax_cache, args.overrides),
+                        "rerun": lambda: run_worker("rerun", jax_cache, args.overrides, results_cache)}
+            if against:
+                variants[against[0]] = lambda: run_worker(against[0], against[2], args.overrides, root=against[1])
+            runs = {v: [] for v in variants}
+            for r in range(args.repeats):
+                for variant, go in variants.items():
+                    res = go()
+                    runs[variant].append(res)
+                    print(f"round {r}: {variant}: {res['process_s']:.1f} s (compile {res['compile']['total_s']:.1f} s, "
+                          f"final accuracy {res['final_accuracy']:.4f})", file=sys.stderr)
+        finally:
+            if against:
+                subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", against[1]], capture_output=True)
     walls = {v: best_and_median([x["process_s"] for x in rs]) for v, rs in runs.items()}
-    best = min(runs["no cache"], key=lambda x: x["process_s"])
-    best_warm = min(runs["warm cache"], key=lambda x: x["process_s"])
+    best = {v: min(rs, key=lambda x: x["process_s"]) for v, rs in runs.items()}
     result = {
-        "benchmark": "end-to-end default experiment (clq-run defaults), phase split, persistent compilation cache",
-        "command": "python bench/bench_e2e.py" + (f" --overrides {' '.join(args.overrides)}" if args.overrides else ""),
+        "benchmark": "end-to-end default experiment (clq-run defaults), phase split, clq's caches"
+                     + (f", side by side with {against[0].split(',')[0]}" if against else ""),
+        "command": "python bench/bench_e2e.py" + (f" --against {args.against}" if args.against else "")
+                   + (f" --overrides {' '.join(args.overrides)}" if args.overrides else ""),
         "wall_s": walls,
         "warm_cache_over_no_cache": walls["warm cache"]["best"] / walls["no cache"]["best"],
-        "split_of_best_no_cache_run_s": split(best),
-        "split_of_best_warm_cache_run_s": split(best_warm),
-        "compile_of_best_no_cache_run": best["compile"],
-        # FLOP, seconds, GFLOP/s and share of the FP32 matmul peak (measured in the worker) of each phase.
-        "speed_of_best_no_cache_run": best.get("speed"),
-        "speed_of_best_warm_cache_run": best_warm.get("speed"),
-        "final_accuracy": best["final_accuracy"],
+        "rerun_over_warm_cache": walls["rerun"]["best"] / walls["warm cache"]["best"],
+        # Per variant: seconds of each phase, FLOP account of the best run, final accuracy.
+        "split_s": {v: split(b) for v, b in best.items()},
+        "speed": {v: b.get("speed") for v, b in best.items()},
+        "final_accuracy": {v: b["final_accuracy"] for v, b in best.items()},
+        "compile_of_best_no_cache_run": best["no cache"]["compile"],
         "cache_filling_run": fill,
         "runs": runs,
         "machine": info,
     }
+    if against:
+        base = walls[against[0]]["best"]
+        result["against"] = {"revision": against[0].split(",")[0],
+                             **{f"{v}_speedup": round(base / walls[v]["best"], 3) for v in ("warm cache", "rerun")},
+                             **{f"{v}_speedup_median": round(walls[against[0]]["median"] / walls[v]["median"], 3)
+                                for v in ("warm cache", "rerun")}}
     path = write_result("e2e", result, args.out)
-    print("| phase | no cache (s) | warm cache (s) |\n|---|---|---|")
-    for k, v in result["split_of_best_no_cache_run_s"].items():
-        print(f"| {k} | {v:.1f} | {result['split_of_best_warm_cache_run_s'][k]:.1f} |")
-    print(f"warm/no cache: {result['warm_cache_over_no_cache']:.2f}; wrote {os.path.relpath(path, ROOT)}")
+    names = list(runs)
+    print("| phase | " + " | ".join(f"{v} (s)" for v in names) + " |")
+    print("|---" * (len(names) + 1) + "|")
+    for k in result["split_s"]["no cache"]:
+        print(f"| {k} | " + " | ".join(f"{result['split_s'][v].get(k, 0.0):.1f}" for v in names) + " |")
+    print(f"warm/no cache: {result['warm_cache_over_no_cache']:.2f}; rerun/warm: {result['rerun_over_warm_cache']:.2f}")
+    if against:
+        a = result["against"]
+        print(f"against {a['revision']}: first run of a configuration {a['warm cache_speedup']:.2f}x, "
+              f"rerun {a['rerun_speedup']:.2f}x faster (best); {a['warm cache_speedup_median']:.2f}x, "
+              f"{a['rerun_speedup_median']:.2f}x (median)")
+    print(f"wrote {os.path.relpath(path, ROOT)}")
     return result
 
 

@@ -70,7 +70,8 @@ def run_step(name: str, cmd: list[str], timeout: float, log, work: str | None = 
     tail on failure; the whole output)."""
     print(f"[{name}] {' '.join(cmd)}  (limit {timeout:.0f} s)", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Every step measures the work: event 0 and latents never come from clq-run's default on-disk caches.
+    env = {"CLQ_EVENT0_CACHE_DIR": "", "CLQ_LATENT_CACHE_DIR": "", **os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         status, out = ("ok" if p.returncode == 0 else f"exit {p.returncode}"), p.stdout + p.stderr

@@ -17,6 +17,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
 
+#: `clq-run` keeps event 0 and latents in on-disk caches by default (conf/config.yaml). A benchmark measures the
+#: work unless it says otherwise: these variables turn both caches off in every benchmark and the processes it
+#: starts (a benchmark of the caches sets its own folders, as bench_e2e.py does).
+NO_RESULT_CACHES = {"CLQ_EVENT0_CACHE_DIR": "", "CLQ_LATENT_CACHE_DIR": ""}
+for _var, _value in NO_RESULT_CACHES.items():
+    os.environ.setdefault(_var, _value)
+
 
 def default_config(overrides=()) -> dict:
     """The resolved config of `clq-run` (conf/config.yaml plus Hydra-style overrides) as a plain dict."""
@@ -83,7 +90,7 @@ class CompileClock:
         return out
 
 
-def run_json_worker(cmd: list[str], name: str, env: dict | None = None) -> dict:
+def run_json_worker(cmd: list[str], name: str, env: dict | None = None, cwd: str = ROOT) -> dict:
     """Run a benchmark worker process; returns its last stdout line (JSON) plus ``process_s``, its wall time.
 
     Raises:
@@ -93,7 +100,7 @@ def run_json_worker(cmd: list[str], name: str, env: dict | None = None) -> dict:
     import sys
 
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
     if out.returncode:
         sys.stderr.write(out.stderr[-4000:])
         raise RuntimeError(f"benchmark worker {name!r} failed with exit status {out.returncode} (its stderr above)")

@@ -110,9 +110,9 @@ def table(res: dict) -> list[tuple[str, str, str]]:
                      f"{res['cost']['configurations_per_second']:,.0f} /s"))
     if "e2e" in res:
         e = res["e2e"]
-        rows.append(("default experiment end to end (no cache / warm persistent cache)", "-",
-                     f"{e['wall_s']['no cache']['best']:.1f} s / {e['wall_s']['warm cache']['best']:.1f} s "
-                     f"({e['warm_cache_over_no_cache']:.2f})"))
+        rows.append(("default experiment end to end (no cache / warm compilation cache / rerun, every cache warm)", "-",
+                     f"{e['wall_s']['no cache']['best']:.1f} s / {e['wall_s']['warm cache']['best']:.1f} s / "
+                     f"{e['wall_s']['rerun']['best']:.1f} s"))
     return rows
 
 

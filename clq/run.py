@@ -122,10 +122,18 @@ def summary_table(results: dict) -> str:
     if "latency_s" in cost:
         rows.append((f"latency / event on {cost.get('config', {}).get('target', 'target')} (cost model)",
                      f"{cost['latency_s']['total']:.3g} s, {cost['energy_j']['total']:.3g} J"))
+    reused = []
+    if results.get("event0_cached"):
+        reused.append("event 0")
+    lc = results.get("latent_cache")
+    if lc and lc["hits"]:
+        reused.append(f"{lc['hits']:,} of {lc['hits'] + lc['misses']:,} latents")
+    if reused:  # what the disk caches (event0_cache_dir, latent_cache_dir) saved this run from computing
+        rows.append(("reused from the disk caches", ", ".join(reused)))
     speed = results.get("speed")
     if speed:
         parts = [f"{name.replace('_', ' ')} {100 * ph['fraction_of_peak']:.0f} %"
-                 for name, ph in speed["phases"].items() if ph["fraction_of_peak"] is not None]
+                 for name, ph in speed["phases"].items() if ph["fraction_of_peak"] is not None and ph["gflop"] > 0]
         together = speed.get("group_learning_and_evaluation")
         if together and together["fraction_of_peak"] is not None:
             parts.append(f"learning events + evaluation of the group's {together['members']} member(s) "

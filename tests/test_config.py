@@ -143,6 +143,19 @@ def test_a_missing_key_is_an_error_naming_it(key):
         experiment_config(_without(_resolve(), key))
 
 
+def test_event0_and_latent_caches_are_on_by_default_and_an_empty_variable_turns_them_off(monkeypatch):
+    for var in ("CLQ_EVENT0_CACHE_DIR", "CLQ_LATENT_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    exp = experiment_config(_resolve())
+    assert exp.event0_cache_dir == os.path.expanduser("~/.cache/clq/event0")
+    assert exp.latent_cache_dir == os.path.expanduser("~/.cache/clq/latents")
+    monkeypatch.setenv("CLQ_EVENT0_CACHE_DIR", "/somewhere/e0")
+    monkeypatch.setenv("CLQ_LATENT_CACHE_DIR", "")
+    exp = experiment_config(_resolve())
+    assert exp.event0_cache_dir == "/somewhere/e0" and exp.latent_cache_dir is None
+    assert experiment_config(_resolve(["event0_cache_dir=null"])).event0_cache_dir is None
+
+
 def test_each_dataset_has_its_own_keys():
     nic = experiment_config(_resolve()).data
     assert nic.sessions[0] == "clean" and nic.initial_classes == 5 and nic.scenario is None and nic.labels is None

@@ -129,10 +129,23 @@ def test_readme_names_the_pretrained_config(monkeypatch):
 # --- 3. the end-of-run summary's memory lines ----------------------------------------------------------------------
 
 @needs_fmnist
-def test_summary_says_memory_is_the_cost_models_packed_figure(tmp_path):
+def test_summary_says_memory_is_the_cost_models_packed_figure(tmp_path, monkeypatch):
+    # The default caches of event 0 and latents, here in this test's folder: a second run reuses both.
+    monkeypatch.setenv("CLQ_EVENT0_CACHE_DIR", str(tmp_path / "e0"))
+    monkeypatch.setenv("CLQ_LATENT_CACHE_DIR", str(tmp_path / "lc"))
     run_dir = tmp_path / "run"
     p = run_module("clq", [*TINY, "tracking=none", "checkpoint_every=0", f"hydra.run.dir={run_dir}"], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert "reused from the disk caches" not in p.stdout
+    again = run_module("clq", [*TINY, "tracking=none", "checkpoint_every=0", f"hydra.run.dir={tmp_path / 'again'}"],
+                       tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads((tmp_path / "again" / "results.json").read_text())
+    n = rerun["latent_cache"]["hits"]
+    assert rerun["event0_cached"] and rerun["latent_cache"]["misses"] == 0 and n > 0
+    assert re.search(rf"reused from the disk caches +event 0, {n:,} of {n:,} latents", again.stdout)
+    peak = next(x for x in again.stdout.splitlines() if "share of the FP32 matmul peak" in x)
+    assert "learning events" in peak and "frozen pass" not in peak and "event 0" not in peak  # nothing computed
     res = json.loads((run_dir / "results.json").read_text())
     lines = p.stdout.splitlines()
     device = next(x for x in lines if "replay buffer on the device" in x)

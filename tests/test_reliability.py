@@ -200,6 +200,30 @@ def test_event0_cache_gives_same_numbers_and_skips_event_0(tiny, ref, tmp_path):
     assert first_event(stream, specs, 23, train, 0, cache_dir=str(cache)).cached
 
 
+def test_event0_cache_stays_under_its_bound_and_keeps_what_it_uses(tiny, tmp_path, monkeypatch):
+    """The event-0 cache is on by default, so it is bounded: using an entry marks it, and the least recently used
+    others go once the folder exceeds `EVENT0_CACHE_BYTES`. Its key covers the whole modules that train event 0."""
+    import clq.train.event0 as e0
+    import clq.train.latent_cache as lc
+
+    stream, specs, train = tiny
+    cache = tmp_path / "e0"
+    stale = cache / "stale"
+    stale.mkdir(parents=True)
+    (stale / "blob").write_bytes(b"x" * 4096)
+    os.utime(stale, (1, 1))
+    names = []
+    real = lc.code_version
+    monkeypatch.setattr(e0, "code_version", lambda tag, modules: names.extend(modules) or real(tag, modules))
+    monkeypatch.setattr(e0, "EVENT0_CACHE_BYTES", 1 << 40)
+    first = e0.first_event(stream, specs, 23, train, 0, cache_dir=str(cache))
+    assert {"clq.model.forward", "clq.train.first_event", "clq.train.norm"} <= set(names)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(["stale", first.key])  # under the bound: kept
+    monkeypatch.setattr(e0, "EVENT0_CACHE_BYTES", 4096)
+    again = e0.first_event(stream, specs, 23, train, 0, cache_dir=str(cache))
+    assert again.cached and [p.name for p in cache.iterdir()] == [first.key]  # the stale entry went, not this one
+
+
 def test_background_checkpoints_commit_in_order_and_hold_the_saved_values(tmp_path):
     """`CheckpointWriter` copies the arrays when `save` returns (the learning step donates its state), commits
     in order, keeps the newest `keep`, and a failed write raises at the next save."""

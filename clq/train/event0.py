@@ -14,7 +14,6 @@ events' hyper-parameters. So every run and every sweep member that shares those 
 
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Callable, NamedTuple, Sequence
 
@@ -26,12 +25,16 @@ from clq.model.specs import LayerSpec
 from clq.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from clq.train.config import TrainConfig
 from clq.train.first_event import configure_head, train_first_event
-from clq.train.latent_cache import content_key
+from clq.train.latent_cache import code_version, content_key, prune_cache
 
 __all__ = ["FirstEvent", "first_event", "event0_key", "network_shapes"]
 
 #: Bumped when the cache's layout or the meaning of its key changes.
 CACHE_FORMAT = 1
+
+#: Bound of an event-0 cache folder on disk (`prune_cache`, applied whenever a run uses it). One entry of the
+#: default experiment is ~3 MB, of the ImageNet MobileNet-V1 1.0 ~26 MB.
+EVENT0_CACHE_BYTES = 2 << 30
 
 
 class FirstEvent(NamedTuple):
@@ -52,19 +55,9 @@ class FirstEvent(NamedTuple):
 
 
 def _code_version() -> str:
-    """Hash of the source of the modules that train event 0 (a code change invalidates the cache)."""
-    import jaxlib
-    import optax
-
-    from clq.model import forward, specs
-    from clq.train import event
-    from clq.train import first_event as fe
-    from clq.train import norm
-
-    # Also what computes it: library versions, the backend (a GPU's network is not a CPU run's), the precision.
-    return content_key("clq-event0-code", *(inspect.getsource(m) for m in (fe, forward, specs, norm, event)),
-                       jax.__version__, jaxlib.__version__, optax.__version__, jax.default_backend(),
-                       bool(jax.config.jax_enable_x64), str(jax.config.jax_default_matmul_precision))
+    """Hash of the source of the modules that train event 0 and of what runs them (`code_version`)."""
+    return code_version("clq-event0-code", ("clq.train.first_event", "clq.model.forward", "clq.model.specs",
+                                            "clq.train.norm", "clq.train.event"))
 
 
 def event0_key(stream, specs: Sequence[LayerSpec], latent_layer: int, train: TrainConfig, seed: int,
@@ -98,6 +91,17 @@ def network_shapes(specs: Sequence[LayerSpec], train: TrainConfig):
     return jax.eval_shape(bn_form)
 
 
+def _prune(folder: str, say) -> None:
+    """Mark the entry `folder` used and keep its cache under `EVENT0_CACHE_BYTES` (`prune_cache`)."""
+    try:
+        removed = prune_cache(os.path.dirname(folder), EVENT0_CACHE_BYTES, keep=folder)
+    except OSError as e:
+        say(f"event 0 cache {os.path.dirname(folder)} not pruned: {e}")
+        return
+    if removed:
+        say(f"event 0 cache: removed {len(removed)} least recently used entries (bound {EVENT0_CACHE_BYTES >> 30} GiB)")
+
+
 def first_event(stream, specs: Sequence[LayerSpec], latent_layer: int, train: TrainConfig, seed: int,
                 initial_params=None, cache_dir: str | None = None, memo: dict | None = None,
                 log: Callable[[str], None] | None = None) -> FirstEvent:
@@ -127,6 +131,7 @@ def first_event(stream, specs: Sequence[LayerSpec], latent_layer: int, train: Tr
         if restored is not None:
             (params, stats), meta = restored[1]["bn"], restored[2]
             say(f"event 0 from the cache ({folder})")
+            _prune(folder, say)
             out = FirstEvent(tuple(params), tuple(stats), [tuple(h) for h in meta["history"]], key, True)
             if memo is not None:
                 memo[key] = out
@@ -146,6 +151,8 @@ def first_event(stream, specs: Sequence[LayerSpec], latent_layer: int, train: Tr
             save_checkpoint(folder, 0, {"bn": (out.bn_params, out.bn_stats)}, {"history": history, "key": key})
         except OSError as e:  # a full or read-only disk costs the cache, never the run
             say(f"event 0 not cached in {folder}: {e}")
+        else:
+            _prune(folder, say)
     if memo is not None:
         memo[key] = out
     return out

@@ -22,19 +22,27 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import os
+import shutil
 import warnings
 import zipfile
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
 from clq.atomic import atomic_file
 
-__all__ = ["CacheStats", "LatentCache", "content_key", "frozen_stage_key", "image_keys", "make_latent_cache", "with_latent_cache"]
+__all__ = ["CacheStats", "LatentCache", "content_key", "code_version", "frozen_stage_key", "image_keys",
+           "make_latent_cache", "with_latent_cache", "prune_cache", "LATENT_CACHE_BYTES"]
 
-#: Bumped when the cache's file format or the meaning of a key changes.
-CACHE_FORMAT = 1
+#: Bumped when the cache's file format or the meaning of a key changes (2: keys include the code's version).
+CACHE_FORMAT = 2
+
+#: Bound of a latent cache folder on disk: when a run starts using it, least recently used frozen stages go
+#: until the rest fits (`prune_cache`). One stage of the default experiment is ~36 MB; the paper-size CORe50
+#: protocol's (120k latents of 8x8x512 codes) is ~4 GB.
+LATENT_CACHE_BYTES = 8 << 30
 
 
 def _update(h, obj) -> None:
@@ -81,6 +89,76 @@ def content_key(tag: str, *parts) -> str:
     for p in parts:
         _update(h, p)
     return h.hexdigest()
+
+
+def code_version(tag: str, modules: Sequence[str]) -> str:
+    """Content key of the code that computes a cached value: the source of the named modules (dotted names;
+    names, because a package may re-export a function under a module's name, as ``clq.model.forward``) and
+    what runs them (JAX, jaxlib and optax versions, the backend, x64 and the default matmul precision; a GPU's
+    numbers are not a CPU's), and XLA's CPU thread settings (``XLA_FLAGS``, ``NPROC``, the core count: a reduction
+    sums in another order on one thread than on the whole pool, so a joblib member with one thread and a default
+    run never share an entry). Part of every cache key, so that a changed implementation never returns a stale
+    entry and a cached value is the one this process would compute."""
+    import importlib
+
+    import jax
+    import jaxlib
+    import optax
+
+    sources = (inspect.getsource(importlib.import_module(m)) for m in modules)
+    return content_key(tag, *sources, jax.__version__, jaxlib.__version__,
+                       optax.__version__, jax.default_backend(), bool(jax.config.jax_enable_x64),
+                       str(jax.config.jax_default_matmul_precision), os.environ.get("XLA_FLAGS", ""),
+                       os.environ.get("NPROC", ""), os.cpu_count())
+
+
+def _folder_bytes(path: str) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_size
+            except OSError:  # removed meanwhile by another run's pruning
+                pass
+    return total
+
+
+def prune_cache(root: str, max_bytes: int, keep: str) -> list[str]:
+    """Keep a cache folder under `max_bytes`: mark the entry `keep` used, then remove the least recently used
+    other entries until the rest fits.
+
+    An entry is a sub-folder of `root` (a frozen stage's latents, one event 0); its last use is its
+    modification time (a written shard or file updates it, a hit sets it here). The entry in use is never
+    removed, even when it alone exceeds the bound. Safe with concurrent runs: a run whose entry is removed
+    meanwhile only misses (reads are verified, writes recreate the folder).
+
+    Returns:
+      the removed folders, least recently used first.
+    """
+    keep = os.path.abspath(keep)
+    try:
+        os.utime(keep)
+    except OSError:
+        pass
+    entries = []
+    for name in os.listdir(root):
+        path = os.path.abspath(os.path.join(root, name))
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                entries.append((os.stat(path).st_mtime, path, _folder_bytes(path)))
+        except OSError:
+            continue
+    total = sum(size for _, _, size in entries)
+    removed = []
+    for _, path, size in sorted(entries):
+        if total <= max_bytes:
+            break
+        if path == keep:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        total -= size
+        removed.append(path)
+    return removed
 
 
 def image_keys(pixels: np.ndarray) -> np.ndarray:
@@ -148,7 +226,7 @@ def _write_shard(path: str, codes: np.ndarray, keys: np.ndarray) -> int:
 
 
 def make_latent_cache(latents: Callable[[np.ndarray], np.ndarray], stage_key: str, cache_dir: str,
-                      chunk: int = 1024) -> LatentCache:
+                      chunk: int = 1024, max_bytes: int = LATENT_CACHE_BYTES) -> LatentCache:
     """Wrap a latent function with the on-disk cache.
 
     Args:
@@ -157,12 +235,27 @@ def make_latent_cache(latents: Callable[[np.ndarray], np.ndarray], stage_key: st
       stage_key: identifies the function, e.g. `frozen_stage_key(frozen_specs, frozen_params, quant)`.
       cache_dir: root folder (created if needed); shared safely by concurrent runs.
       chunk: images per shard; bounds the memory of one call to `chunk` images + their codes.
+      max_bytes: bound of `cache_dir` (`prune_cache`, applied here, when this stage starts using it).
     """
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
-    directory = os.path.join(os.path.abspath(os.path.expanduser(cache_dir)), stage_key)
+    root = os.path.abspath(os.path.expanduser(cache_dir))
+    directory = os.path.join(root, stage_key)
     os.makedirs(directory, exist_ok=True)
+    prune_cache(root, max_bytes, keep=directory)
     stats = CacheStats()
+    unwritable = []
+
+    def store(path, codes, keys):
+        if unwritable:
+            return
+        try:
+            os.makedirs(directory, exist_ok=True)  # another run may have pruned this stage meanwhile
+            stats.bytes_written += _write_shard(path, codes, keys)
+        except OSError as e:  # a full or read-only disk costs the cache, never the run
+            unwritable.append(e)
+            warnings.warn(f"latent cache {directory} not written ({e}); this run goes on without storing latents",
+                          stacklevel=3)
 
     def cached(pixels) -> np.ndarray:
         n = len(pixels)
@@ -180,7 +273,7 @@ def make_latent_cache(latents: Callable[[np.ndarray], np.ndarray], stage_key: st
             if codes is None:
                 codes = np.asarray(latents(px))
                 stats.misses += len(px)
-                stats.bytes_written += _write_shard(path, codes, keys)
+                store(path, codes, keys)
             else:
                 stats.hits += len(px)
             parts.append(codes)
@@ -189,6 +282,11 @@ def make_latent_cache(latents: Callable[[np.ndarray], np.ndarray], stage_key: st
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     return LatentCache(cached, stats, directory)
+
+
+#: The modules whose code computes a latent from pixels (`code_version`).
+LATENT_CODE = ("clq.train.frozen_stage", "clq.quant.frozen", "clq.quant.requant", "clq.quant.uniform",
+               "clq.model.forward", "clq.batching")
 
 
 def with_latent_cache(frozen, cache_dir: str, *key_parts, chunk: int = 1024):
@@ -201,6 +299,8 @@ def with_latent_cache(frozen, cache_dir: str, *key_parts, chunk: int = 1024):
     Returns:
       (the wrapped FrozenStage, its LatentCache)
     """
-    key = frozen_stage_key(frozen.layers, frozen.bits, float(frozen.scale), *key_parts)
+    # The code that turns pixels into latents is part of the key: a changed implementation misses.
+    code = code_version("clq-latents-code", LATENT_CODE)
+    key = frozen_stage_key(code, frozen.layers, frozen.bits, float(frozen.scale), *key_parts)
     cache = make_latent_cache(frozen.latents, key, cache_dir, chunk)
     return frozen._replace(latents=cache.latents), cache

@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from clq.train.latent_cache import frozen_stage_key, image_keys, make_latent_cache, with_latent_cache
+import clq.train.latent_cache as lc
+from clq.train.latent_cache import frozen_stage_key, image_keys, make_latent_cache, prune_cache, with_latent_cache
 
 
 class _Counting:
@@ -140,3 +141,89 @@ def test_wraps_a_real_frozen_stage_and_lazy_images(tmp_path):
 
     np.testing.assert_array_equal(cached.latents(Lazy()), frozen.latents(px))
     assert cache.stats.hits == 40
+
+
+def _entry(root, name, size, mtime):
+    d = os.path.join(root, name)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "data.npz"), "wb") as f:
+        f.write(b"x" * size)
+    os.utime(d, (mtime, mtime))
+    return d
+
+
+def test_prune_removes_least_recently_used_entries_but_never_the_one_in_use(tmp_path):
+    root = str(tmp_path)
+    for i, name in enumerate("abcd"):
+        _entry(root, name, 1000, 1_000_000 + i)  # a is the least recently used, d the most
+    assert prune_cache(root, 4000, keep=os.path.join(root, "a")) == []  # fits: nothing goes, a is marked used
+    assert os.stat(os.path.join(root, "a")).st_mtime > 1_000_003
+    removed = prune_cache(root, 2500, keep=os.path.join(root, "c"))
+    assert [os.path.basename(p) for p in removed] == ["b", "d"]  # c is in use, a was just used
+    assert sorted(os.listdir(root)) == ["a", "c"]
+    # An entry in use larger than the bound stays; every other goes.
+    assert [os.path.basename(p) for p in prune_cache(root, 10, keep=os.path.join(root, "c"))] == ["a"]
+    assert os.listdir(root) == ["c"]
+
+
+def test_a_stage_starting_to_use_the_cache_prunes_it_to_its_bound(tmp_path):
+    px = _pixels(16)
+    old = make_latent_cache(_Counting(), "old", str(tmp_path))
+    old.latents(px)
+    os.utime(old.directory, (1, 1))
+    size = sum(os.path.getsize(os.path.join(old.directory, f)) for f in os.listdir(old.directory))
+    assert os.listdir(tmp_path) == ["old"] and make_latent_cache(_Counting(), "old", str(tmp_path), max_bytes=size)
+    new = make_latent_cache(_Counting(), "new", str(tmp_path), max_bytes=size - 1)
+    assert os.listdir(tmp_path) == ["new"]
+    np.testing.assert_array_equal(new.latents(px), old.latents(px))
+
+
+def test_a_pruned_or_unwritable_stage_folder_costs_the_cache_never_the_run(tmp_path):
+    import shutil
+
+    px = _pixels(20)
+    cache = make_latent_cache(_Counting(), "stage", str(tmp_path), chunk=10)
+    shutil.rmtree(cache.directory)  # another run pruned this stage meanwhile
+    np.testing.assert_array_equal(cache.latents(px), _Counting()(px))
+    assert cache.stats.misses == 20 and len(os.listdir(cache.directory)) == 2  # folder recreated, shards written
+    blocked = make_latent_cache(_Counting(), "blocked", str(tmp_path), chunk=10)
+    shutil.rmtree(blocked.directory)
+    open(blocked.directory, "w").close()  # a file where the folder should be: no write can succeed
+    with pytest.warns(UserWarning, match="not written"):
+        np.testing.assert_array_equal(blocked.latents(px), _Counting()(px))
+    assert blocked.stats.bytes_written == 0
+
+
+def test_the_stage_key_holds_the_code_that_computes_latents(tmp_path, monkeypatch):
+    """Two versions of the latent code never share an entry (the cache is on by default)."""
+    import jax
+
+    from clq.model import fold_batch_norm, init_params, mobilenet_v1_specs
+    from clq.quant import QuantConfig
+    from clq.train.frozen_stage import make_frozen_stage
+
+    specs = mobilenet_v1_specs(0.25, 16, 10)[:1]
+    params, stats = init_params(specs, jax.random.PRNGKey(0))
+    frozen = make_frozen_stage(specs, fold_batch_norm(specs, params, stats), _pixels(8, size=16), QuantConfig(),
+                               batch_size=8)
+    seen = []
+    real = lc.code_version
+    monkeypatch.setattr(lc, "code_version", lambda tag, modules: seen.append(modules) or real(tag, modules))
+    _, a = with_latent_cache(frozen, str(tmp_path), specs)
+    assert set(seen[0]) >= {"clq.train.frozen_stage", "clq.quant.frozen", "clq.model.forward"}
+    monkeypatch.setattr(lc, "code_version", lambda tag, modules: "another version")
+    _, b = with_latent_cache(frozen, str(tmp_path), specs)
+    assert a.directory != b.directory
+
+
+def test_code_version_follows_xla_thread_settings(monkeypatch):
+    """A joblib member (one XLA thread) sums in another order than a default run: their entries must differ."""
+    monkeypatch.delenv("NPROC", raising=False)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    base = lc.code_version("t", ("clq.batching",))
+    assert lc.code_version("t", ("clq.batching",)) == base
+    monkeypatch.setenv("NPROC", "1")
+    one_thread = lc.code_version("t", ("clq.batching",))
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    assert len({base, one_thread, lc.code_version("t", ("clq.batching",))}) == 3
+    assert lc.code_version("t", ("clq.replay.buffer",)) != lc.code_version("t", ("clq.batching",))
