@@ -1,4 +1,4 @@
-"""Where event 0's whole-network SGD step spends its time: kernels by kind, thread use, and one candidate fix.
+"""Where event 0's whole-network SGD step spends its time: kernels by kind, thread use, and candidate fixes.
 
     .venv/bin/python bench/profile_event0.py                  # default model: 0.5 / 32 px, batch 64 (~1 min)
     .venv/bin/python bench/profile_event0.py --width 1.0 --image-size 64 --batch 128 --out p.json
@@ -15,12 +15,20 @@ its kind:
 * ``threads busy``: kernel time summed over XLA's worker threads divided by the step's wall time (2.0 would
   be both cores busy all the time).
 
-Two candidates, timed against the current step in the same process (the machine is shared: only same-process
-ratios are meaningful): ``fusion_emitters_off``, the same program compiled with
-``xla_cpu_use_fusion_emitters=false``, and ``written_bn``: batch norm with a written-out backward pass (the closed form
-dx = gamma/sigma * (g - mean(g) - xhat * mean(g * xhat))), two reductions instead of autodiff's. Both change
-the floating-point summation order, so they are measured here and not used by clq (docs/performance.md says
-why).
+Candidates, timed against the current step in the same process (the machine is shared: only same-process ratios
+are meaningful):
+
+* ``candidate``: batch norm in training mode with a written-out backward pass (the closed form
+  dx = gamma/sigma * (g - mean(g) - x_hat * mean(g * x_hat)), two reductions per layer instead of autodiff's),
+  and the strided depthwise input gradient computed phase by phase (each input pixel of phase
+  (p, q) sums only the taps that reach it, 9 products in all, instead of a scatter that evaluates all 9 taps
+  at every input pixel). Both are written out below;
+* ``fusion_emitters_off``: the same program compiled with ``xla_cpu_use_fusion_emitters=false``;
+* any compiler switch given with ``--compile-options``.
+
+The candidates round differently (the written-out backward sums in another order; XLA fuses the phase sums'
+products into FMAs), so they are measured here and not used by clq: docs/performance.md says what that rounding
+change did to the default experiment.
 Writes ``bench/results/event0_profile.json``.
 """
 
@@ -29,6 +37,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import collections
+import functools
 import glob
 import json
 import os
@@ -63,37 +72,98 @@ fw = importlib.import_module("clq.model.forward")  # the module (clq.model re-ex
 
 
 @jax.custom_vjp
-def written_bn(r, gamma, beta):
-    """Batch norm in training mode over rows r [N, C] (N = B*H*W) with a written-out backward pass."""
-    return _written_bn_fwd(r, gamma, beta)[0]
+def batch_norm_train(y, gamma, beta):
+    """Batch norm in training mode over every axis of y [..., C] but the last, with a written-out backward pass;
+    returns (normalized y, mean [C], var [C]), the forward values of `clq.model.forward.forward_bn`."""
+    return _batch_norm_train_fwd(y, gamma, beta)[0]
 
 
-def _written_bn_fwd(r, gamma, beta):
-    mean = jnp.mean(r, axis=0)
-    inv = jax.lax.rsqrt(jnp.mean(jnp.square(r - mean), axis=0) + fw.BN_EPS)
-    xhat = (r - mean) * inv
-    return xhat * gamma + beta, (xhat, inv, gamma)
+def _batch_norm_train_fwd(y, gamma, beta):
+    axes = tuple(range(y.ndim - 1))
+    mean, var = jnp.mean(y, axis=axes), jnp.var(y, axis=axes)
+    inv = jax.lax.rsqrt(var + fw.BN_EPS)
+    return ((y - mean) * (gamma * inv) + beta, mean, var), (y, mean, inv, gamma)
 
 
-def _written_bn_bwd(res, g):
-    xhat, inv, gamma = res
-    dbeta = jnp.sum(g, axis=0)
-    dgamma = jnp.sum(g * xhat, axis=0)
-    n = g.shape[0]
-    return (gamma * inv / n) * (n * g - dbeta - xhat * dgamma), dgamma, dbeta
+def _batch_norm_train_bwd(res, cts):
+    y, mean, inv, gamma = res
+    g, g_mean, g_var = cts
+    axes = tuple(range(y.ndim - 1))
+    n = y.size // y.shape[-1]
+    x_hat = (y - mean) * inv
+    d_beta, d_gamma = jnp.sum(g, axis=axes), jnp.sum(g * x_hat, axis=axes)
+    dy = (gamma * inv / n) * (n * g - d_beta - x_hat * d_gamma)
+    return dy + (g_mean + 2.0 * g_var * (y - mean)) / n, d_gamma, d_beta  # + the statistics' own cotangents
 
 
-written_bn.defvjp(_written_bn_fwd, _written_bn_bwd)
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
+def _shifted(a, d: int, size: int, axis: int):
+    """``out[m] = a[m - d]`` along `axis` where ``0 <= m - d < a.shape[axis]``, else 0, for m in [0, size)."""
+    start = max(-d, 0)
+    a = jax.lax.slice_in_dim(a, start, max(min(a.shape[axis], size - d), start), axis=axis)
+    lo = min(max(d, 0), size)
+    pads = [(0, 0)] * a.ndim
+    pads[axis] = (lo, size - lo - a.shape[axis])
+    return jnp.pad(a, pads)
+
+
+def phase_transpose(g, w, stride: int, h: int, wd: int):
+    """Input gradient [B, h, wd, C] of a strided depthwise conv (TF 'SAME'), phase by phase: tap (kh, kw) sends
+    output pixel o to input pixel ``stride * o + kh - pad_top``, so it reaches only the input phase
+    ``((kh - pad_top) mod stride, ...)``, shifted by ``floor((kh - pad_top) / stride)``."""
+    k, s = w.shape[0], stride
+    (pt, _), (pl, _) = fw.same_padding(h, k, s), fw.same_padding(wd, k, s)
+    rows, cols = [-(-(h - p) // s) for p in range(s)], [-(-(wd - p) // s) for p in range(s)]
+    phases = {}
+    for t in range(k * k):
+        i, j = t // k, t % k
+        (di, pi), (dj, pj) = divmod(i - pt, s), divmod(j - pl, s)
+        term = _shifted(_shifted(g * w[i, j, 0], di, rows[pi], 1), dj, cols[pj], 2)
+        phases[pi, pj] = phases[pi, pj] + term if (pi, pj) in phases else term
+    b, c = g.shape[0], g.shape[-1]
+    grid = [jnp.stack([jnp.pad(phases.get((pi, pj), jnp.zeros((b, rows[pi], cols[pj], c), g.dtype)),
+                               ((0, 0), (0, rows[0] - rows[pi]), (0, cols[0] - cols[pj]), (0, 0)))
+                       for pj in range(s)], axis=3) for pi in range(s)]
+    dx = jnp.stack(grid, axis=2).reshape(b, rows[0] * s, cols[0] * s, c)  # [B, rows, s, cols, s, C]
+    return dx[:, :h, :wd, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def candidate_depthwise(x, w, stride: int):
+    return fw._depthwise_taps(x, w, stride)
+
+
+def _candidate_depthwise_fwd(x, w, stride):
+    return fw._depthwise_taps(x, w, stride), (x, w)
+
+
+def _candidate_depthwise_bwd(stride, res, g):
+    x, w = res
+    if stride == 1:
+        return fw._depthwise_bwd(stride, res, g)
+    dx_scatter, dw = fw._depthwise_bwd(stride, res, g)  # dw as clq computes it; XLA drops the unused dx
+    return phase_transpose(g, w, stride, x.shape[1], x.shape[2]), dw
+
+
+candidate_depthwise.defvjp(_candidate_depthwise_fwd, _candidate_depthwise_bwd)
 
 
 def forward(specs, params, x, variant: str):
-    """`forward_bn(train=True)`'s output ('current'), or the same network with `written_bn` ('written_bn')."""
+    """`forward_bn(train=True)`'s output ('current'), or the same network with the candidate's batch norm and
+    strided depthwise backward ('candidate')."""
     if variant == "current":
         return fw.forward_bn(specs, params, tuple({} for _ in specs), x, train=True)[0]
     for spec, p in zip(specs, params):
-        y = fw._maybe_flat(fw.linear_op(spec, p.get("w"), fw._maybe_flat(x)))
+        x = fw._maybe_flat(x)
+        if spec.kind == "dw" and x.ndim == 4:
+            y = candidate_depthwise(x, p["w"], spec.stride)
+        else:
+            y = fw.linear_op(spec, p.get("w"), x)
+        y = fw._maybe_flat(y)
         if spec.batch_norm:
-            y = written_bn(y.reshape(-1, y.shape[-1]), p["gamma"], p["beta"]).reshape(y.shape)
+            y = batch_norm_train(y, p["gamma"], p["beta"])[0]
         elif "b" in p:
             y = y + p["b"]
         x = fw.activation(spec, y)
@@ -194,7 +264,7 @@ def main(argv=None):
     peak = matmul_peak()["gflops"]
 
     programs = {}
-    for variant in ("current", "written_bn"):
+    for variant in ("current", "candidate"):
         epoch, optimizer = epoch_program(specs, x_all, y_all, args.steps, args.batch, variant)
         state = (params, optimizer.init(params))
         jax.block_until_ready(epoch(*state))
@@ -215,7 +285,7 @@ def main(argv=None):
             t0 = time.perf_counter()
             jax.block_until_ready(epoch(*state))
             times[v].append(1000 * (time.perf_counter() - t0) / args.steps)
-    result = {"benchmark": "event 0's whole-network SGD step: kernels by kind, thread use, written-out BN backward",
+    result = {"benchmark": "event 0's whole-network SGD step: kernels by kind, thread use, candidate steps",
               "command": shlex.join(["python", "bench/profile_event0.py", *(argv if argv is not None else sys.argv[1:])]),
               "model": {"width": args.width, "image_size": args.image_size, "batch": args.batch},
               "peak_gflop_s": round(peak, 1), "step_gflop": round(step_flop / 1e9, 3), "variants": {}}
@@ -223,7 +293,7 @@ def main(argv=None):
         best = min(ts)
         result["variants"][v] = {"ms_per_step_best": round(best, 2), "ms_per_step_median": round(float(np.median(ts)), 2),
                                  "fraction_of_peak": round(step_flop / (best / 1000) / 1e9 / peak, 4)}
-    for v in ("written_bn", "fusion_emitters_off"):
+    for v in ("candidate", "fusion_emitters_off"):
         result[f"{v}_over_current"] = round(min(times[v]) / min(times["current"]), 3)
     for v in list(switches)[1:]:
         result["variants"][v]["over_current"] = round(min(times[v]) / min(times["current"]), 3)
@@ -233,7 +303,7 @@ def main(argv=None):
     cur, prof = result["variants"]["current"], result["profile_current"]
     print(f"step {cur['ms_per_step_best']} ms ({100 * cur['fraction_of_peak']:.1f} % of {peak:.0f} GFLOP/s); "
           f"{prof['kernels_per_step']} kernels/step, threads busy {prof['threads_busy']}; "
-          f"written-out BN backward: x{result['written_bn_over_current']} time, "
+          f"candidate (written-out BN backward, phase transpose): x{result['candidate_over_current']} time, "
           f"fusion emitters off: x{result['fusion_emitters_off_over_current']}")
     for k, v in prof["by_kind_ms_per_step"].items():
         print(f"  {k:12s} {v['ms']:7.3f} ms/step  {v['kernels']:6.1f} kernels")

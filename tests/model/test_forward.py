@@ -78,16 +78,17 @@ def test_forward_with_small_resolutions_matches_xla_convolutions(first):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("stride,kernel", [(1, 3), (2, 3), (3, 3), (1, 4), (2, 4)])
 @pytest.mark.parametrize("size", [1, 2, 5, 8, 15, 16])
-def test_depthwise_and_its_handwritten_gradient_match_xla_grouped_conv(stride, size):
-    """`_depthwise` has a custom VJP (flipped-kernel correlation at stride 1, scatter at stride 2): check both
-    gradients against autodiff of XLA's grouped convolution, on odd and even sizes down to 1x1."""
+def test_depthwise_and_its_handwritten_gradient_match_xla_grouped_conv(stride, kernel, size):
+    """`_depthwise` has a custom VJP (flipped-kernel correlation for an odd kernel at stride 1, a scatter
+    otherwise): check both gradients against autodiff of XLA's grouped convolution, on odd and even sizes down
+    to 1x1, strides 1-3 and an even kernel (asymmetric 'SAME' padding)."""
     out = -(-size // stride)
-    spec = LayerSpec(1, "dw", "dw", 3, stride, (size, size, 8), (out, out, 8), True, "relu")
+    spec = LayerSpec(1, "dw", "dw", kernel, stride, (size, size, 8), (out, out, 8), True, "relu")
     x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 8))
     w = jax.random.normal(jax.random.PRNGKey(2), spec.weight_shape)
-    pads = (same_padding(size, 3, stride),) * 2
+    pads = (same_padding(size, kernel, stride),) * 2
 
     def ref(x, w):
         return jax.lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -101,3 +102,4 @@ def test_depthwise_and_its_handwritten_gradient_match_xla_grouped_conv(stride, s
     for a, b in zip(jax.grad(lambda x, w: jnp.sum(clq(x, w) * cot), (0, 1))(x, w),
                     jax.grad(lambda x, w: jnp.sum(ref(x, w) * cot), (0, 1))(x, w)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
