@@ -138,8 +138,7 @@ def run_group(
                 continue
             for i in range(start, stop):
                 if not finite[m, i]:
-                    failed[m] = (i, f"non-finite loss or parameters in learning event {i}; lower train.lr "
-                                    f"({lrs[m]})")
+                    failed[m] = (i, hists[m].non_finite(i, lrs[m]))
                     break
                 ev = evaluation_from_hits(np.asarray(out.class_hits[m, i], np.int64),
                                           np.asarray(out.session_hits[m, i], np.int64), test_labels, test_sessions)

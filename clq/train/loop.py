@@ -284,8 +284,7 @@ def run_continual(
                 loss = np.asarray(m.loss)
             if not np.all(np.isfinite(loss)) or not bool(_ALL_FINITE((state.params, state.norm))):
                 step = int(np.argmin(np.isfinite(loss))) if not np.all(np.isfinite(loss)) else len(loss) - 1
-                raise NonFiniteError(f"non-finite loss or parameters in learning event {i}, step {step} of "
-                                     f"{len(loss)}; lower train.lr ({train.lr})", completed=[r["row"] for r in rows])
+                raise NonFiniteError(hist.non_finite(i, train.lr, (step, len(loss))), completed=[r["row"] for r in rows])
             hist.add(i, run_eval(state.params, state.norm), **event_fields(
                 n_new, float(loss[-1]), float(np.asarray(m.accuracy)[-1]), comp, train.epochs))
             checkpoint(i)

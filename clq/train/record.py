@@ -88,6 +88,27 @@ class History:
                 "0.05")
             self.log("warning: " + self.warnings[-1])
 
+    def non_finite(self, i: int, lr, step: tuple[int, int] | None = None) -> str:
+        """The error message of learning event `i` having produced a non-finite loss or state (`NonFiniteError`).
+
+        A diverging learning event usually means the learning rate `lr` is too high for these weights. When event
+        0 itself already scored at chance level on the test set, the message also says so: then the network
+        broke before any learning event, most often when the frozen stage was quantized (the paper's per-layer
+        8-bit weights do not hold up on every network event 0 produces; docs/performance.md, "Why the candidate
+        is not in clq").
+
+        Args:
+          step: (step, steps) of the event where known.
+        """
+        where = f"learning event {i}" + (f", step {step[0]} of {step[1]}" if step else "")
+        msg = f"non-finite loss or parameters in {where}; lower train.lr ({lr})"
+        k = self.stream.num_classes
+        if self.rows and self.rows[0]["row"]["accuracy"] < 1.5 / k:
+            msg += (f". Event 0 already ended at {100 * self.rows[0]['row']['accuracy']:.1f} % test accuracy, chance "
+                    f"level for {k} classes: if the frozen stage's quantization broke the network (quant=fp32 shows "
+                    "it), try quant.weight_granularity=per_channel or quant.equalize=true")
+        return msg
+
     def record(self, history0, latent: dict, buffer: dict, compiled_event_shapes: int, resumed_from) -> dict:
         """The learning part of results.json.
 
