@@ -302,7 +302,7 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
     for out in outcomes:
         if isinstance(out, dict):
             out["event0_cached"] = bool(event0_shared)
-    speeds = _speeds(g, specs, stream, outcomes)
+    speeds, speed_warning = _speeds(g, specs, stream, outcomes)
     share = round(wall / len(g.members), 3)  # one program ran the group: each member is charged an equal share
     for m, out in zip(g.members, outcomes):
         s = sinks[m.idx]
@@ -316,6 +316,8 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
                                                    f"{m.run_dir}/results.json)"}
                 continue
             out["speed"] = speeds.get(m.idx)
+            if speed_warning:
+                out.setdefault("warnings", []).append(speed_warning)
             results = completed_results(bases[m.idx], out, m.memory, t0)
             results["wall_time_s"] = share
             results["group"] = {"key": g.key, "members": [x.idx for x in g.members], "wall_time_s": round(wall, 3),
@@ -351,20 +353,24 @@ def _launch_peak() -> dict:
     return matmul_peak()
 
 
-def _speeds(g: Group, specs, stream, outcomes) -> dict:
+def _speeds(g: Group, specs, stream, outcomes) -> tuple[dict, str | None]:
     """Each completed member's speed account (`clq.perf`; after a resume it counts the events run since), with
-    the group's learning + evaluation rate."""
-    from clq.perf import flop_account, group_account
+    the group's learning + evaluation rate; or ({}, a warning) when the accounts cannot be made."""
+    from clq.perf import account_or_warning, flop_account, group_account
 
-    peak = _launch_peak()
-    e = g.exp
-    done = [(m, o) for m, o in zip(g.members, outcomes) if isinstance(o, dict)]
-    speeds = {m.idx: flop_account(specs, e.latent_layer, stream, e.train, o, peak) for m, o in done}
-    if done:
-        together = group_account(list(speeds.values()), done[0][1]["timing_s"]["learning_events_s"])
-        for sp in speeds.values():
-            sp["group_learning_and_evaluation"] = together
-    return speeds
+    def make():
+        peak = _launch_peak()
+        e = g.exp
+        done = [(m, o) for m, o in zip(g.members, outcomes) if isinstance(o, dict)]
+        speeds = {m.idx: flop_account(specs, e.latent_layer, stream, e.train, o, peak) for m, o in done}
+        if done:
+            together = group_account(list(speeds.values()), done[0][1]["timing_s"]["learning_events_s"])
+            for sp in speeds.values():
+                sp["group_learning_and_evaluation"] = together
+        return speeds
+
+    speeds, warning = account_or_warning(make)
+    return speeds or {}, warning
 
 
 def _stream_key(m: Member) -> str:

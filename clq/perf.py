@@ -18,9 +18,9 @@ The frozen stage's integer work is counted as FP32-equivalent FLOP (it is simula
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
-__all__ = ["matmul_peak", "training_macs", "flop_account", "group_account"]
+__all__ = ["matmul_peak", "training_macs", "flop_account", "group_account", "account_or_warning"]
 
 
 # One n x n product must run well past dispatch overhead: 2048 (17 GFLOP, ~35 ms on 2 CPU cores) on a CPU; an
@@ -124,3 +124,13 @@ def group_account(accounts: list[dict], seconds: float) -> dict:
     (from each member's `flop_account`) ran as one program in `seconds`; their summed FLOP against the peak."""
     flop = sum(a["phases"][k]["gflop"] for a in accounts for k in ("learning_events", "evaluation")) * 1e9
     return {"members": len(accounts), **_phase(flop, seconds, accounts[0]["peak_gflop_s"])}
+
+
+def account_or_warning(make: Callable[[], dict]) -> tuple[dict | None, str | None]:
+    """(``make()``, None), or (None, a warning naming the error) when the account cannot be made: a speed account
+    is a report about a finished run, so its failure costs the report and never the run (`clq-run`, the
+    vectorized launcher's members)."""
+    try:
+        return make(), None
+    except Exception as e:  # noqa: BLE001 - any failure of the report is reported
+        return None, f"speed account not made ({type(e).__name__}: {e})"

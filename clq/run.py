@@ -255,10 +255,13 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
             on_frozen=on_frozen if exp.export else None,
         )
         bar.close()
-        from clq.perf import flop_account, matmul_peak
+        from clq.perf import account_or_warning, flop_account, matmul_peak
 
         # How close each phase came to this machine's FP32 matmul peak, measured now, in this process (~0.3 s).
-        results["speed"] = flop_account(specs, exp.latent_layer, stream, exp.train, results, matmul_peak())
+        results["speed"], warning = account_or_warning(
+            lambda: flop_account(specs, exp.latent_layer, stream, exp.train, results, matmul_peak()))
+        if warning:
+            results.setdefault("warnings", []).append(warning)
         results = completed_results(base, results, memory, t0)
         write_json_atomic(os.path.join(run_dir, "results.json"), results)
         log_summary(tracker, results, run_dir)

@@ -51,3 +51,27 @@ def test_a_resumed_run_counts_only_the_events_after_its_checkpoint():
 def test_a_latent_cache_counts_its_misses():
     a = flop_account(SPECS, L, STREAM, TRAIN, results(latent_cache={"hits": 150, "misses": 60}), PEAK)
     assert gflop(a, "frozen_pass") == round(FROZEN_FWD * 60 / 1e9, 3)
+
+
+@pytest.mark.skipif(not __import__("tiny").HAVE_FMNIST, reason="dataset-fashion-mnist not installed")
+def test_a_failing_speed_account_costs_the_account_not_the_run(tmp_path, monkeypatch):
+    import os
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import clq.perf
+    from clq.config import experiment_config
+    from clq.run import CONF_DIR, run_experiment
+    from tiny import TINY
+
+    def broken(*args):
+        raise ZeroDivisionError("no time measured")
+
+    monkeypatch.setattr(clq.perf, "flop_account", broken)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, "tracking=none", "checkpoint_every=0"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    res = run_experiment(experiment_config(resolved), resolved, str(tmp_path))
+    assert res["status"] == "completed" and res["speed"] is None
+    assert "speed account not made (ZeroDivisionError: no time measured)" in res["warnings"]
