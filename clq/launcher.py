@@ -115,16 +115,13 @@ def _env_set(config: DictConfig) -> dict:
     return {str(k): str(v) for k, v in env.items()}
 
 
-def _event0_key(resolved: dict) -> str:
-    """What event 0 depends on, at the config level (`clq.train.event0` keys the content itself): data, model,
-    seed, the event-0 training fields, and the latent layer only where ``first_event.norm=ar1`` uses it."""
-    t = resolved.get("train", {})
-    fe = t.get("first_event", {})
-    return json.dumps({"data": resolved.get("data"), "model": resolved.get("model"), "seed": resolved.get("seed"),
-                       "first_event": fe, "momentum": t.get("momentum"), "weight_decay": t.get("weight_decay"),
-                       "head": t.get("head"),
-                       "latent_layer": resolved.get("latent_layer") if fe.get("norm") == "ar1" else None},
-                      sort_keys=True, default=str)
+def _event0_key(m: Member) -> str:
+    """What event 0 of a valid member depends on, at the config level (`clq.train.event0` keys the content
+    itself): data, model, seed and `event0_settings`."""
+    from clq.train.event0 import event0_settings
+
+    return json.dumps({k: m.resolved.get(k) for k in ("data", "model", "seed")}
+                      | {"settings": event0_settings(m.exp.train, m.exp.latent_layer)}, sort_keys=True, default=str)
 
 
 def plan_summary(members: list[Member], groups: list[Group]) -> dict:
@@ -135,7 +132,7 @@ def plan_summary(members: list[Member], groups: list[Group]) -> dict:
         "members": len(members),
         "groups": [{"members": [m.idx for m in g.members], "what": g.describe()} for g in groups],
         "alone": {m.idx: m.solo_reason for m in members if m.solo_reason is not None},
-        "event0_trainings": len({_event0_key(m.resolved) for m in grouped}),
+        "event0_trainings": len({_event0_key(m) for m in grouped}),
         "frozen_stages": len({_prepared_key(m.resolved) for m in grouped}),
         "compiled_group_programs": len(groups),
     }
@@ -191,7 +188,7 @@ def plan_members(members: list[Member], set_hydra: Callable[[DictConfig], None])
             key = group_key(m.resolved, exp.replay.bits is None, m.env_set)
             groups.setdefault(key, Group([], key)).members.append(m)
     # Groups that share event 0 and the frozen stage run one after another, so each is computed once.
-    return sorted(groups.values(), key=lambda g: (_stream_key(g.members[0]), _event0_key(g.members[0].resolved),
+    return sorted(groups.values(), key=lambda g: (_stream_key(g.members[0]), _event0_key(g.members[0]),
                                                   _prepared_key(g.members[0].resolved), g.members[0].idx))
 
 

@@ -27,7 +27,7 @@ from clq.train.config import TrainConfig
 from clq.train.first_event import configure_head, train_first_event
 from clq.train.latent_cache import code_version, content_key, prune_cache
 
-__all__ = ["FirstEvent", "first_event", "event0_key", "network_shapes"]
+__all__ = ["FirstEvent", "first_event", "event0_key", "event0_settings", "network_shapes"]
 
 #: Bumped when the cache's layout or the meaning of its key changes.
 CACHE_FORMAT = 1
@@ -65,12 +65,19 @@ def event0_key(stream, specs: Sequence[LayerSpec], latent_layer: int, train: Tra
     """Content key of event 0: images and labels of the first experience, specs, seed, event-0 fields, initial
     weights (None: from scratch), the latent layer only where event 0 uses it, and the code's version."""
     exp0 = stream.experiences[0]
-    fields = (train.first_epochs, train.first_batch_size, train.first_lr, train.momentum, train.weight_decay,
-              train.first_norm, train.first_schedule, train.head_bias, train.head_init)
-    return content_key(f"clq-event0-{CACHE_FORMAT}", _code_version(), tuple(specs), int(seed), fields,
-                       latent_layer if train.first_norm == "ar1" else None,
+    *fields, layer = event0_settings(train, latent_layer)
+    return content_key(f"clq-event0-{CACHE_FORMAT}", _code_version(), tuple(specs), int(seed), tuple(fields), layer,
                        np.asarray(stream.train_images[exp0]), np.asarray(stream.train_labels[exp0]),
                        initial_params)
+
+
+def event0_settings(train: TrainConfig, latent_layer: int) -> tuple:
+    """The settings event 0 depends on besides data, model, seed and initial weights: its training fields, then
+    the latent layer where ``first_event.norm=ar1`` uses it (None otherwise). `event0_key` hashes them; the
+    vectorized launcher counts the event-0 trainings of a plan by them."""
+    return (train.first_epochs, train.first_batch_size, train.first_lr, train.momentum, train.weight_decay,
+            train.first_norm, train.first_schedule, train.head_bias, train.head_init,
+            latent_layer if train.first_norm == "ar1" else None)
 
 
 def network_shapes(specs: Sequence[LayerSpec], train: TrainConfig):
