@@ -282,13 +282,7 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
         g.ran, g.error = "group", _short(f"{type(err).__name__}: {err}")
         code = 2 if isinstance(err, (ConfigError, FileNotFoundError, CheckpointError)) else 1
         for m in g.members:
-            events = sinks[m.idx].events if m.idx in sinks else []
-            if m.memory is not None:
-                write_json_atomic(os.path.join(m.run_dir, "results.json"),
-                                  failed_results(bases[m.idx], err, events, m.memory, t0))
-            if m.idx in sinks:
-                sinks[m.idx].tracker.finish(False)
-            m.outcome = {"code": code, "message": f"clq-run: error: {type(err).__name__}: {err}"}
+            _fail(m, bases[m.idx], err, sinks.get(m.idx), t0, code, f"clq-run: error: {type(err).__name__}: {err}")
         if code == 1:
             import traceback
 
@@ -305,12 +299,8 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
         s = sinks[m.idx]
         try:
             if isinstance(out, NonFiniteError):
-                failed = failed_results(bases[m.idx], out, s.events, m.memory, t0)
-                failed["wall_time_s"] = share
-                write_json_atomic(os.path.join(m.run_dir, "results.json"), failed)
-                s.tracker.finish(False)
-                m.outcome = {"code": 3, "message": f"clq-run: numerical error: {out} (events so far are in "
-                                                   f"{m.run_dir}/results.json)"}
+                _fail(m, bases[m.idx], out, s, t0, 3, f"clq-run: numerical error: {out} (events so far are in "
+                                                      f"{m.run_dir}/results.json)", wall_time_s=share)
                 continue
             out["speed"] = speeds.get(m.idx)
             if speed_warning:
@@ -327,13 +317,24 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
             import traceback
 
             traceback.print_exc()
-            write_json_atomic(os.path.join(m.run_dir, "results.json"),
-                              failed_results(bases[m.idx], err, s.events, m.memory, t0))
-            try:
-                s.tracker.finish(False)
-            except Exception:
-                pass
-            m.outcome = {"code": 1, "message": f"clq-run: error: {type(err).__name__}: {err}"}
+            _fail(m, bases[m.idx], err, s, t0, 1, f"clq-run: error: {type(err).__name__}: {err}")
+
+
+def _fail(m: Member, base: dict, err: BaseException, sink, t0: float, code: int, message: str,
+          wall_time_s: float | None = None) -> None:
+    """Record a member's failure as clq-run does: results.json with status failed and its events so far (when
+    the member got as far as a memory report), its tracker closed as failed, its exit code and message."""
+    if m.memory is not None:
+        failed = failed_results(base, err, sink.events if sink is not None else [], m.memory, t0)
+        if wall_time_s is not None:
+            failed["wall_time_s"] = wall_time_s
+        write_json_atomic(os.path.join(m.run_dir, "results.json"), failed)
+    if sink is not None:
+        try:
+            sink.tracker.finish(False)
+        except Exception:  # a tracker that cannot close must not hide the member's own error
+            pass
+    m.outcome = {"code": code, "message": message}
 
 
 def _short(text: str, limit: int = 200) -> str:
