@@ -26,7 +26,7 @@ from clq.train.config import TRAIN_KEYS, ReplayConfig, TrainConfig
 from clq.minibatch import minibatch_composition
 
 __all__ = ["ConfigError", "ModelConfig", "DataConfig", "TrackingConfig", "ExperimentConfig", "experiment_config",
-           "TRACKING_BACKENDS", "WANDB_MODES"]
+           "TRACKING_BACKENDS", "WANDB_MODES", "sweep_group"]
 
 TRACKING_BACKENDS = ("wandb", "none")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -159,6 +159,13 @@ class TrackingConfig:
         check_choice(self.mode, "tracking.mode", WANDB_MODES)
         if self.group is not None and not isinstance(self.group, str):
             raise ValueError(f"tracking.group must be a name or null, got {self.group!r}")
+
+
+def sweep_group(group: str | None, sweep_dir) -> str:
+    """The wandb group of a multirun member: `tracking.group` when set, else the sweep's folder, the same string
+    for every member of an ad-hoc ``clq-run -m`` (clq-run's task, the vectorized launcher and the sweep summary
+    run all group by it)."""
+    return str(group) if group is not None else str(sweep_dir)
 
 
 @dataclass(frozen=True)

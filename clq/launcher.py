@@ -40,7 +40,7 @@ from hydra.core.utils import env_override  # what Hydra's run_job sets a job's h
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from clq.config import ConfigError, ExperimentConfig, experiment_config
+from clq.config import ConfigError, ExperimentConfig, experiment_config, sweep_group
 from clq.run import (WATCHED_KEYS, completed_results, enable_compile_cache, failed_results, initial_params,
                      load_stream, log_summary, memory_report, run_fingerprint, summary_table)
 from clq.tracking import make_tracker, write_json_atomic
@@ -170,8 +170,9 @@ def plan_members(members: list[Member], set_hydra: Callable[[DictConfig], None])
                 cfg = OmegaConf.masked_copy(m.config, [k for k in m.config if k != "hydra"])
                 m.resolved = OmegaConf.to_container(cfg, resolve=True)
                 exp = experiment_config(m.resolved)
-                if exp.tracking.group is None:  # as clq-run: an ad-hoc multirun is grouped by its sweep folder
-                    exp = replace(exp, tracking=replace(exp.tracking, group=str(m.config.hydra.sweep.dir)))
+                # As clq-run's task: an ad-hoc multirun is grouped by its sweep folder (`sweep_group`).
+                exp = replace(exp, tracking=replace(exp.tracking,
+                                                    group=sweep_group(exp.tracking.group, m.config.hydra.sweep.dir)))
                 m.exp = exp
                 m.memory = memory_report(exp, exp.model.specs())
         except (OmegaConfBaseException, ConfigError) as e:

@@ -29,7 +29,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from clq.config import ConfigError, ExperimentConfig, experiment_config
+from clq.config import ConfigError, ExperimentConfig, experiment_config, sweep_group
 from clq.train.checkpoint import CheckpointError
 from clq.tracking import make_tracker, write_json_atomic
 
@@ -342,9 +342,8 @@ def _app(cfg: DictConfig) -> float | None:
         enable_compile_cache(exp.compile_cache_dir)
     except (OmegaConfBaseException, ConfigError) as e:
         return end_failed_run(2, f"clq-run: config error: {e}", run_dir, resolved, f"ConfigError: {e}")
-    if multirun and exp.tracking.group is None:
-        # Ad-hoc `clq-run -m` sweeps are grouped too: the sweep's folder, the same string for every member.
-        exp = replace(exp, tracking=replace(exp.tracking, group=str(hc.sweep.dir)))
+    if multirun:  # ad-hoc `clq-run -m` sweeps are grouped too (`sweep_group`)
+        exp = replace(exp, tracking=replace(exp.tracking, group=sweep_group(exp.tracking.group, hc.sweep.dir)))
     try:
         results = run_experiment(exp, resolved, run_dir)
     except (ConfigError, FileNotFoundError, CheckpointError) as e:

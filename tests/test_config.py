@@ -178,3 +178,10 @@ def test_the_config_checks_the_minibatch_rule_the_learning_events_use(batch, siz
     else:
         assert comp.new_per_batch >= 1
         assert experiment_config(cfg).train.batch_size == batch
+
+
+def test_a_multirun_member_is_grouped_by_its_sweep_folder_unless_it_names_a_group():
+    from clq.config import sweep_group
+
+    assert sweep_group(None, "multirun/2026-11-30/10-00-00") == "multirun/2026-11-30/10-00-00"
+    assert sweep_group("bits-sweep", "multirun/x") == "bits-sweep"

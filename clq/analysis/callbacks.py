@@ -101,7 +101,9 @@ class SweepSummary(Callback):
         try:
             from clq.analysis.wandb_summary import log_sweep_summary
 
-            group = OmegaConf.select(config, "tracking.group", default=None) or sweep_dir
+            from clq.config import sweep_group
+
+            group = sweep_group(OmegaConf.select(config, "tracking.group", default=None), sweep_dir)
             where = log_sweep_summary(sweep_dir, df, csv_path, str(group),
                                       OmegaConf.select(config, "tracking.project", default="clq"),
                                       OmegaConf.select(config, "tracking.mode", default="offline"))
