@@ -132,7 +132,7 @@ def first_event(stream, specs: Sequence[LayerSpec], latent_layer: int, train: Tr
     if folder is not None and os.path.isdir(folder):
         try:
             restored = load_checkpoint(folder, {"bn": network_shapes(specs, train)})
-        except CheckpointError as e:
+        except (CheckpointError, OSError, ValueError) as e:  # also: removed meanwhile by another run's pruning
             say(f"event 0 cache entry {folder} unusable ({e}); training event 0 again")
             restored = None
         if restored is not None:
