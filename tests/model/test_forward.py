@@ -78,8 +78,8 @@ def test_forward_with_small_resolutions_matches_xla_convolutions(first):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("stride,kernel", [(1, 3), (2, 3), (3, 3), (1, 4), (2, 4)])
-@pytest.mark.parametrize("size", [1, 2, 5, 8, 15, 16])
+@pytest.mark.parametrize("stride,kernel,size", [(s, 3, n) for s in (1, 2) for n in (1, 2, 5, 8, 15, 16)]
+                         + [(3, 3, 8), (3, 3, 5), (1, 4, 5), (2, 4, 8)])
 def test_depthwise_and_its_handwritten_gradient_match_xla_grouped_conv(stride, kernel, size):
     """`_depthwise` has a custom VJP (flipped-kernel correlation for an odd kernel at stride 1, a scatter
     otherwise): check both gradients against autodiff of XLA's grouped convolution, on odd and even sizes down
