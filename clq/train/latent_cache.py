@@ -241,10 +241,15 @@ def make_latent_cache(latents: Callable[[np.ndarray], np.ndarray], stage_key: st
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
     root = os.path.abspath(os.path.expanduser(cache_dir))
     directory = os.path.join(root, stage_key)
-    os.makedirs(directory, exist_ok=True)
-    prune_cache(root, max_bytes, keep=directory)
     stats = CacheStats()
     unwritable = []
+    try:
+        os.makedirs(directory, exist_ok=True)
+        prune_cache(root, max_bytes, keep=directory)
+    except OSError as e:  # a read-only or full disk (the cache is on by default): the run goes on without it
+        unwritable.append(e)
+        warnings.warn(f"latent cache {directory} unusable ({e}); this run goes on without storing latents",
+                      stacklevel=2)
 
     def store(path, codes, keys):
         if unwritable:

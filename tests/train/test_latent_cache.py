@@ -192,6 +192,12 @@ def test_a_pruned_or_unwritable_stage_folder_costs_the_cache_never_the_run(tmp_p
     with pytest.warns(UserWarning, match="not written"):
         np.testing.assert_array_equal(blocked.latents(px), _Counting()(px))
     assert blocked.stats.bytes_written == 0
+    root_file = os.path.join(tmp_path, "not-a-folder")
+    open(root_file, "w").close()  # a cache root that cannot be created (as a read-only home): no cache, no error
+    with pytest.warns(UserWarning, match="unusable"):
+        nowhere = make_latent_cache(_Counting(), "stage", root_file, chunk=10)
+    np.testing.assert_array_equal(nowhere.latents(px), _Counting()(px))
+    assert nowhere.stats.misses == 20 and nowhere.stats.bytes_written == 0
 
 
 def test_the_stage_key_holds_the_code_that_computes_latents(tmp_path, monkeypatch):
