@@ -45,7 +45,7 @@ def composer():
         yield lambda ov: OmegaConf.to_container(compose("config", overrides=ov), resolve=True)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(overrides)
 def test_any_override_set_fails_cleanly_or_builds(composer, ov):
     cfg = composer([f"{k}={v}" for k, v in ov.items()])
