@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_launchers.py                      # offline_grid, 24 members: ~20 min on 2 cores
     .venv/bin/python bench/bench_launchers.py --sweep tiny         # smoke run (~1 min)
     .venv/bin/python bench/bench_launchers.py --checks-only        # only the clq-run checks, added to the result
+    .venv/bin/python bench/bench_launchers.py --default-caches --out bench/results/launchers_default_caches.json
 
 Each launcher runs the same sweep file (`sweeps/<name>.yaml`, seed 0) as a user would (`python -m clq -m ...`,
 one process tree each, one after the other on the same machine), with an empty persistent compilation cache of
@@ -12,6 +13,10 @@ the whole command, the ratio (the target: vectorized <= 1/3 of joblib), and ever
 both, and checks: five vectorized members against the same configuration run alone by `clq-run` (same XLA
 thread settings), and the default run (member 3) with the default threads against clq_joblib's (one thread per
 worker: another summation order, hence another event 0 that every joblib member shares).
+
+``--default-caches``: both launchers as a user runs them by default, with `clq-run`'s on-disk caches of event 0 and
+latents (each launcher an empty pair of its own, as on a machine's first sweep): joblib's members then share
+event 0 and latents through the disk instead of computing them each. No clq-run checks in this mode.
 Writes bench/results/launchers.json (or --out).
 """
 
@@ -90,10 +95,13 @@ def checks(result: dict, work: str) -> dict:
     return out
 
 
-def _sweep(name: str, launcher: str, work: str) -> dict:
+def _sweep(name: str, launcher: str, work: str, default_caches: bool = False) -> dict:
     sweep_dir = os.path.join(work, launcher)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            "CLQ_COMPILE_CACHE_DIR": os.path.join(work, f"xla-{launcher}")}
+    if default_caches:  # clq-run's defaults, in empty folders of this launcher's own
+        env |= {"CLQ_EVENT0_CACHE_DIR": os.path.join(work, f"event0-{launcher}"),
+                "CLQ_LATENT_CACHE_DIR": os.path.join(work, f"latents-{launcher}")}
     cmd = [sys.executable, "-m", "clq", "-m", "--config-dir", os.path.join(ROOT, "sweeps"), "--config-name", name,
            f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep_dir}"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -122,6 +130,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", default="offline_grid", help="sweep file in sweeps/ (default: offline_grid)")
     ap.add_argument("--out", default=None, help="result JSON (default: bench/results/launchers.json)")
+    ap.add_argument("--default-caches", action="store_true",
+                    help="run both launchers with clq-run's default on-disk caches of event 0 and latents (no checks)")
     ap.add_argument("--checks-only", action="store_true",
                     help="add the clq-run checks (offline_grid) to an existing result (--out) without re-running sweeps")
     args = ap.parse_args(argv)
@@ -136,13 +146,14 @@ def main(argv=None) -> dict:
             result["checks"] = checks(result, work)
         write_result("launchers", result, args.out)
         return result
-    result = {"sweep": args.sweep, "machine": machine()}
+    result = {"sweep": args.sweep, "default_caches": args.default_caches, "machine": machine(),
+              "command": " ".join(["python", "bench/bench_launchers.py", *(argv if argv is not None else sys.argv[1:])])}
     with tempfile.TemporaryDirectory(prefix="clq-bench-launchers-") as work:
         for launcher in LAUNCHERS:
             print(f"bench_launchers: {args.sweep} with {launcher} ...", flush=True)
-            result[launcher] = _sweep(args.sweep, launcher, work)
+            result[launcher] = _sweep(args.sweep, launcher, work, args.default_caches)
             print(f"  {result[launcher]['wall_s']:.1f} s wall, {result[launcher]['cpu_s']:.1f} s CPU", flush=True)
-        if args.sweep == "offline_grid":
+        if args.sweep == "offline_grid" and not args.default_caches:
             result["checks"] = checks(result, work)
     v, j = result["clq_vectorized"], result["clq_joblib"]
     diffs = [abs(v["members"][k]["final_accuracy"] - j["members"][k]["final_accuracy"])
