@@ -38,7 +38,7 @@ from clq.train.norm import make_adaptive_norm
 from clq.train.frozen_stage import FrozenStage, make_frozen_stage
 from clq.train.record import History, buffer_record, event_fields, latent_record
 
-# One jitted reduction over the learning state after each event: a single host sync instead of one per leaf.
+# One jitted reduction over an event's losses and the learning state after it: one check instead of one per leaf.
 _ALL_FINITE = jax.jit(all_finite)
 
 __all__ = ["TrainConfig", "ReplayConfig", "run_continual", "NonFiniteError", "JOINT_MAX_BYTES", "folded_shapes",
@@ -282,8 +282,9 @@ def run_continual(
             with timer("train_s"):
                 state, m = learner.jit_step(comp)(state, event, hyper)
                 loss = np.asarray(m.loss)
-            if not np.all(np.isfinite(loss)) or not bool(_ALL_FINITE((state.params, state.norm))):
-                step = int(np.argmin(np.isfinite(loss))) if not np.all(np.isfinite(loss)) else len(loss) - 1
+            if not bool(_ALL_FINITE((m.loss, state.params, state.norm))):
+                bad = ~np.isfinite(loss)
+                step = int(np.argmax(bad)) if bad.any() else len(loss) - 1  # a bad loss, else the state after
                 raise NonFiniteError(hist.non_finite(i, train.lr, (step, len(loss))), completed=[r["row"] for r in rows])
             hist.add(i, run_eval(state.params, state.norm), **event_fields(
                 n_new, float(loss[-1]), float(np.asarray(m.accuracy)[-1]), comp, train.epochs))

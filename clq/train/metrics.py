@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["forgetting", "average_accuracy", "at_chance", "CHANCE_PATIENCE", "accuracy_record", "nan_to_none"]
+__all__ = ["forgetting", "average_accuracy", "at_chance", "below_chance", "CHANCE_PATIENCE", "accuracy_record",
+           "nan_to_none"]
 
 #: Learning events in a row at chance level before a run says so.
 CHANCE_PATIENCE = 3
+
+
+def below_chance(accuracy, num_classes: int):
+    """Whether accuracy (float, or an array of them) is at chance level: below 1.5 / num_classes. A network that
+    has collapsed onto one class scores 1 / num_classes on a balanced test set."""
+    return np.asarray(accuracy) < 1.5 / num_classes
 
 
 def forgetting(acc_matrix: np.ndarray, seen: np.ndarray) -> float:
@@ -39,17 +46,16 @@ def average_accuracy(accuracy_per_event) -> float:
 def at_chance(accuracies, num_classes: int, patience: int = CHANCE_PATIENCE) -> int | None:
     """The learning event from which accuracy has stayed at chance level for the last `patience` events, or None.
 
-    "At chance" is below 1.5 / num_classes: a network that has collapsed onto one class scores 1 / num_classes on a
-    balanced test set. Event 0 is not counted (it has seen only some classes).
+    "At chance" is `below_chance`. Event 0 is not counted (it has seen only some classes).
 
     Args:
       accuracies: float, overall test accuracy after events 0, 1, ...
     """
     acc = np.asarray(accuracies, np.float64)[1:]
-    if len(acc) < patience or not np.all(acc[-patience:] < 1.5 / num_classes):
+    if len(acc) < patience or not np.all(below_chance(acc[-patience:], num_classes)):
         return None
     start = len(acc) - patience
-    while start > 0 and acc[start - 1] < 1.5 / num_classes:
+    while start > 0 and below_chance(acc[start - 1], num_classes):
         start -= 1
     return start + 1
 

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from clq.replay.buffer import buffer_nbytes
-from clq.train.metrics import accuracy_record, at_chance, nan_to_none
+from clq.train.metrics import accuracy_record, at_chance, below_chance, nan_to_none
 
 __all__ = ["History", "buffer_record", "event_fields", "latent_record"]
 
@@ -103,7 +103,7 @@ class History:
         where = f"learning event {i}" + (f", step {step[0]} of {step[1]}" if step else "")
         msg = f"non-finite loss or parameters in {where}; lower train.lr ({lr})"
         k = self.stream.num_classes
-        if self.rows and self.rows[0]["row"]["accuracy"] < 1.5 / k:
+        if self.rows and below_chance(self.rows[0]["row"]["accuracy"], k):
             msg += (f". Event 0 already ended at {100 * self.rows[0]['row']['accuracy']:.1f} % test accuracy, chance "
                     f"level for {k} classes: if the frozen stage's quantization broke the network (quant=fp32 shows "
                     "it), try quant.weight_granularity=per_channel or quant.equalize=true")
