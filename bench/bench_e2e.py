@@ -1,8 +1,8 @@
 """End-to-end time of the default experiment, its split by phase, and what clq's caches save, side by side with
 an earlier commit.
 
-    .venv/bin/python bench/bench_e2e.py                      # ~8 min on the 2-core machine; writes bench/results/e2e.json
-    .venv/bin/python bench/bench_e2e.py --against HEAD~3     # also that commit's default run, interleaved
+    .venv/bin/python bench/bench_e2e.py                      # ~5 min on the 2-core machine; writes bench/results/e2e.json
+    .venv/bin/python bench/bench_e2e.py --against HEAD~3     # also that commit's default run, interleaved (~7 min)
 
 Each run is the default experiment (`clq-run` with conf/config.yaml: MobileNet-V1 0.5 / 32 px, Fashion-MNIST
 NICv2-style stream, 76 events, l = 19, checkpoints after every event, offline wandb) through
@@ -12,9 +12,11 @@ what a user's run pays (imports, compilation). The split comes from `results['ti
 
 Variants, interleaved over --repeats rounds so that machine noise hits all alike:
 
-* ``no cache``: no cache of any kind, every program compiled in the run (a first run on a fresh machine);
+* ``no cache``: every cache empty (a first run on a fresh machine): every program compiled in the run, event 0
+  and the latents computed and written to empty caches of their own, as `clq-run` does by default;
 * ``warm cache``: JAX's persistent compilation cache (`clq.run.enable_compile_cache`, on by default in
-  `clq-run`) filled by an earlier run, the event-0 and latent caches empty: the first run of a configuration;
+  `clq-run`) filled by an earlier run, the event-0 and latent caches empty (and written): the first run of a
+  configuration;
 * ``rerun``: every cache clq-run keeps by default filled by an earlier run of the same command: compiled
   programs, event 0 (`event0_cache_dir`) and the frozen stage's latents (`latent_cache_dir`). What a second run
   of a configuration pays, and a sweep member whose event 0 (or frozen stage) another run has computed;
@@ -28,6 +30,9 @@ account (share of the FP32 matmul peak measured in the worker).
 from __future__ import annotations
 
 import argparse
+import itertools
+import shutil
+import subprocess
 import json
 import os
 import sys
@@ -61,8 +66,9 @@ def worker(args) -> None:
     from clq.run import run_experiment
 
     clock = CompileClock()
+    # Without --result-caches they stay off: bench.common's environment (an earlier commit's worker: its defaults).
     caches = ([f"event0_cache_dir={args.result_caches}/event0", f"latent_cache_dir={args.result_caches}/latents"]
-              if args.result_caches else ["event0_cache_dir=null", "latent_cache_dir=null"])
+              if args.result_caches else [])
     resolved = default_config(["tracking.mode=offline", "progress=false", *caches, *args.overrides])
     with tempfile.TemporaryDirectory() as run_dir:
         r = run_experiment(experiment_config(resolved), resolved, run_dir)
@@ -81,14 +87,12 @@ def run_worker(name: str, cache_dir: str | None, overrides, result_caches: str |
         cmd += ["--result-caches", result_caches]
     if overrides:
         cmd += ["--overrides", *overrides]
-    # An earlier commit's worker reads its own conf/; its caches of results were off by default.
+    # An earlier commit's worker reads its own conf/ (and keeps no caches of results: this environment).
     return run_json_worker(cmd, name, env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}, cwd=root)
 
 
 def worktree(rev: str, parent: str) -> str:
     """A detached git worktree of `rev` under `parent` (removed by the caller's `git worktree remove`)."""
-    import subprocess
-
     path = os.path.join(parent, "against")
     subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", path, rev], check=True, capture_output=True)
     return path
@@ -114,27 +118,39 @@ def main(argv=None) -> dict:
     if args.worker:
         return worker(args)
 
-    import subprocess
-
     info = machine()
     with tempfile.TemporaryDirectory(prefix="clq-e2e-") as work:
         jax_cache, results_cache = os.path.join(work, "xla"), os.path.join(work, "results")
-        against = None
+        fresh = (os.path.join(work, f"empty-{i}") for i in itertools.count())
+
+        def first_run(name: str, compile_cache: str | None) -> dict:
+            """A run whose caches of results start empty and are written, as a first run's are."""
+            folder = next(fresh)
+            try:
+                return run_worker(name, compile_cache, args.overrides, folder)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+
+        rev = against_name = against_root = None
         if args.against:
             rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", args.against], check=True,
                                  capture_output=True, text=True).stdout.strip()
-            against = (f"{rev}, warm cache", worktree(rev, work), os.path.join(work, "xla-against"))
+            against_name, against_root = f"{rev}, warm cache", worktree(rev, work)
+        against_cache = os.path.join(work, "xla-against")
+
+        def against_run() -> dict:
+            return run_worker(against_name, against_cache, args.overrides, root=against_root)
+
         try:
             # Fill the caches: this code's compiled programs, event 0 and latents; the other commit's programs.
             fill = run_worker("cache-filling run", jax_cache, args.overrides, results_cache)
             print(f"cache-filling run: {fill['process_s']:.1f} s", file=sys.stderr)
-            if against:
-                run_worker(against[0], against[2], args.overrides, root=against[1])
-            variants = {"no cache": lambda: run_worker("no cache", None, args.overrides),
-                        "warm cache": lambda: run_worker("warm cache", jax_cache, args.overrides),
+            variants = {"no cache": lambda: first_run("no cache", None),
+                        "warm cache": lambda: first_run("warm cache", jax_cache),
                         "rerun": lambda: run_worker("rerun", jax_cache, args.overrides, results_cache)}
-            if against:
-                variants[against[0]] = lambda: run_worker(against[0], against[2], args.overrides, root=against[1])
+            if rev:
+                against_run()  # fills its compilation cache
+                variants[against_name] = against_run
             runs = {v: [] for v in variants}
             for r in range(args.repeats):
                 for variant, go in variants.items():
@@ -143,13 +159,13 @@ def main(argv=None) -> dict:
                     print(f"round {r}: {variant}: {res['process_s']:.1f} s (compile {res['compile']['total_s']:.1f} s, "
                           f"final accuracy {res['final_accuracy']:.4f})", file=sys.stderr)
         finally:
-            if against:
-                subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", against[1]], capture_output=True)
+            if rev:
+                subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", against_root], capture_output=True)
     walls = {v: best_and_median([x["process_s"] for x in rs]) for v, rs in runs.items()}
     best = {v: min(rs, key=lambda x: x["process_s"]) for v, rs in runs.items()}
     result = {
         "benchmark": "end-to-end default experiment (clq-run defaults), phase split, clq's caches"
-                     + (f", side by side with {against[0].split(',')[0]}" if against else ""),
+                     + (f", side by side with {rev}" if rev else ""),
         "command": "python bench/bench_e2e.py" + (f" --against {args.against}" if args.against else "")
                    + (f" --overrides {' '.join(args.overrides)}" if args.overrides else ""),
         "wall_s": walls,
@@ -164,11 +180,11 @@ def main(argv=None) -> dict:
         "runs": runs,
         "machine": info,
     }
-    if against:
-        base = walls[against[0]]["best"]
-        result["against"] = {"revision": against[0].split(",")[0],
-                             **{f"{v}_speedup": round(base / walls[v]["best"], 3) for v in ("warm cache", "rerun")},
-                             **{f"{v}_speedup_median": round(walls[against[0]]["median"] / walls[v]["median"], 3)
+    if rev:
+        base = walls[against_name]
+        result["against"] = {"revision": rev,
+                             **{f"{v}_speedup": round(base["best"] / walls[v]["best"], 3) for v in ("warm cache", "rerun")},
+                             **{f"{v}_speedup_median": round(base["median"] / walls[v]["median"], 3)
                                 for v in ("warm cache", "rerun")}}
     path = write_result("e2e", result, args.out)
     names = list(runs)
@@ -177,7 +193,7 @@ def main(argv=None) -> dict:
     for k in result["split_s"]["no cache"]:
         print(f"| {k} | " + " | ".join(f"{result['split_s'][v].get(k, 0.0):.1f}" for v in names) + " |")
     print(f"warm/no cache: {result['warm_cache_over_no_cache']:.2f}; rerun/warm: {result['rerun_over_warm_cache']:.2f}")
-    if against:
+    if rev:
         a = result["against"]
         print(f"against {a['revision']}: first run of a configuration {a['warm cache_speedup']:.2f}x, "
               f"rerun {a['rerun_speedup']:.2f}x faster (best); {a['warm cache_speedup_median']:.2f}x, "

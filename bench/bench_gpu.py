@@ -42,6 +42,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.common import NO_RESULT_CACHES  # noqa: E402
+
 # The device step, run in a child so that this process never takes the GPU's memory (JAX preallocates most of it
 # in the first process that touches the device).
 DEVICE_PROBE = r"""
@@ -65,13 +67,13 @@ def _shown(cmd: list[str], work: str | None) -> list[str]:
     return ["python" if c == sys.executable else (c.replace(work, "$WORK") if work else c) for c in cmd]
 
 
-def run_step(name: str, cmd: list[str], timeout: float, log, work: str | None = None) -> dict:
-    """Run `cmd` under `timeout` seconds; its output goes to `log`. Returns (status, seconds and the output's
-    tail on failure; the whole output)."""
+def run_step(name: str, cmd: list[str], timeout: float, log, work: str | None = None) -> tuple[dict, str]:
+    """Run `cmd` under `timeout` seconds; its output goes to `log`. Returns (result: status, seconds and the
+    output's tail on failure; the whole output)."""
     print(f"[{name}] {' '.join(cmd)}  (limit {timeout:.0f} s)", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     # Every step measures the work: event 0 and latents never come from clq-run's default on-disk caches.
-    env = {"CLQ_EVENT0_CACHE_DIR": "", "CLQ_LATENT_CACHE_DIR": "", **os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**NO_RESULT_CACHES, **os.environ, "PYTHONUNBUFFERED": "1"}
     try:
         p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         status, out = ("ok" if p.returncode == 0 else f"exit {p.returncode}"), p.stdout + p.stderr

@@ -6,7 +6,7 @@
 
 Benchmarks (each also runs alone; see its docstring): `bench_cost` (cost-model grid throughput),
 `bench_adaptive` (adaptive-stage FLOP/s vs the FP32 matmul peak), `bench_e2e` (default experiment, phase
-split, persistent compilation cache), `bench_torch_reference` (clq vs the PyTorch ar1 loop),
+split, first run, warm compilation cache and a rerun from clq-run's caches), `bench_torch_reference` (clq vs the PyTorch ar1 loop),
 `bench_vectorized` (K bit-widths x S seeds as one program), `bench_replay_read` (a replay mini-batch read from
 the bit-packed buffer vs from unpacked codes). Each ratio is measured against a baseline in the
 same invocation; the machine is shared, so every benchmark repeats and reports best and median.
