@@ -47,7 +47,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import machine, write_result  # noqa: E402
+from bench.common import command_line, machine, write_result  # noqa: E402
 
 AVALANCHE_VENV = os.path.join(ROOT, "bench", ".venv-avalanche")
 AVALANCHE_PYTHON = os.path.join(AVALANCHE_VENV, "bin", "python")
@@ -210,7 +210,7 @@ def main(argv=None) -> dict:
     runs: dict[str, dict[int, dict]] = {}
     streams = {}
     name = "avalanche_quick" if args.quick else "avalanche"
-    command = "python bench/bench_avalanche.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = command_line("bench_avalanche.py", argv)
 
     def save(done_seeds) -> str:
         """Write what has run so far (after every run: a crash or an interrupt loses at most the running one)."""

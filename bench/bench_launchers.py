@@ -34,7 +34,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import machine, write_result  # noqa: E402
+from bench.common import command_line, machine, write_result  # noqa: E402
 
 LAUNCHERS = ("clq_vectorized", "clq_joblib")
 
@@ -138,8 +138,9 @@ def main(argv=None) -> dict:
     if args.checks_only:
         path = args.out or os.path.join(ROOT, "bench", "results", "launchers.json")
         result = json.load(open(path))
-        if result.get("sweep") != "offline_grid":
-            ap.error(f"--checks-only needs an offline_grid result; {path} holds {result.get('sweep')!r}")
+        if result.get("sweep") != "offline_grid" or result.get("default_caches"):
+            ap.error(f"--checks-only needs an offline_grid result without --default-caches; {path} holds "
+                     f"{result.get('sweep')!r}{' with default caches' if result.get('default_caches') else ''}")
         result["clq_vectorized"]["members"] = {int(k): m for k, m in result["clq_vectorized"]["members"].items()}
         result["clq_joblib"]["members"] = {int(k): m for k, m in result["clq_joblib"]["members"].items()}
         with tempfile.TemporaryDirectory(prefix="clq-bench-launchers-") as work:
@@ -147,7 +148,7 @@ def main(argv=None) -> dict:
         write_result("launchers", result, args.out)
         return result
     result = {"sweep": args.sweep, "default_caches": args.default_caches, "machine": machine(),
-              "command": " ".join(["python", "bench/bench_launchers.py", *(argv if argv is not None else sys.argv[1:])])}
+              "command": command_line("bench_launchers.py", argv)}
     with tempfile.TemporaryDirectory(prefix="clq-bench-launchers-") as work:
         for launcher in LAUNCHERS:
             print(f"bench_launchers: {args.sweep} with {launcher} ...", flush=True)

@@ -25,6 +25,15 @@ for _var, _value in NO_RESULT_CACHES.items():
     os.environ.setdefault(_var, _value)
 
 
+def command_line(script: str, argv=None) -> str:
+    """The command a result records, as anyone can re-run it: ``python bench/<script> <arguments>``, quoted
+    (`argv` None: this process's own arguments)."""
+    import shlex
+    import sys
+
+    return shlex.join(["python", f"bench/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
 def default_config(overrides=()) -> dict:
     """The resolved config of `clq-run` (conf/config.yaml plus Hydra-style overrides) as a plain dict."""
     from hydra import compose, initialize_config_dir

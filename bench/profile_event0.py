@@ -42,7 +42,6 @@ import glob
 import json
 import os
 import re
-import shlex
 import shutil
 import sys
 import tempfile
@@ -63,7 +62,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from bench.common import machine, write_result  # noqa: E402
+from bench.common import command_line, machine, write_result  # noqa: E402
 from clq.model.specs import mobilenet_v1_specs  # noqa: E402
 from clq.perf import matmul_peak, training_macs  # noqa: E402
 from clq.train.event import cross_entropy  # noqa: E402
@@ -132,22 +131,17 @@ def phase_transpose(g, w, stride: int, h: int, wd: int):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def candidate_depthwise(x, w, stride: int):
+    """clq's depthwise conv (`_depthwise`: same forward pass) with the phase transpose at stride > 1."""
     return fw._depthwise_taps(x, w, stride)
-
-
-def _candidate_depthwise_fwd(x, w, stride):
-    return fw._depthwise_taps(x, w, stride), (x, w)
 
 
 def _candidate_depthwise_bwd(stride, res, g):
     x, w = res
-    if stride == 1:
-        return fw._depthwise_bwd(stride, res, g)
-    dx_scatter, dw = fw._depthwise_bwd(stride, res, g)  # dw as clq computes it; XLA drops the unused dx
-    return phase_transpose(g, w, stride, x.shape[1], x.shape[2]), dw
+    dx, dw = fw._depthwise_bwd(stride, res, g)  # dw as clq computes it; at stride > 1 XLA drops the unused dx
+    return (dx if stride == 1 else phase_transpose(g, w, stride, x.shape[1], x.shape[2])), dw
 
 
-candidate_depthwise.defvjp(_candidate_depthwise_fwd, _candidate_depthwise_bwd)
+candidate_depthwise.defvjp(fw._depthwise_fwd, _candidate_depthwise_bwd)
 
 
 def forward(specs, params, x, variant: str):
@@ -286,25 +280,21 @@ def main(argv=None):
             jax.block_until_ready(epoch(*state))
             times[v].append(1000 * (time.perf_counter() - t0) / args.steps)
     result = {"benchmark": "event 0's whole-network SGD step: kernels by kind, thread use, candidate steps",
-              "command": shlex.join(["python", "bench/profile_event0.py", *(argv if argv is not None else sys.argv[1:])]),
+              "command": command_line("profile_event0.py", argv),
               "model": {"width": args.width, "image_size": args.image_size, "batch": args.batch},
               "peak_gflop_s": round(peak, 1), "step_gflop": round(step_flop / 1e9, 3), "variants": {}}
     for v, ts in times.items():
         best = min(ts)
         result["variants"][v] = {"ms_per_step_best": round(best, 2), "ms_per_step_median": round(float(np.median(ts)), 2),
-                                 "fraction_of_peak": round(step_flop / (best / 1000) / 1e9 / peak, 4)}
-    for v in ("candidate", "fusion_emitters_off"):
-        result[f"{v}_over_current"] = round(min(times[v]) / min(times["current"]), 3)
-    for v in list(switches)[1:]:
-        result["variants"][v]["over_current"] = round(min(times[v]) / min(times["current"]), 3)
+                                 "fraction_of_peak": round(step_flop / (best / 1000) / 1e9 / peak, 4),
+                                 "over_current": round(best / min(times["current"]), 3)}
     result["profile_current"] = profile(*programs["current"], args.steps)
     result["machine"] = machine()
     path = write_result("event0_profile", result, args.out)
     cur, prof = result["variants"]["current"], result["profile_current"]
     print(f"step {cur['ms_per_step_best']} ms ({100 * cur['fraction_of_peak']:.1f} % of {peak:.0f} GFLOP/s); "
           f"{prof['kernels_per_step']} kernels/step, threads busy {prof['threads_busy']}; "
-          f"candidate (written-out BN backward, phase transpose): x{result['candidate_over_current']} time, "
-          f"fusion emitters off: x{result['fusion_emitters_off_over_current']}")
+          "; ".join(f"{v}: x{r['over_current']} time" for v, r in result["variants"].items() if v != "current"))
     for k, v in prof["by_kind_ms_per_step"].items():
         print(f"  {k:12s} {v['ms']:7.3f} ms/step  {v['kernels']:6.1f} kernels")
     print(f"wrote {path}")
