@@ -128,24 +128,39 @@ def test_readme_names_the_pretrained_config(monkeypatch):
 
 # --- 3. the end-of-run summary's memory lines ----------------------------------------------------------------------
 
-@needs_fmnist
-def test_summary_says_memory_is_the_cost_models_packed_figure(tmp_path, monkeypatch):
-    # The default caches of event 0 and latents, here in this test's folder: a second run reuses both.
-    monkeypatch.setenv("CLQ_EVENT0_CACHE_DIR", str(tmp_path / "e0"))
-    monkeypatch.setenv("CLQ_LATENT_CACHE_DIR", str(tmp_path / "lc"))
-    run_dir = tmp_path / "run"
-    p = run_module("clq", [*TINY, "tracking=none", "checkpoint_every=0", f"hydra.run.dir={run_dir}"], tmp_path)
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """A tiny clq-run with the default caches of event 0 and latents on, in folders of this module's own:
+    (its completed process, its run dir, the work folder, the cache variables)."""
+    work = tmp_path_factory.mktemp("summary")
+    caches = {"CLQ_EVENT0_CACHE_DIR": str(work / "e0"), "CLQ_LATENT_CACHE_DIR": str(work / "lc")}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in caches.items():
+            mp.setenv(k, v)
+        p = run_module("clq", [*TINY, "tracking=none", "checkpoint_every=0", f"hydra.run.dir={work / 'run'}"], work)
     assert p.returncode == 0, p.stderr[-3000:]
+    return p, work / "run", work, caches
+
+
+@needs_fmnist
+def test_a_second_run_reuses_the_default_caches_and_says_so(first_run, monkeypatch):
+    p, _, work, caches = first_run
     assert "reused from the disk caches" not in p.stdout
-    again = run_module("clq", [*TINY, "tracking=none", "checkpoint_every=0", f"hydra.run.dir={tmp_path / 'again'}"],
-                       tmp_path)
+    for k, v in caches.items():
+        monkeypatch.setenv(k, v)
+    again = run_module("clq", [*TINY, "tracking=none", "checkpoint_every=0", f"hydra.run.dir={work / 'again'}"], work)
     assert again.returncode == 0, again.stderr[-3000:]
-    rerun = json.loads((tmp_path / "again" / "results.json").read_text())
+    rerun = json.loads((work / "again" / "results.json").read_text())
     n = rerun["latent_cache"]["hits"]
     assert rerun["event0_cached"] and rerun["latent_cache"]["misses"] == 0 and n > 0
     assert re.search(rf"reused from the disk caches +event 0, {n:,} of {n:,} latents", again.stdout)
     peak = next(x for x in again.stdout.splitlines() if "share of the FP32 matmul peak" in x)
     assert "learning events" in peak and "frozen pass" not in peak and "event 0" not in peak  # nothing computed
+
+
+@needs_fmnist
+def test_summary_says_memory_is_the_cost_models_packed_figure(first_run):
+    p, run_dir, _, _ = first_run
     res = json.loads((run_dir / "results.json").read_text())
     lines = p.stdout.splitlines()
     device = next(x for x in lines if "replay buffer on the device" in x)

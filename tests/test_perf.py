@@ -8,6 +8,7 @@ import pytest
 
 from clq.model.specs import mobilenet_v1_specs
 from clq.perf import flop_account, training_macs
+from tiny import TINY, needs_fmnist
 
 SPECS = mobilenet_v1_specs(0.25, 32, 10)
 L = 19
@@ -53,17 +54,14 @@ def test_a_latent_cache_counts_its_misses():
     assert gflop(a, "frozen_pass") == round(FROZEN_FWD * 60 / 1e9, 3)
 
 
-@pytest.mark.skipif(not __import__("tiny").HAVE_FMNIST, reason="dataset-fashion-mnist not installed")
+@needs_fmnist
 def test_a_failing_speed_account_costs_the_account_not_the_run(tmp_path, monkeypatch):
-    import os
-
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     import clq.perf
     from clq.config import experiment_config
     from clq.run import CONF_DIR, run_experiment
-    from tiny import TINY
 
     def broken(*args):
         raise ZeroDivisionError("no time measured")

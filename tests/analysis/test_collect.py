@@ -57,13 +57,6 @@ def test_collect_empty_folder_has_columns(tmp_path):
     assert df.empty and {"status", "error", "final_accuracy", "latent_layer"} <= set(df.columns)
 
 
-def test_params_from_config_precision_names():
-    p = params_from_config({"quant": None, "replay": {"bits": None, "size": 3}, "latent_layer": 27})
-    assert p["precision"] == "FP32" and p["buffer_size"] == 3 and p["latent_layer"] == 27
-    p = params_from_config({"quant": {"frozen_bits": None}, "replay": {"bits": 7}})
-    assert p["precision"] == "FP32 + U7"
-
-
 @pytest.mark.parametrize("config, names, columns", [
     ({"latent_layer": 23, "replay": {"bits": 6, "size": 40}, "quant": {"frozen_bits": 8}},
      (23, 6, 40, 8), (23, 6.0, 40, 8.0, "U8 + U6")),

@@ -102,4 +102,3 @@ def test_depthwise_and_its_handwritten_gradient_match_xla_grouped_conv(stride, k
     for a, b in zip(jax.grad(lambda x, w: jnp.sum(clq(x, w) * cot), (0, 1))(x, w),
                     jax.grad(lambda x, w: jnp.sum(ref(x, w) * cot), (0, 1))(x, w)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
-

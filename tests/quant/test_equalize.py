@@ -142,7 +142,7 @@ def test_per_layer_with_equalization_holds_on_imagenet_weights():
     for l in (19, 27):  # equalization rescales the stage's own last layers: one calibration per latent layer
         layers, _, _ = calibrate_and_quantize(specs[: l + 1], folded[: l + 1], cal,
                                               QuantConfig(equalize=True, bias_correction=True))
-        agree, top_fp, preds, _ = top1_agreement(specs, folded, layers, [l], views)
+        agree, _, preds, _ = top1_agreement(specs, folded, layers, [l], views)
         agreement["per_layer_equalized", l] = agree[l][None]
         assert preds[l][None][0] in (TABBY, EGYPTIAN_CAT) and preds[l][None][1] == ESPRESSO, (l, preds[l][None][:2])
     # Without equalization the l = 19 stage is a prefix of the l = 27 one (the test below): one calibration and
@@ -151,7 +151,6 @@ def test_per_layer_with_equalization_holds_on_imagenet_weights():
     agree, _, _, _ = top1_agreement(specs, folded, layers, [19, 27], views)
     for l in (19, 27):
         agreement["per_channel", l] = agree[l][None]
-    for l in (19, 27):
         assert agreement["per_layer_equalized", l] >= agreement["per_channel", l] - 0.05, agreement
         assert agreement["per_layer_equalized", l] > 0.6, agreement  # plain per-layer: ~5 % (docs/quantization.md §6)
 

@@ -40,11 +40,12 @@ def member_config(job_cfg, member):
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def run_sweep(name, args, cwd, timeout=900):
-    """`python -m clq -m --config-dir sweeps --config-name <name> *args` in `cwd`, as a user runs a sweep."""
+def run_sweep(name, args, cwd, timeout=900, prog=("-m", "clq"), env=None):
+    """`python -m clq -m --config-dir sweeps --config-name <name> *args` in `cwd`, as a user runs a sweep
+    (`prog`: another entry script instead of ``-m clq``; `env`: more environment variables)."""
     import subprocess
     import sys
 
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, "-m", "clq", "-m", "--config-dir", SWEEPS, "--config-name", name, *args],
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    return subprocess.run([sys.executable, *prog, "-m", "--config-dir", SWEEPS, "--config-name", name, *args],
                           cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -190,7 +190,7 @@ def test_a_sweep_gets_a_wandb_summary_run_with_its_pareto_fronts(tmp_path, have_
 # replays, as it fails for a stream whose learning events split their mini-batches differently (the tiny stream's
 # events all have one size, so they never do).
 PROBED_CLQ_RUN = """
-import atexit, json, os, sys
+import atexit, inspect, json, os, sys
 
 import clq.train.group as group
 import clq.train.vectorized as vectorized
@@ -206,7 +206,8 @@ run_group, shared_composition = group.run_group, vectorized.shared_composition
 
 
 def probed_run_group(*args, **kwargs):
-    note(bits=args[6], lrs=kwargs["lrs"], env=os.environ.get("CLQ_PROBE"))
+    bound = inspect.signature(run_group).bind(*args, **kwargs).arguments
+    note(bits=bound["bits"], lrs=bound["lrs"], env=os.environ.get("CLQ_PROBE"))
     return run_group(*args, **kwargs)
 
 
@@ -229,11 +230,9 @@ def _run_probed(tmp_path, args, **env):
     """The tiny sweep, vectorized, through PROBED_CLQ_RUN: (the process, the probes' rows)."""
     script, log = tmp_path / "probed_clq_run.py", tmp_path / "probes.jsonl"
     script.write_text(PROBED_CLQ_RUN)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "CLQ_PROBE_LOG": str(log), **env}
-    p = subprocess.run([sys.executable, str(script), "-m", "--config-dir", SWEEPS, "--config-name", "tiny",
-                        "hydra/launcher=clq_vectorized", "tracking=none", *args],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    log.unlink(missing_ok=True)  # the probes of this launch only
+    p = run_sweep("tiny", ["hydra/launcher=clq_vectorized", "tracking=none", *args], tmp_path, prog=(str(script),),
+                  env={"CLQ_PROBE_LOG": str(log), **env})
     return p, [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
@@ -288,7 +287,6 @@ def test_a_groups_env_set_is_set_while_it_computes_and_differing_ones_split_grou
         r, want = _results(same / str(j)), _results(plain / str(ref))
         for k in NUMBERS:
             assert r[k] == want[k], (j, k)
-    (tmp_path / "probes.jsonl").unlink()
     p, probes = _run_probed(tmp_path, [f"hydra.sweep.dir={per_job}", "replay.bits=8,6",
                                        "+hydra.job.env_set.CLQ_PROBE=job${hydra.job.num}"])
     assert p.returncode == 0, p.stderr[-3000:]
