@@ -102,7 +102,8 @@ def main(argv=None) -> dict:
     print(f"one run: {t_one:.1f} s, final accuracy {one['final_accuracy']:.4f}", file=sys.stderr)
 
     t0 = time.perf_counter()
-    (params, _), frozen, data = prepare_sweep(stream, specs, exp.latent_layer, exp.train, exp.quant, base_seed)
+    prepared = prepare_sweep(stream, specs, exp.latent_layer, exp.train, exp.quant, base_seed)
+    (params, _), frozen, data = prepared.adaptive, prepared.frozen, prepared.data
     t_shared = time.perf_counter() - t0
     print(f"shared (event 0, frozen stage, latents): {t_shared:.1f} s", file=sys.stderr)
 

@@ -294,6 +294,7 @@ def _run_group(g: Group, sweep_dir: str, shared: "_Shared", gi: int, n_groups: i
     for out in outcomes:
         if isinstance(out, dict):
             out["event0_cached"] = bool(event0_shared)
+            out["quantization_check"] = prepared.quant_check[0]  # its warning is in the member's own warnings
     speeds, speed_warning = _speeds(g, specs, stream, outcomes)
     share = round(wall / len(g.members), 3)  # one program ran the group: each member is charged an equal share
     for m, out in zip(g.members, outcomes):

@@ -122,6 +122,10 @@ def summary_table(results: dict) -> str:
     if "latency_s" in cost:
         rows.append((f"latency / event on {cost.get('config', {}).get('target', 'target')} (cost model)",
                      f"{cost['latency_s']['total']:.3g} s, {cost['energy_j']['total']:.3g} J"))
+    qc = results.get("quantization_check")
+    if qc:  # what quantizing the frozen stage cost event 0's network (clq.train.frozen_stage.check_quantization)
+        rows.append(("event 0's network on its training images", f"{100 * qc['quantized_accuracy']:.2f} % with the "
+                     f"quantized frozen stage, {100 * qc['fp32_accuracy']:.2f} % in FP32"))
     reused = []
     if results.get("event0_cached"):
         reused.append("event 0")

@@ -33,6 +33,9 @@ def test_tiny_run_through_hydra_app(tmp_path):
     assert len(res["accuracy_matrix"]["per_class"]) == n_events
     assert res["compiled_event_shapes"] == 1  # every later event reused one compiled learning event
     assert "wall_time_s" in res and "forgetting" in res
+    qc = res["quantization_check"]  # what quantizing the frozen stage cost event 0's network
+    assert qc["drop_points"] == pytest.approx(100 * (qc["fp32_accuracy"] - qc["quantized_accuracy"]), abs=0.02)
+    assert f"{100 * qc['quantized_accuracy']:.2f} % with the quantized frozen stage" in p.stdout
     lines = (run_dir / "events.jsonl").read_text().splitlines()
     assert len(lines) == n_events
     assert glob.glob(str(run_dir / "wandb" / "offline-run-*"))  # a real offline wandb run

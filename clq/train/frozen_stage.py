@@ -1,4 +1,5 @@
-"""The frozen stage as a batched, jitted image -> latent executor (FP32 or fake-quantized 8-bit)."""
+"""The frozen stage as a batched, jitted image -> latent executor (FP32 or fake-quantized 8-bit), and the check
+that its quantization did not break event 0's network."""
 
 from __future__ import annotations
 
@@ -19,7 +20,11 @@ from clq.quant.frozen import (
 )
 from clq.quant.ptq import calibrate_and_quantize
 
-__all__ = ["FrozenStage", "make_frozen_stage"]
+__all__ = ["FrozenStage", "make_frozen_stage", "check_quantization", "QUANT_DROP_WARN"]
+
+#: Accuracy on the first experience that the quantized frozen stage may lose against FP32 before the run warns
+#: (0.10 = 10 points). A healthy 8-bit stage loses well under a point there; a broken one falls towards chance.
+QUANT_DROP_WARN = 0.10
 
 
 class FrozenStage(NamedTuple):
@@ -32,6 +37,7 @@ class FrozenStage(NamedTuple):
       a_max: float, calibrated maximum of the latent layer's output (sets the LR codec's range).
       layers: the per-layer quantization (empty tuple for FP32).
       bits: frozen-stage bits, or None for FP32.
+      config: the quantization choices it was built with (None for FP32).
     """
 
     latents: object
@@ -39,6 +45,7 @@ class FrozenStage(NamedTuple):
     a_max: float
     layers: tuple
     bits: int | None
+    config: QuantConfig | None = None
 
 
 def make_frozen_stage(
@@ -70,10 +77,62 @@ def make_frozen_stage(
         a_max = float(scale) * (2**config.bits - 1)
 
     def latents(pixels: np.ndarray) -> np.ndarray:
-        n = len(pixels)
-        out = np.empty((n, *frozen_specs[-1].out_shape), out_dtype)
-        for s, chunk, m in padded_batches(pixels, batch_size):
-            out[s : s + m] = np.asarray(fn(jnp.asarray(chunk)))[:m].astype(out_dtype)
-        return out
+        return _batched(fn, pixels, frozen_specs[-1].out_shape, out_dtype, batch_size)
 
-    return FrozenStage(latents, scale, a_max, tuple(layers), None if config is None else config.bits)
+    return FrozenStage(latents, scale, a_max, tuple(layers), None if config is None else config.bits, config)
+
+
+def _batched(fn, pixels: np.ndarray, out_shape, out_dtype, batch_size: int) -> np.ndarray:
+    """`fn` over `pixels` in padded batches of `batch_size` (one compiled shape), as [N, *out_shape] `out_dtype`."""
+    out = np.empty((len(pixels), *out_shape), out_dtype)
+    for s, chunk, m in padded_batches(pixels, batch_size):
+        out[s : s + m] = np.asarray(fn(jnp.asarray(chunk)))[:m].astype(out_dtype)
+    return out
+
+
+def _accuracy(fn, inputs: np.ndarray, labels: np.ndarray, batch_size: int) -> float:
+    """Top-1 accuracy of `fn` (a batch of `inputs` -> logits [B, K]) in padded batches."""
+    top1 = jax.jit(lambda x: jnp.argmax(fn(x).reshape(x.shape[0], -1), axis=-1))
+    return float(np.mean(_batched(top1, inputs, (), np.int32, batch_size) == labels))
+
+
+def check_quantization(
+    specs: Sequence[LayerSpec], latent_layer: int, folded: Sequence[dict], frozen: FrozenStage, images: np.ndarray,
+    labels: np.ndarray, codes: np.ndarray | None = None, batch_size: int = 256,
+) -> tuple[dict | None, str | None]:
+    """What quantizing the frozen stage cost event 0's network, on the first experience's training images.
+
+    Per-layer 8-bit weights (the paper's) do not hold up on every network event 0 can produce: one channel with
+    a wide folded range takes the layer's whole scale, and the network can fall to chance level before any
+    learning event (docs/quantization.md, "When quantization breaks event 0's network"). The run measures that
+    drop once, right after quantizing (two forward passes over the first experience, ~0.1 s on the default
+    experiment), instead of leaving it to show as a diverged learning event.
+
+    Args:
+      folded: the whole network's folded parameters (event 0's network); `frozen`: its layers 0..latent_layer.
+      images: uint8 [N,H,W,C] and labels int32 [N] of the first experience.
+      codes: the frozen stage's latents of `images`, when the caller has them already.
+    Returns:
+      (results.json's ``quantization_check`` record, a warning when more than `QUANT_DROP_WARN` is lost, else
+      None); (None, None) for an FP32 frozen stage.
+    """
+    if frozen.bits is None:
+        return None, None
+    adaptive_specs, adaptive = specs[latent_layer + 1 :], folded[latent_layer + 1 :]
+    fp32 = _accuracy(lambda px: forward(specs, folded, px.astype(jnp.float32) * INPUT_SCALE), images, labels,
+                     batch_size)
+    codes = frozen.latents(images) if codes is None else codes
+    quantized = _accuracy(lambda c: forward(adaptive_specs, adaptive, c.astype(jnp.float32) * frozen.scale), codes,
+                          labels, batch_size)
+    drop = fp32 - quantized
+    record = {"images": "first experience (training)", "fp32_accuracy": round(fp32, 4),
+              "quantized_accuracy": round(quantized, 4), "drop_points": round(100 * drop, 2)}
+    if drop <= QUANT_DROP_WARN:
+        return record, None
+    q = frozen.config
+    fixes = [f for f, off in (("quant.equalize=true", not q.equalize),
+                              ("quant.weight_granularity=per_channel", q.weight_granularity != "per_channel"),
+                              ("quant.frozen_bits=8", q.bits < 8)) if off]
+    return record, (f"the {q.bits}-bit frozen stage scores {100 * quantized:.1f} % on the first experience's images "
+                    f"against {100 * fp32:.1f} % in FP32 ({100 * drop:.1f} points lost): quantization broke event 0's "
+                    "network, and the learning events start from it" + (f"; try {' or '.join(fixes)}" if fixes else ""))

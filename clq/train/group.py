@@ -103,7 +103,7 @@ def run_group(
     timer: dict[str, float] = {}
     t0 = time.perf_counter()
     M, E, K = len(bits), stream.num_events, stream.num_classes
-    (params, norm_state), frozen, data, ev0 = prepared
+    (params, norm_state), frozen, data, ev0 = prepared.adaptive, prepared.frozen, prepared.data, prepared.event0
     max_bits = None if all(fp32) else max(bits)
     program = group_program(stream, specs, latent_layer, train, replay_size, policy, max_bits, eval_chunk,
                             members_per_batch, [int(n) for n in np.asarray(data.event_n)])
@@ -123,6 +123,8 @@ def run_group(
 
     hists = [History(stream, None if on_event is None else (lambda i, row, d, m=m: on_event(m, i, row, d)),
                      f"train.lr={lrs[m]}, train.first_event.lr={train.first_lr}", log) for m in range(M)]
+    for h in hists:
+        h.quantized(prepared.quant_check[1], announce=False)  # `prepare_sweep` told it once
     failed: dict[int, tuple[int, str]] = {}
     exp0 = stream.experiences[0]
     test_labels, test_sessions = stream.test_labels, stream.test_sessions

@@ -35,7 +35,7 @@ from clq.train.latent_cache import with_latent_cache
 from clq.train.event import all_finite, make_learning_event, make_optimizer, minibatch_composition
 from clq.train.event0 import first_event, network_shapes
 from clq.train.norm import make_adaptive_norm
-from clq.train.frozen_stage import FrozenStage, make_frozen_stage
+from clq.train.frozen_stage import FrozenStage, check_quantization, make_frozen_stage
 from clq.train.record import History, buffer_record, event_fields, latent_record
 
 # One jitted reduction over an event's losses and the learning state after it: one check instead of one per leaf.
@@ -214,6 +214,12 @@ def run_continual(
     with timer("frozen_pass_s"):
         test_codes = frozen.latents(stream.test_images)
     hits = jax.jit(make_hits(adaptive_specs, K, S))
+    # Event 0's latents fill the buffer; first they show what quantizing the frozen stage cost event 0's network.
+    with timer("frozen_pass_s"):
+        codes0 = frozen.latents(stream.train_images[exp0])
+    with timer("eval_s"):
+        quant_check, warning = check_quantization(specs, latent_layer, folded, frozen, stream.train_images[exp0],
+                                                  stream.train_labels[exp0], codes0)
 
     def run_eval(params, norm_state=None):
         """Test accuracy of the adaptive stage; norm_state None: `params` are already folded (the joint bound)."""
@@ -235,6 +241,7 @@ def run_continual(
 
     hist = History(stream, _with_detail(on_event), f"train.lr={train.lr}, train.first_event.lr={train.first_lr}",
                    log)
+    hist.quantized(warning)
     rows = hist.rows  # per event: {"per_class", "per_session", "row"}; a checkpoint's meta holds them
 
     # Checkpoints are written in the background while the next event computes (`CheckpointWriter`); leaving
@@ -251,8 +258,6 @@ def run_continual(
             adaptive_params, norm_state = jax.tree.map(
                 jnp.array, norm.init(bn_params[latent_layer + 1 :], bn_stats[latent_layer + 1 :]))
             # Event 0's latents fill the buffer (and the strategy sees event 0's data, e.g. CWR* consolidates it).
-            with timer("frozen_pass_s"):
-                codes0 = frozen.latents(stream.train_images[exp0])
             with timer("buffer_s"):
                 event0 = Event(decode(codes0), jnp.asarray(stream.train_labels[exp0]), jnp.int32(len(exp0)),
                                jnp.int32(0))
@@ -298,6 +303,7 @@ def run_continual(
                               None if restored is None else restored[0])
         # Whether event 0 came from the event-0 cache (None: restored from a checkpoint, not run here).
         results["event0_cached"] = ev0.cached if restored is None else None
+        results["quantization_check"] = quant_check  # None for an FP32 frozen stage
         if cache is not None:
             results["latent_cache"] = {"dir": cache.directory, **dataclasses.asdict(cache.stats)}
         if joint_upper_bound:

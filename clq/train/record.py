@@ -56,6 +56,8 @@ class History:
         self.stream, self.on_event, self.lr_hint, self.log = stream, on_event, lr_hint, log
         self.rows: list[dict] = []  # {"per_class", "per_session", "row"}; a checkpoint's meta holds them
         self.warnings: list[str] = []
+        self._chance_warned = False
+        self.quantization_warning: str | None = None  # `quantized`'s warning, quoted if a learning event diverges
 
     def add(self, i: int, evaluation, **fields) -> dict:
         """Record event `i` (`evaluation`: a `clq.train.evaluate.Evaluation`); returns its metrics row."""
@@ -79,20 +81,35 @@ class History:
     def _check_chance(self, i: int) -> None:
         k = self.stream.num_classes
         since = at_chance([r["row"]["accuracy"] for r in self.rows], k)
-        if since is not None and not self.warnings:
-            self.warnings.append(
+        if since is not None and not self._chance_warned:
+            self._chance_warned = True
+            self.warn(
                 f"accuracy has stayed at chance level (1/{k}) for {i - since + 1} learning events, since event "
                 f"{since}: the adaptive stage has diverged or collapsed onto one class. The usual cause is the "
                 f"learning rate for these weights ({self.lr_hint}): pretrained weights need the paper's 5e-5 / 1e-3 "
                 "(+experiment=fashion_mnist_imagenet), a network trained from scratch on the offline stream 0.01 / "
                 "0.05")
-            self.log("warning: " + self.warnings[-1])
+
+    def quantized(self, warning: str | None, announce: bool = True) -> None:
+        """The warning of `clq.train.frozen_stage.check_quantization` (None: the frozen stage held up); `announce`:
+        also tell it to the log (a group's members share one frozen stage, told once)."""
+        self.quantization_warning = warning
+        if warning:
+            self.warnings.append(warning)
+            if announce:
+                self.log("warning: " + warning)
+
+    def warn(self, message: str) -> None:
+        """Record a warning of the run (results.json's ``warnings``) and tell it to the log."""
+        self.warnings.append(message)
+        self.log("warning: " + message)
 
     def non_finite(self, i: int, lr, step: tuple[int, int] | None = None) -> str:
         """The error message of learning event `i` having produced a non-finite loss or state (`NonFiniteError`).
 
-        A diverging learning event usually means the learning rate `lr` is too high for these weights. When event
-        0 itself already scored at chance level on the test set, the message also says so: then the network
+        A diverging learning event usually means the learning rate `lr` is too high for these weights. When the
+        frozen stage's quantization check failed (`quantized`), the message quotes it; when event 0 itself already
+        scored at chance level on the test set, the message also says so: then the network
         broke before any learning event, most often when the frozen stage was quantized (the paper's per-layer
         8-bit weights do not hold up on every network event 0 produces; docs/performance.md, "Why the candidate
         is not in clq").
@@ -103,6 +120,8 @@ class History:
         where = f"learning event {i}" + (f", step {step[0]} of {step[1]}" if step else "")
         msg = f"non-finite loss or parameters in {where}; lower train.lr ({lr})"
         k = self.stream.num_classes
+        if self.quantization_warning:  # measured right after quantizing: the likelier cause
+            return f"{msg}. Before it, {self.quantization_warning}"
         if self.rows and below_chance(self.rows[0]["row"]["accuracy"], k):
             msg += (f". Event 0 already ended at {100 * self.rows[0]['row']['accuracy']:.1f} % test accuracy, chance "
                     f"level for {k} classes: if the frozen stage's quantization broke the network (quant=fp32 shows "

@@ -50,6 +50,7 @@ from clq.train.evaluate import make_hits
 from clq.train.event import Composition, all_finite, make_optimizer, minibatch_composition
 from clq.train.norm import AdaptiveNorm, make_adaptive_norm
 from clq.train.event0 import first_event
+from clq.train.frozen_stage import check_quantization
 
 __all__ = ["SweepData", "SweepResult", "Prepared", "Outputs", "GroupProgram", "make_group_program", "group_program", "lr_scales", "make_sweep", "sweep_data", "prepare_sweep",
            "shared_composition"]
@@ -90,12 +91,14 @@ class Prepared(NamedTuple):
       frozen: the `FrozenStage` (layers 0..l, calibrated on event 0).
       data: the `SweepData` (every latent of the stream, once).
       event0: the `clq.train.event0.FirstEvent` (its history is each member's event-0 record).
+      quant_check: (record, warning or None) of `clq.train.frozen_stage.check_quantization`, as a run records it.
     """
 
     adaptive: tuple
     frozen: object
     data: SweepData
     event0: object
+    quant_check: tuple = (None, None)
 
 
 class SweepResult(NamedTuple):
@@ -379,14 +382,19 @@ def prepare_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, 
     ev0 = first_event(stream, specs, latent_layer, train, base_seed, initial_params, event0_cache_dir, event0_memo,
                       log)
     say(f"frozen stage: layers 0..{latent_layer} calibrated on event 0")
-    frozen = calibrate_frozen_stage(stream, specs, latent_layer, fold_batch_norm(specs, ev0.bn_params, ev0.bn_stats),
-                                    quant)
+    folded = fold_batch_norm(specs, ev0.bn_params, ev0.bn_stats)
+    frozen = calibrate_frozen_stage(stream, specs, latent_layer, folded, quant)
+    exp0 = stream.experiences[0]
+    check = check_quantization(specs, latent_layer, folded, frozen, stream.train_images[exp0],
+                               stream.train_labels[exp0])
+    if check[1]:
+        say("warning: " + check[1])
     say("latents: every image of the stream through the frozen stage, once")
     # The adaptive stage in the form its normalization trains (as `run_continual` starts its learning events).
     _, adaptive_specs = split_specs(specs, latent_layer)
     norm = make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum)
     adaptive = norm.init(ev0.bn_params[latent_layer + 1 :], ev0.bn_stats[latent_layer + 1 :])
-    return Prepared(adaptive, frozen, sweep_data(stream, frozen, eval_chunk), ev0)
+    return Prepared(adaptive, frozen, sweep_data(stream, frozen, eval_chunk), ev0, check)
 
 
 def _group_args(stream, specs, latent_layer, train, replay_size, policy, max_bits, eval_chunk, members_per_batch,

@@ -66,6 +66,9 @@ def test_members_are_grouped_and_bad_ones_fail_alone(vectorized):
     assert r0["group"]["members"] == r2["group"]["members"] == [0, 2]
     assert r4["group"]["members"] == [4] and r4["group"]["event0_shared"]
     assert r0["first_event_history"] == r4["first_event_history"]
+    # One frozen stage, one check of its quantization, recorded for every member as a run records it.
+    assert r0["quantization_check"] == r2["quantization_check"] == r4["quantization_check"]
+    assert 0.0 <= r0["quantization_check"]["quantized_accuracy"] <= 1.0
     w = collect_wandb(str(sweep))
     assert len(w) == 3 and (w["status"] == "completed").all() and (w["group"] == str(sweep)).all()
     assert sorted(w["final_accuracy"]) == sorted(df.loc[[0, 2, 4], "final_accuracy"])

@@ -20,8 +20,10 @@ K, SIZE = 4, 16
 
 def _one_picture_per_class_stream() -> Stream:
     rng = np.random.default_rng(0)
-    # event 0: classes 0 and 1, then one class per event; every image of class c is the same picture.
-    labels = [np.repeat([0, 1], 20)] + [np.full(12, c) for c in (2, 3, 0, 1, 2, 3)]
+    # event 0: every class, then one class per event; every image of class c is the same picture. (With only some
+    # of the K pictures in event 0, batch norm's statistics come from them alone, folding turns channels of almost
+    # no variance into gains of ~30 each, and the others' latents overflow or not with float32 rounding.)
+    labels = [np.repeat(np.arange(K), 10)] + [np.full(12, c) for c in (2, 3, 0, 1, 2, 3)]
     y = np.concatenate(labels).astype(np.int32)
     bounds = np.cumsum([0] + [len(l) for l in labels])
     y = y[np.concatenate([a + rng.permutation(b - a) for a, b in zip(bounds[:-1], bounds[1:])])]  # shuffled per event
@@ -141,3 +143,26 @@ def test_a_non_finite_event_after_an_event_0_at_chance_points_at_the_quantizatio
         assert ("quant.weight_granularity=per_channel" in msg) == hinted
         assert (f"{100 * acc0:.1f} % test accuracy" in msg) == hinted
     assert History(stream).non_finite(2, 0.5) == "non-finite loss or parameters in learning event 2; lower train.lr (0.5)"
+
+
+def test_a_failed_quantization_check_is_recorded_once_and_quoted_when_an_event_diverges():
+    """The frozen stage's quantization check (`check_quantization`) measured the cause directly: a diverged learning
+    event quotes it, whatever event 0's test accuracy; a group member records it without telling the log again."""
+    from types import SimpleNamespace
+
+    from clq.train.record import History
+
+    stream = SimpleNamespace(num_classes=K, session_names=["s"], experience_classes=[np.arange(1)] * 3,
+                             experience_sessions=np.zeros(3, int))
+    warning = "the 8-bit frozen stage scores 20.0 % on the first experience's images against 95.0 % in FP32"
+    for announce in (True, False):
+        said = []
+        hist = History(stream, log=said.append)
+        hist.quantized(warning, announce=announce)
+        hist.add(0, {"accuracy": 0.5, "per_class": np.full(K, 0.5), "per_session": np.full(1, 0.5)})
+        assert hist.warnings == [warning] and said == (["warning: " + warning] if announce else [])
+        assert hist.non_finite(1, 0.01) == ("non-finite loss or parameters in learning event 1; lower train.lr (0.01). "
+                                            "Before it, " + warning)
+    hist = History(stream)
+    hist.quantized(None)
+    assert hist.warnings == [] and hist.quantization_warning is None
