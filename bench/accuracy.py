@@ -3,8 +3,9 @@
     .venv/bin/python bench/accuracy.py --seeds 0 1 2        # ~4 min per seed on the 2-core CPU machine
 
 Runs the default configuration (conf/config.yaml) through `clq.run.run_experiment`-equivalent library
-calls for four precisions, "frozen stage + latent replays" as in paper.md §4: FP32+FP32, FP32+U8, U8+U8,
-U8 with per-channel weights + U8, and the joint (i.i.d.) upper bound of the same model. Writes
+calls for five precisions, "frozen stage + latent replays" as in paper.md §4: FP32+FP32, FP32+U8, U8+U8 (the
+default: per-layer weights after cross-layer equalization), the paper's U8 pipeline (no equalization) + U8, U8
+with per-channel weights + U8, and the joint (i.i.d.) upper bound of the same model. Writes
 bench/results/accuracy.json and prints a markdown table (mean +- std over seeds).
 """
 
@@ -32,8 +33,9 @@ from bench.common import default_config  # noqa: E402
 VARIANTS = {  # name: (frozen stage: None = FP32, else quant overrides; lr_bits)
     "FP32 + FP32": (None, None),
     "FP32 + U8": (None, 8),
-    "U8 + U8": ({}, 8),  # the default: per-layer weights, as the paper
-    "U8 per-channel + U8": ({"weight_granularity": "per_channel"}, 8),
+    "U8 + U8": ({}, 8),  # the default: per-layer weights, as the paper, after cross-layer equalization
+    "U8 paper (no equalization) + U8": ({"equalize": False}, 8),  # the paper's pipeline exactly
+    "U8 per-channel + U8": ({"weight_granularity": "per_channel", "equalize": False}, 8),
 }
 
 

@@ -76,7 +76,9 @@ _BIAS_CODE_LIMIT = 2**30
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Static choices of the frozen-stage quantization (defaults reproduce paper.md §1).
+    """Static choices of the frozen-stage quantization: the defaults are paper.md §1's scheme (8 bit, per-layer
+    asymmetric weights, min/max activations) with cross-layer equalization before it, as conf/quant/int8.yaml;
+    ``QuantConfig(equalize=False)`` is the paper's pipeline exactly.
 
     Fields:
       bits: Q of weights and activations, 2..8 (paper: 8).
@@ -89,7 +91,8 @@ class QuantConfig:
       percentile: in (50, 100], used by 'percentile'.
       histogram_bins: resolution of the activation histograms behind 'percentile' and 'mse'.
       equalize: cross-layer equalization before quantizing (`clq.quant.equalize`): makes per-layer weight
-        scales hold on networks whose folded channels have very different ranges.
+        scales hold on networks whose folded channels have very different ranges (on by default: without it some
+        networks event 0 trains from scratch fall to chance level, docs/quantization.md).
       bias_correction: correct each layer's bias for the mean shift of its quantized weights, measured on the
         calibration images (`clq.quant.equalize.bias_correction`).
     """
@@ -100,7 +103,7 @@ class QuantConfig:
     activation_range: str = "minmax"
     percentile: float = 99.99
     histogram_bins: int = 2048
-    equalize: bool = False
+    equalize: bool = True
     bias_correction: bool = False
 
     def __post_init__(self):

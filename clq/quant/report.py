@@ -332,9 +332,9 @@ def plot_report(report: QuantReport, path: str | Path) -> Path:
 #: The weight schemes `clq-quant-report` compares: the paper's per-layer scales, the same after cross-layer
 #: equalization and bias correction (`clq.quant.equalize`), and per-channel scales.
 SCHEMES = {
-    "per_layer": dict(weight_granularity="per_layer"),
+    "per_layer": dict(weight_granularity="per_layer", equalize=False),
     "per_layer_equalized": dict(weight_granularity="per_layer", equalize=True, bias_correction=True),
-    "per_channel": dict(weight_granularity="per_channel"),
+    "per_channel": dict(weight_granularity="per_channel", equalize=False),
 }
 
 #: The two sample photos whose top-1 class the report follows (scikit-image's chelsea: a tabby / Egyptian cat;

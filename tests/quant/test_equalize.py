@@ -147,7 +147,8 @@ def test_per_layer_with_equalization_holds_on_imagenet_weights():
         assert preds[l][None][0] in (TABBY, EGYPTIAN_CAT) and preds[l][None][1] == ESPRESSO, (l, preds[l][None][:2])
     # Without equalization the l = 19 stage is a prefix of the l = 27 one (the test below): one calibration and
     # one pass serve both latent layers.
-    layers, _, _ = calibrate_and_quantize(specs[:28], folded[:28], cal, QuantConfig(weight_granularity="per_channel"))
+    layers, _, _ = calibrate_and_quantize(specs[:28], folded[:28], cal,
+                                          QuantConfig(weight_granularity="per_channel", equalize=False))
     agree, _, _, _ = top1_agreement(specs, folded, layers, [19, 27], views)
     for l in (19, 27):
         agreement["per_channel", l] = agree[l][None]
@@ -167,5 +168,5 @@ def test_without_equalization_a_shorter_stage_is_a_prefix_of_the_longer(network)
         part, _, _ = calibrate_and_quantize(specs[:L], folded[:L], cal, cfg)
         return all(np.array_equal(np.asarray(a), np.asarray(b)) for x, y in zip(full[:L], part) for a, b in zip(x, y))
 
-    assert same(QuantConfig(bias_correction=True))
+    assert same(QuantConfig(equalize=False, bias_correction=True))
     assert not same(QuantConfig(equalize=True))

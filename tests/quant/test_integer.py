@@ -21,6 +21,8 @@ from clq.quant.frozen import exact_chunks
 from clq.quant.integer import check_accumulator_bounds, integer_layer
 from clq.train.frozen_stage import make_frozen_stage
 
+PAPER = QuantConfig(equalize=False)  # the paper's pipeline, whose integer arithmetic these tests check
+
 FROZEN = 28  # layers 0..27: every candidate latent_layer
 
 
@@ -101,10 +103,10 @@ def test_run_loop_frozen_stage_emits_the_integer_latents(default_stage):
     stage's restricted to 0..l, and its uint8 latents are the integer reference's, bit for bit."""
     specs, folded, px, a_max, full = default_stage
     for l in (19,):
-        prefix = quantize_frozen_stage(specs[: l + 1], folded[: l + 1], a_max[: l + 1], QuantConfig())
+        prefix = quantize_frozen_stage(specs[: l + 1], folded[: l + 1], a_max[: l + 1], PAPER)
         for a, b in zip(prefix, full):
             assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
-        fs = make_frozen_stage(specs[: l + 1], folded[: l + 1], px, QuantConfig(), batch_size=8)
+        fs = make_frozen_stage(specs[: l + 1], folded[: l + 1], px, PAPER, batch_size=8)
         np.testing.assert_array_equal(fs.latents(px), integer_forward(specs[: l + 1], fs.layers, px))
         assert fs.latents(px).dtype == np.uint8 and fs.scale == fs.layers[-1].out_scale
 
@@ -112,7 +114,7 @@ def test_run_loop_frozen_stage_emits_the_integer_latents(default_stage):
 def test_export_round_trip(tmp_path, default_stage):
     specs, folded, px, a_max, layers = default_stage
     sym = QuantConfig(weight_granularity="per_channel", weight_mode="symmetric")
-    for cfg, lq in ((QuantConfig(), layers), (sym, quantize_frozen_stage(specs[:FROZEN], folded[:FROZEN], a_max, sym))):
+    for cfg, lq in ((PAPER, layers), (sym, quantize_frozen_stage(specs[:FROZEN], folded[:FROZEN], a_max, sym))):
         npz, js = export_frozen_stage(tmp_path / f"stage_{cfg.weight_mode}", specs[:FROZEN], lq, cfg)
         manifest = json.loads(js.read_text())
         tensors = manifest["layers"][2]["tensors"]
