@@ -1,4 +1,4 @@
-"""Where event 0's whole-network SGD step spends its time: kernels by kind, thread use, and candidate fixes.
+"""Where event 0's whole-network SGD step spends its time: kernels by kind, thread use, and other variants of it.
 
     .venv/bin/python bench/profile_event0.py                  # default model: 0.5 / 32 px, batch 64 (~1 min)
     .venv/bin/python bench/profile_event0.py --width 1.0 --image-size 64 --batch 128 --out p.json
@@ -15,20 +15,18 @@ its kind:
 * ``threads busy``: kernel time summed over XLA's worker threads divided by the step's wall time (2.0 would
   be both cores busy all the time).
 
-Candidates, timed against the current step in the same process (the machine is shared: only same-process ratios
+Variants, timed against the current step in the same process (the machine is shared: only same-process ratios
 are meaningful):
 
-* ``candidate``: batch norm in training mode with a written-out backward pass (the closed form
-  dx = gamma/sigma * (g - mean(g) - x_hat * mean(g * x_hat)), two reductions per layer instead of autodiff's),
-  and the strided depthwise input gradient computed phase by phase (each input pixel of phase
-  (p, q) sums only the taps that reach it, 9 products in all, instead of a scatter that evaluates all 9 taps
-  at every input pixel). Both are written out below;
-* ``fusion_emitters_off``: the same program compiled with ``xla_cpu_use_fusion_emitters=false``;
+* ``previous``: the step before clq wrote out batch norm's backward pass (`clq.model.forward.batch_norm_train`)
+  and summed the strided depthwise input gradient phase by phase (`_phase_transpose`): autodiff of the batch-norm
+  formula, and a scatter that evaluates all 9 taps at every input pixel. Both are kept below;
+* ``fusion_emitters_off``: the current program compiled with ``xla_cpu_use_fusion_emitters=false``;
 * any compiler switch given with ``--compile-options``.
 
-The candidates round differently (the written-out backward sums in another order; XLA fuses the phase sums'
-products into FMAs), so they are measured here and not used by clq: docs/performance.md says what that rounding
-change did to the default experiment.
+The previous step rounds differently (the written-out backward sums in another order; XLA fuses the phase sums'
+products into FMAs): docs/performance.md says what that did to the default experiment, and why clq's default
+quantization equalizes the frozen stage since.
 Writes ``bench/results/event0_profile.json``.
 """
 
@@ -70,94 +68,54 @@ from clq.train.event import cross_entropy  # noqa: E402
 fw = importlib.import_module("clq.model.forward")  # the module (clq.model re-exports a function named forward)
 
 
-@jax.custom_vjp
-def batch_norm_train(y, gamma, beta):
-    """Batch norm in training mode over every axis of y [..., C] but the last, with a written-out backward pass;
-    returns (normalized y, mean [C], var [C]), the forward values of `clq.model.forward.forward_bn`."""
-    return _batch_norm_train_fwd(y, gamma, beta)[0]
-
-
-def _batch_norm_train_fwd(y, gamma, beta):
-    axes = tuple(range(y.ndim - 1))
-    mean, var = jnp.mean(y, axis=axes), jnp.var(y, axis=axes)
-    inv = jax.lax.rsqrt(var + fw.BN_EPS)
-    return ((y - mean) * (gamma * inv) + beta, mean, var), (y, mean, inv, gamma)
-
-
-def _batch_norm_train_bwd(res, cts):
-    y, mean, inv, gamma = res
-    g, g_mean, g_var = cts
-    axes = tuple(range(y.ndim - 1))
-    n = y.size // y.shape[-1]
-    x_hat = (y - mean) * inv
-    d_beta, d_gamma = jnp.sum(g, axis=axes), jnp.sum(g * x_hat, axis=axes)
-    dy = (gamma * inv / n) * (n * g - d_beta - x_hat * d_gamma)
-    return dy + (g_mean + 2.0 * g_var * (y - mean)) / n, d_gamma, d_beta  # + the statistics' own cotangents
-
-
-batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
-
-
-def _shifted(a, d: int, size: int, axis: int):
-    """``out[m] = a[m - d]`` along `axis` where ``0 <= m - d < a.shape[axis]``, else 0, for m in [0, size)."""
-    start = max(-d, 0)
-    a = jax.lax.slice_in_dim(a, start, max(min(a.shape[axis], size - d), start), axis=axis)
-    lo = min(max(d, 0), size)
-    pads = [(0, 0)] * a.ndim
-    pads[axis] = (lo, size - lo - a.shape[axis])
-    return jnp.pad(a, pads)
-
-
-def phase_transpose(g, w, stride: int, h: int, wd: int):
-    """Input gradient [B, h, wd, C] of a strided depthwise conv (TF 'SAME'), phase by phase: tap (kh, kw) sends
-    output pixel o to input pixel ``stride * o + kh - pad_top``, so it reaches only the input phase
-    ``((kh - pad_top) mod stride, ...)``, shifted by ``floor((kh - pad_top) / stride)``."""
-    k, s = w.shape[0], stride
-    (pt, _), (pl, _) = fw.same_padding(h, k, s), fw.same_padding(wd, k, s)
-    rows, cols = [-(-(h - p) // s) for p in range(s)], [-(-(wd - p) // s) for p in range(s)]
-    phases = {}
+def scatter_transpose(g, w, stride: int, h: int, wd: int):
+    """The previous input gradient of a strided depthwise conv (TF 'SAME'): every tap's product g * w[kh, kw]
+    padded back onto the whole padded input grid (interior padding = stride - 1), summed, then cropped."""
+    k = w.shape[0]
+    ho, wo = g.shape[1], g.shape[2]
+    (pt, pb), (pl, pr) = fw.same_padding(h, k, stride), fw.same_padding(wd, k, stride)
+    hp, wp = h + pt + pb, wd + pl + pr
+    dxp = None
     for t in range(k * k):
         i, j = t // k, t % k
-        (di, pi), (dj, pj) = divmod(i - pt, s), divmod(j - pl, s)
-        term = _shifted(_shifted(g * w[i, j, 0], di, rows[pi], 1), dj, cols[pj], 2)
-        phases[pi, pj] = phases[pi, pj] + term if (pi, pj) in phases else term
-    b, c = g.shape[0], g.shape[-1]
-    grid = [jnp.stack([jnp.pad(phases.get((pi, pj), jnp.zeros((b, rows[pi], cols[pj], c), g.dtype)),
-                               ((0, 0), (0, rows[0] - rows[pi]), (0, cols[0] - cols[pj]), (0, 0)))
-                       for pj in range(s)], axis=3) for pi in range(s)]
-    dx = jnp.stack(grid, axis=2).reshape(b, rows[0] * s, cols[0] * s, c)  # [B, rows, s, cols, s, C]
-    return dx[:, :h, :wd, :]
+        cfg = ((0, 0, 0), (i, hp - i - stride * (ho - 1) - 1, stride - 1),
+               (j, wp - j - stride * (wo - 1) - 1, stride - 1), (0, 0, 0))
+        term = jax.lax.pad(g * w[i, j, 0], jnp.zeros((), g.dtype), cfg)
+        dxp = term if dxp is None else dxp + term
+    return dxp[:, pt : pt + h, pl : pl + wd, :]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def candidate_depthwise(x, w, stride: int):
-    """clq's depthwise conv (`_depthwise`: same forward pass) with the phase transpose at stride > 1."""
+def previous_depthwise(x, w, stride: int):
+    """clq's depthwise conv (`_depthwise`: same forward pass) with the scatter transpose at stride > 1."""
     return fw._depthwise_taps(x, w, stride)
 
 
-def _candidate_depthwise_bwd(stride, res, g):
+def _previous_depthwise_bwd(stride, res, g):
     x, w = res
     dx, dw = fw._depthwise_bwd(stride, res, g)  # dw as clq computes it; at stride > 1 XLA drops the unused dx
-    return (dx if stride == 1 else phase_transpose(g, w, stride, x.shape[1], x.shape[2])), dw
+    return (dx if stride == 1 else scatter_transpose(g, w, stride, x.shape[1], x.shape[2])), dw
 
 
-candidate_depthwise.defvjp(fw._depthwise_fwd, _candidate_depthwise_bwd)
+previous_depthwise.defvjp(fw._depthwise_fwd, _previous_depthwise_bwd)
 
 
 def forward(specs, params, x, variant: str):
-    """`forward_bn(train=True)`'s output ('current'), or the same network with the candidate's batch norm and
-    strided depthwise backward ('candidate')."""
+    """`forward_bn(train=True)`'s output ('current'), or the same network with the previous step's batch norm
+    (autodiff of the forward formula) and strided depthwise backward (a scatter) ('previous')."""
     if variant == "current":
         return fw.forward_bn(specs, params, tuple({} for _ in specs), x, train=True)[0]
     for spec, p in zip(specs, params):
         x = fw._maybe_flat(x)
         if spec.kind == "dw" and x.ndim == 4:
-            y = candidate_depthwise(x, p["w"], spec.stride)
+            y = previous_depthwise(x, p["w"], spec.stride)
         else:
             y = fw.linear_op(spec, p.get("w"), x)
         y = fw._maybe_flat(y)
         if spec.batch_norm:
-            y = batch_norm_train(y, p["gamma"], p["beta"])[0]
+            axes = tuple(range(y.ndim - 1))
+            mean, var = jnp.mean(y, axis=axes), jnp.var(y, axis=axes)
+            y = (y - mean) * (p["gamma"] * jax.lax.rsqrt(var + fw.BN_EPS)) + p["beta"]
         elif "b" in p:
             y = y + p["b"]
         x = fw.activation(spec, y)
@@ -210,7 +168,7 @@ def profile(epoch, args, steps: int) -> dict:
 
     pd = ProfileData.from_file(glob.glob(os.path.join(trace, "**", "*.xplane.pb"), recursive=True)[0])
     shutil.rmtree(trace, ignore_errors=True)
-    # The first epoch program compiled is the current step (main compiles it before the candidate).
+    # The first epoch program compiled is the current step (main compiles it before the previous step).
     hlo = open(sorted(glob.glob(os.path.join(DUMP, "*jit_epoch*after_optimizations.txt")))[0]).read()
     kinds = kernel_kinds(hlo)
     by_kind = collections.defaultdict(lambda: [0, 0.0])
@@ -258,7 +216,7 @@ def main(argv=None):
     peak = matmul_peak()["gflops"]
 
     programs = {}
-    for variant in ("current", "candidate"):
+    for variant in ("current", "previous"):
         epoch, optimizer = epoch_program(specs, x_all, y_all, args.steps, args.batch, variant)
         state = (params, optimizer.init(params))
         jax.block_until_ready(epoch(*state))
@@ -279,7 +237,7 @@ def main(argv=None):
             t0 = time.perf_counter()
             jax.block_until_ready(epoch(*state))
             times[v].append(1000 * (time.perf_counter() - t0) / args.steps)
-    result = {"benchmark": "event 0's whole-network SGD step: kernels by kind, thread use, candidate steps",
+    result = {"benchmark": "event 0's whole-network SGD step: kernels by kind, thread use, the previous step and compiler switches",
               "command": command_line("profile_event0.py", argv),
               "model": {"width": args.width, "image_size": args.image_size, "batch": args.batch},
               "peak_gflop_s": round(peak, 1), "step_gflop": round(step_flop / 1e9, 3), "variants": {}}

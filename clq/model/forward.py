@@ -33,6 +33,7 @@ __all__ = [
     "im2col",
     "im2col_taps",
     "forward_bn",
+    "batch_norm_train",
     "forward_norm",
     "batch_renorm",
     "forward",
@@ -147,7 +148,8 @@ def _depthwise(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     autodiff of the shifted slices sums K*K zero-padded copies of the output gradient per input pixel, and XLA
     fuses them with the ops that produce that gradient, recomputing those K*K times; for stride 1 the input
     gradient is the same depthwise conv of the output gradient with the flipped kernel (measured in
-    docs/performance.md, "What got the adaptive step there").
+    docs/performance.md, "What got the adaptive step there"); otherwise (strided) it is summed phase by phase
+    (`_phase_transpose`).
     """
     return _depthwise_taps(x, w, stride)
 
@@ -167,18 +169,45 @@ def _depthwise_bwd(stride, res, g):
         # 'SAME' padding of an odd kernel at stride 1 is symmetric: the transpose is a correlation with the
         # kernel flipped in both spatial axes, under the same padding.
         return _depthwise_taps(g, w[::-1, ::-1], 1), dw.reshape(w.shape)
-    # Strided: scatter g * w[kh, kw] back onto the padded input grid (interior padding = stride - 1), then crop.
-    ho, wo = g.shape[1], g.shape[2]
-    (pt, pb), (pl, pr) = same_padding(h, k, stride), same_padding(wd, k, stride)
-    hp, wp = h + pt + pb, wd + pl + pr
-    dxp = None
+    return _phase_transpose(g, w, stride, h, wd), dw.reshape(w.shape)
+
+
+def _shifted(a: jax.Array, d: int, size: int, axis: int) -> jax.Array:
+    """``out[m] = a[m - d]`` along `axis` where ``0 <= m - d < a.shape[axis]``, else 0, for m in [0, size)."""
+    start = max(-d, 0)
+    a = jax.lax.slice_in_dim(a, start, max(min(a.shape[axis], size - d), start), axis=axis)
+    lo = min(max(d, 0), size)
+    pads = [(0, 0)] * a.ndim
+    pads[axis] = (lo, size - lo - a.shape[axis])
+    return jnp.pad(a, pads)
+
+
+def _phase_transpose(g: jax.Array, w: jax.Array, stride: int, h: int, wd: int) -> jax.Array:
+    """Input gradient [B, h, wd, C] of a depthwise conv (TF 'SAME') from its output gradient g [B, H', W', C],
+    computed phase by phase.
+
+    Tap (kh, kw) sends output pixel o to input pixel ``stride * o + kh - pad_top``: it reaches only the input
+    pixels of phase ``((kh - pad_top) mod stride, ...)``, shifted by ``floor((kh - pad_top) / stride)``. So each
+    phase sums only the taps that reach it (at stride 2 with a 3x3 kernel: 4, 2, 2 and 1 of them, 9 products
+    per output pixel in all), and the phases interleave into the input grid. A scatter onto the padded input
+    grid instead evaluates all K*K taps at every input pixel, most of them on zeros: event 0's whole-network
+    step is ~0.87x as long this way (bench/profile_event0.py, ``previous``).
+    """
+    k, s = w.shape[0], stride
+    (pt, _), (pl, _) = same_padding(h, k, s), same_padding(wd, k, s)
+    rows, cols = [-(-(h - p) // s) for p in range(s)], [-(-(wd - p) // s) for p in range(s)]
+    phases = {}
     for t in range(k * k):
         i, j = t // k, t % k
-        cfg = ((0, 0, 0), (i, hp - i - stride * (ho - 1) - 1, stride - 1),
-               (j, wp - j - stride * (wo - 1) - 1, stride - 1), (0, 0, 0))
-        term = jax.lax.pad(g * w[i, j, 0], jnp.zeros((), g.dtype), cfg)
-        dxp = term if dxp is None else dxp + term
-    return dxp[:, pt : pt + h, pl : pl + wd, :], dw.reshape(w.shape)
+        (di, pi), (dj, pj) = divmod(i - pt, s), divmod(j - pl, s)
+        term = _shifted(_shifted(g * w[i, j, 0], di, rows[pi], 1), dj, cols[pj], 2)
+        phases[pi, pj] = phases[pi, pj] + term if (pi, pj) in phases else term
+    b, c = g.shape[0], g.shape[-1]
+    grid = [jnp.stack([jnp.pad(phases.get((pi, pj), jnp.zeros((b, rows[pi], cols[pj], c), g.dtype)),
+                               ((0, 0), (0, rows[0] - rows[pi]), (0, cols[0] - cols[pj]), (0, 0)))
+                       for pj in range(s)], axis=3) for pi in range(s)]
+    dx = jnp.stack(grid, axis=2).reshape(b, rows[0] * s, cols[0] * s, c)  # [B, rows, s, cols, s, C]
+    return dx[:, :h, :wd, :]
 
 
 _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
@@ -263,6 +292,43 @@ def activation(spec: LayerSpec, y: jax.Array, clip=None) -> jax.Array:
     return y
 
 
+@jax.custom_vjp
+def batch_norm_train(y: jax.Array, gamma: jax.Array, beta: jax.Array):
+    """Batch norm in training mode over every axis of y [..., C] but the last.
+
+    Returns:
+      (normalized y [..., C], batch mean [C], batch variance [C]), float32.
+
+    The backward pass is written out: with x_hat = (y - mean) / sigma, the input gradient is
+    ``gamma / sigma * (g - mean(g) - x_hat * mean(g * x_hat))``, two reductions per layer, where autodiff of the
+    forward pass reads the activations in more passes. Event 0's whole-network step is ~0.92x as long this way
+    on the default model (bench/profile_event0.py, ``previous``). The cotangents of the returned statistics are
+    added too, so the function is differentiable as a whole.
+    """
+    return _batch_norm_train_fwd(y, gamma, beta)[0]
+
+
+def _batch_norm_train_fwd(y, gamma, beta):
+    axes = tuple(range(y.ndim - 1))
+    mean, var = jnp.mean(y, axis=axes), jnp.var(y, axis=axes)
+    inv = jax.lax.rsqrt(var + BN_EPS)
+    return ((y - mean) * (gamma * inv) + beta, mean, var), (y, mean, inv, gamma)
+
+
+def _batch_norm_train_bwd(res, cts):
+    y, mean, inv, gamma = res
+    g, g_mean, g_var = cts
+    axes = tuple(range(y.ndim - 1))
+    n = y.size // y.shape[-1]
+    x_hat = (y - mean) * inv
+    d_beta, d_gamma = jnp.sum(g, axis=axes), jnp.sum(g * x_hat, axis=axes)
+    dy = (gamma * inv / n) * (n * g - d_beta - x_hat * d_gamma)
+    return dy + (g_mean + 2.0 * g_var * (y - mean)) / n, d_gamma, d_beta
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+
+
 def forward_bn(
     specs: Sequence[LayerSpec],
     params: Sequence[dict],
@@ -282,14 +348,11 @@ def forward_bn(
         y = _maybe_flat(linear_op(spec, p.get("w"), _maybe_flat(x)))
         if spec.batch_norm:
             if train:
-                axes = tuple(range(y.ndim - 1))  # all but channels
-                mean = jnp.mean(y, axis=axes)
-                var = jnp.var(y, axis=axes)
+                y, mean, var = batch_norm_train(y, p["gamma"], p["beta"])
                 batch_stats.append({"mean": mean, "var": var})
             else:
-                mean, var = s["mean"], s["var"]
                 batch_stats.append({})
-            y = (y - mean) * (p["gamma"] * jax.lax.rsqrt(var + BN_EPS)) + p["beta"]
+                y = (y - s["mean"]) * (p["gamma"] * jax.lax.rsqrt(s["var"] + BN_EPS)) + p["beta"]
         else:
             if "b" in p:
                 y = y + p["b"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clq.model import LayerSpec, init_params, linear_op, mobilenet_v1_specs
-from clq.model.forward import same_padding
+from clq.model.forward import BN_EPS, batch_norm_train, same_padding
 
 
 def test_init_params_equals_one_draw_per_layer():
@@ -81,7 +81,7 @@ def test_forward_with_small_resolutions_matches_xla_convolutions(first):
 @pytest.mark.parametrize("stride,kernel,size", [(s, 3, n) for s in (1, 2) for n in (1, 2, 5, 8, 15, 16)]
                          + [(3, 3, 8), (3, 3, 5), (1, 4, 5), (2, 4, 8)])
 def test_depthwise_and_its_handwritten_gradient_match_xla_grouped_conv(stride, kernel, size):
-    """`_depthwise` has a custom VJP (flipped-kernel correlation for an odd kernel at stride 1, a scatter
+    """`_depthwise` has a custom VJP (flipped-kernel correlation for an odd kernel at stride 1, phase by phase
     otherwise): check both gradients against autodiff of XLA's grouped convolution, on odd and even sizes down
     to 1x1, strides 1-3 and an even kernel (asymmetric 'SAME' padding)."""
     out = -(-size // stride)
@@ -102,3 +102,27 @@ def test_depthwise_and_its_handwritten_gradient_match_xla_grouped_conv(stride, k
     for a, b in zip(jax.grad(lambda x, w: jnp.sum(clq(x, w) * cot), (0, 1))(x, w),
                     jax.grad(lambda x, w: jnp.sum(ref(x, w) * cot), (0, 1))(x, w)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 5, 6), (16, 6)])
+def test_batch_norm_in_training_mode_and_its_written_out_gradient_match_autodiff(shape):
+    """`batch_norm_train` has a custom VJP (the closed-form input gradient): its values and the gradients of a loss
+    of all three outputs (normalized values, batch mean, batch variance) match autodiff of the textbook form."""
+    y = 3.0 + 2.0 * jax.random.normal(jax.random.PRNGKey(0), shape)
+    gamma = jax.random.uniform(jax.random.PRNGKey(1), shape[-1:], minval=0.5, maxval=2.0)
+    beta = jax.random.normal(jax.random.PRNGKey(2), shape[-1:])
+    cot = [jax.random.normal(jax.random.PRNGKey(3 + i), s) for i, s in enumerate((shape, shape[-1:], shape[-1:]))]
+
+    def ref(y, gamma, beta):
+        axes = tuple(range(y.ndim - 1))
+        mean, var = jnp.mean(y, axis=axes), jnp.var(y, axis=axes)
+        return (y - mean) / jnp.sqrt(var + BN_EPS) * gamma + beta, mean, var
+
+    def loss(fn):
+        return lambda *a: sum(jnp.sum(jnp.sin(o) * c) for o, c in zip(fn(*a), cot))
+
+    for a, b in zip(batch_norm_train(y, gamma, beta), ref(y, gamma, beta)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.grad(loss(batch_norm_train), (0, 1, 2))(y, gamma, beta),
+                    jax.grad(loss(ref), (0, 1, 2))(y, gamma, beta)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
