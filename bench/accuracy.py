@@ -23,7 +23,7 @@ import numpy as np
 from clq.config import experiment_config
 from clq.run import load_stream
 from clq.tracking import write_json_atomic
-from clq.train.loop import ReplayConfig, run_continual
+from clq.train.loop import NonFiniteError, ReplayConfig, run_continual
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -37,6 +37,13 @@ VARIANTS = {  # name: (frozen stage: None = FP32, else quant overrides; lr_bits)
     "U8 paper (no equalization) + U8": ({"equalize": False}, 8),  # the paper's pipeline exactly
     "U8 per-channel + U8": ({"weight_granularity": "per_channel", "equalize": False}, 8),
 }
+
+
+def _stats(runs: list) -> dict:
+    """Mean and std of a variant's final accuracies over the runs that completed (None: the run diverged)."""
+    done = [x for x in runs if x is not None]
+    return {"mean": float(np.mean(done)) if done else float("nan"), "std": float(np.std(done)) if done else float("nan"),
+            "runs": runs, "failed": len(runs) - len(done)}
 
 
 def main(argv=None):
@@ -57,14 +64,19 @@ def main(argv=None):
         for name in args.variants:
             frozen, bits = VARIANTS[name]
             quant = None if frozen is None else dataclasses.replace(exp.quant, **frozen)
-            r = run_continual(stream, exp.model.specs(), exp.latent_layer, exp.train,
-                              ReplayConfig(exp.replay.size, bits, exp.replay.policy),
-                              quant, seed, joint_upper_bound=(name == "U8 + U8"))
+            try:
+                r = run_continual(stream, exp.model.specs(), exp.latent_layer, exp.train,
+                                  ReplayConfig(exp.replay.size, bits, exp.replay.policy),
+                                  quant, seed, joint_upper_bound=(name == "U8 + U8"))
+            except NonFiniteError as e:  # a diverged run is a result of its variant: recorded, not averaged
+                rows[name].append(None)
+                print(f"seed {seed} {name}: failed: {e}", file=sys.stderr)
+                continue
             rows[name].append(r["final_accuracy"])
             if "joint_accuracy" in r:
                 rows["joint upper bound"].append(r["joint_accuracy"])
             print(f"seed {seed} {name}: final {r['final_accuracy']:.4f} ({time.time() - t0:.0f} s)", file=sys.stderr)
-    summary = {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": v} for k, v in rows.items()}
+    summary = {k: _stats(v) for k, v in rows.items()}
     if set(args.variants) != set(VARIANTS):  # a partial re-run: keep the other rows (same seeds only)
         if os.path.exists(args.out):
             old = json.load(open(args.out))
@@ -84,7 +96,8 @@ def main(argv=None):
     write_json_atomic(args.out, out)
     print("| frozen + LR precision | final accuracy (mean ± std over seeds) |\n|---|---|")
     for k, v in summary.items():
-        print(f"| {k} | {100 * v['mean']:.2f} ± {100 * v['std']:.2f} % |")
+        failed = f" ({v['failed']} of {len(v['runs'])} runs diverged)" if v.get("failed") else ""
+        print(f"| {k} | {100 * v['mean']:.2f} ± {100 * v['std']:.2f} %{failed} |")
     print(f"\nU8+U8 minus FP32+FP32: {out['u8_minus_fp32_points']:+.2f} points; "
           f"U8+U8 / joint: {100 * out['continual_over_joint']:.1f} %")
 

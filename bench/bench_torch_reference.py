@@ -1,6 +1,8 @@
 """clq against a PyTorch reference of the same continual-learning run: time ratio and final accuracy.
 
     .venv/bin/python bench/bench_torch_reference.py     # ~12 min on the 2-core machine; writes bench/results/torch_reference.json
+    .venv/bin/python bench/bench_torch_reference.py --add-accuracy-seeds 5 6 7   # ~2 min a seed: more seeds in the
+                                                        # accuracy comparison of that file, its timings kept
 
 The reference is `bench/torch_ref`, a faithful PyTorch port of the ar1-pytorch latent-replay loop on clq's
 stream, model and hyper-parameters (avalanche-lib 0.6.0 does not install beside clq's pins here: it needs
@@ -39,8 +41,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import (best_and_median, default_experiment, machine, run_json_worker,  # noqa: E402
-                          truncate_stream, write_result)
+from bench.common import (best_and_median, command_line, default_experiment, machine,  # noqa: E402
+                          run_json_worker, truncate_stream, write_result)
 
 
 def _choose_threads(specs) -> tuple[int, dict]:
@@ -115,6 +117,46 @@ def run_worker(kind: str, args) -> dict:
 NAMES = {"clq": "clq", "clq-warm": "clq, warm compile cache", "torch": "PyTorch ar1 loop", "torch-cached": "PyTorch + latent cache"}
 
 
+def _accuracy_summary(by_seed: dict) -> dict:
+    """The accuracy comparison over seeds: {"clq": {seed: acc}, "torch": {seed: acc}} -> results' record."""
+    return {
+        "seeds": sorted(by_seed["clq"]), "clq U8+U8": by_seed["clq"], "PyTorch FP32": by_seed["torch"],
+        "mean": {k: float(np.mean(list(v.values()))) for k, v in by_seed.items()},
+        "std": {k: float(np.std(list(v.values()))) for k, v in by_seed.items()},
+        "gap_points_of_means": 100 * float(np.mean(list(by_seed["clq"].values()))
+                                           - np.mean(list(by_seed["torch"].values()))),
+    }
+
+
+def _print_accuracy(a: dict) -> None:
+    print(f"final accuracy over seeds {a['seeds']}: clq U8+U8 {100 * a['mean']['clq']:.2f} +- {100 * a['std']['clq']:.2f}, "
+          f"PyTorch {100 * a['mean']['torch']:.2f} +- {100 * a['std']['torch']:.2f} % (gap {a['gap_points_of_means']:+.2f} points)")
+
+
+def add_accuracy_seeds(args) -> dict:
+    """--add-accuracy-seeds: run clq (warm compilation cache) and PyTorch (latent cache) at further seeds and add
+    them to the accuracy comparison of an existing result, keeping its timings."""
+    path = args.out or os.path.join(ROOT, "bench", "results", "torch_reference.json")
+    result = json.load(open(path))
+    old = result["accuracy_over_seeds"]
+    by_seed = {"clq": {int(k): v for k, v in old["clq U8+U8"].items()},
+               "torch": {int(k): v for k, v in old["PyTorch FP32"].items()}}
+    cache = tempfile.TemporaryDirectory(prefix="clq-bench-xla-")
+    args.cache_dir = cache.name
+    base_overrides = list(args.overrides)
+    for seed in args.add_accuracy_seeds:
+        args.overrides = base_overrides + [f"seed={seed}"]
+        by_seed["clq"][seed] = run_worker("clq-warm", args)["final_accuracy"]
+        by_seed["torch"][seed] = run_worker("torch-cached", args)["final_accuracy"]
+        print(f"seed {seed}: clq {by_seed['clq'][seed]:.4f}, PyTorch {by_seed['torch'][seed]:.4f}", file=sys.stderr)
+    cache.cleanup()
+    result["accuracy_over_seeds"] = _accuracy_summary(by_seed)
+    result["accuracy_seeds_added_by"] = command_line("bench_torch_reference.py")
+    write_result("torch_reference", result, path)
+    _print_accuracy(result["accuracy_over_seeds"])
+    return result
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
@@ -127,10 +169,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--accuracy-seeds", type=int, nargs="*", default=[1, 2],
                     help="further seeds for the accuracy comparison (clq U8+U8 and PyTorch, mean over seeds); "
                          "PyTorch runs with the latent cache there (same numbers as without, faster)")
+    ap.add_argument("--add-accuracy-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                    help="only run these seeds' accuracy comparison and add them to an existing result (--out or "
+                         "bench/results/torch_reference.json); no timing")
     args = ap.parse_args(argv)
     if args.worker:
         args.kind = args.worker
         return worker(args)
+    if args.add_accuracy_seeds:
+        return add_accuracy_seeds(args)
     info = machine()
     runs = {k: [] for k in NAMES}
     cache = tempfile.TemporaryDirectory(prefix="clq-bench-xla-")
@@ -178,13 +225,7 @@ def main(argv=None) -> dict:
         "final_accuracy": {**acc, "clq-fp32": fp32["final_accuracy"]},
         "accuracy_gap_points": {"clq U8+U8 - PyTorch FP32": 100 * (acc["clq"] - acc["torch"]),
                                 "clq FP32 - PyTorch FP32": 100 * (fp32["final_accuracy"] - acc["torch"])},
-        "accuracy_over_seeds": {
-            "seeds": sorted(by_seed["clq"]), "clq U8+U8": by_seed["clq"], "PyTorch FP32": by_seed["torch"],
-            "mean": {k: float(np.mean(list(v.values()))) for k, v in by_seed.items()},
-            "std": {k: float(np.std(list(v.values()))) for k, v in by_seed.items()},
-            "gap_points_of_means": 100 * float(np.mean(list(by_seed["clq"].values()))
-                                               - np.mean(list(by_seed["torch"].values()))),
-        },
+        "accuracy_over_seeds": _accuracy_summary(by_seed),
         "split_s": split,
         "torch_threads": [x.get("thread_calibration_step_s") for x in runs["torch"] + runs["torch-cached"]],
         "runs": runs, "clq_fp32_run": fp32, "machine": info,
@@ -198,9 +239,7 @@ def main(argv=None) -> dict:
         print(f"| {name} | {wall[k]['best']:.1f} / {wall[k]['median']:.1f} | {lp[k]:.1f} | {100 * acc[k]:.2f} % | "
               f"{wall[k]['best'] / wall['clq']['best']:.2f}x, {wall[k]['best'] / wall['clq-warm']['best']:.2f}x |")
     print(f"| clq FP32 + FP32 | {fp32['process_s']:.1f} | {100 * fp32['final_accuracy']:.2f} % | - |")
-    a = result["accuracy_over_seeds"]
-    print(f"final accuracy over seeds {a['seeds']}: clq U8+U8 {100 * a['mean']['clq']:.2f} +- {100 * a['std']['clq']:.2f}, "
-          f"PyTorch {100 * a['mean']['torch']:.2f} +- {100 * a['std']['torch']:.2f} % (gap {a['gap_points_of_means']:+.2f} points)")
+    _print_accuracy(result["accuracy_over_seeds"])
     print(f"wrote {os.path.relpath(path, ROOT)}")
     return result
 

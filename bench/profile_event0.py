@@ -251,8 +251,8 @@ def main(argv=None):
     path = write_result("event0_profile", result, args.out)
     cur, prof = result["variants"]["current"], result["profile_current"]
     print(f"step {cur['ms_per_step_best']} ms ({100 * cur['fraction_of_peak']:.1f} % of {peak:.0f} GFLOP/s); "
-          f"{prof['kernels_per_step']} kernels/step, threads busy {prof['threads_busy']}; "
-          "; ".join(f"{v}: x{r['over_current']} time" for v, r in result["variants"].items() if v != "current"))
+          f"{prof['kernels_per_step']} kernels/step, threads busy {prof['threads_busy']}; time over the current step: "
+          + ", ".join(f"{v} x{r['over_current']}" for v, r in result["variants"].items() if v != "current"))
     for k, v in prof["by_kind_ms_per_step"].items():
         print(f"  {k:12s} {v['ms']:7.3f} ms/step  {v['kernels']:6.1f} kernels")
     print(f"wrote {path}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple
 
 from clq.atomic import atomic_file
@@ -61,26 +62,29 @@ _SCALARS = ("accuracy", "train_loss", "train_accuracy", "n_new")
 
 def make_tracker(run_dir: str, backend: str, config: dict, project: str = "clq", mode: str = "offline",
                  group: str | None = None, name: str | None = None) -> Tracker:
-    """Open the sinks for one run. `backend` is 'wandb' or 'none' (the JSON sink is always on)."""
+    """Open the sinks for one run. `backend` is 'wandb' or 'none' (the JSON sink is always on).
+
+    The wandb run opens in a background thread (`_open_wandb`: importing wandb and the plotting code and
+    ``wandb.init`` take ~2-3 s of a ~23 s rerun of the default experiment): the run computes meanwhile, mostly in
+    XLA, which leaves the interpreter free. Every wandb call waits for it; an error opening it is raised there.
+    """
     os.makedirs(run_dir, exist_ok=True)
     events_path = os.path.join(run_dir, "events.jsonl")
     open(events_path, "w").close()
-    run = None
+    opening: Future | None = None
     if backend == "wandb":
         os.environ.setdefault("WANDB_SILENT", "true")
-        import wandb  # imported lazily: it costs ~2 s and is optional
+        pool = ThreadPoolExecutor(1, thread_name_prefix="clq-wandb-open")
+        opening = pool.submit(_open_wandb, run_dir, config, project, mode, group, name)
+        pool.shutdown(wait=False)
 
-        from clq.analysis.collect import paper_names  # the analysis tables' names too; lazily, as wandb
-
-        run = wandb.init(project=project, mode=mode, dir=run_dir, config=to_jsonable({**config,
-                                                                                        **paper_names(config)}),
-                         group=group, name=name, reinit="create_new")  # runs may be open side by side
-        run.define_metric("event")  # the learning event is the x-axis of every curve
-        run.define_metric("*", step_metric="event")
+    def wandb_run():
+        return None if opening is None else opening.result()
 
     def log_event(i: int, row: dict, detail: dict | None = None) -> None:
         with open(events_path, "a") as f:
             f.write(json.dumps(to_jsonable(row)) + "\n")
+        run = wandb_run()
         if run is not None:
             metrics = {"event": i, **{k: row[k] for k in _SCALARS if k in row}}
             if detail:
@@ -89,19 +93,43 @@ def make_tracker(run_dir: str, backend: str, config: dict, project: str = "clq",
             run.log(metrics, step=i)
 
     def log_summary(summary: dict) -> None:
+        run = wandb_run()
         if run is not None:
             for k, v in to_jsonable(summary).items():
                 run.summary[k] = v
 
     def log_results(results: dict, run_dir: str) -> None:
+        run = wandb_run()
         if run is not None:
             _log_results(run, results, run_dir)
 
     def finish(ok: bool) -> None:
-        if run is not None:
-            run.finish(exit_code=0 if ok else 1)
+        if opening is None:
+            return
+        if not ok and opening.exception() is not None:
+            return  # the run failed; wandb never opened, and the run's own error is the one to report
+        opening.result().finish(exit_code=0 if ok else 1)
 
     return Tracker(log_event, log_summary, finish, log_results)
+
+
+def _open_wandb(run_dir: str, config: dict, project: str, mode: str, group: str | None, name: str | None):
+    """``wandb.init`` of a run with the experiment's config (and the paper's names), its event axis defined."""
+    import wandb  # imported lazily: it costs ~2 s and is optional
+
+    from clq.analysis.collect import paper_names  # the analysis tables' names too; lazily, as wandb
+
+    # The end of the run draws its heatmap with matplotlib (`_log_results`): imported here, off the main thread.
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot  # noqa: F401
+
+    run = wandb.init(project=project, mode=mode, dir=run_dir, config=to_jsonable({**config, **paper_names(config)}),
+                     group=group, name=name, reinit="create_new")  # runs may be open side by side
+    run.define_metric("event")  # the learning event is the x-axis of every curve
+    run.define_metric("*", step_metric="event")
+    return run
 
 
 def _log_results(run, results: dict, run_dir: str) -> None:
