@@ -65,8 +65,8 @@ def event0_key(stream, specs: Sequence[LayerSpec], latent_layer: int, train: Tra
     """Content key of event 0: images and labels of the first experience, specs, seed, event-0 fields, initial
     weights (None: from scratch), the latent layer only where event 0 uses it, and the code's version."""
     exp0 = stream.experiences[0]
-    *fields, layer = event0_settings(train, latent_layer)
-    return content_key(f"clq-event0-{CACHE_FORMAT}", _code_version(), tuple(specs), int(seed), tuple(fields), layer,
+    return content_key(f"clq-event0-{CACHE_FORMAT}", _code_version(), tuple(specs), int(seed),
+                       event0_settings(train, latent_layer),
                        np.asarray(stream.train_images[exp0]), np.asarray(stream.train_labels[exp0]),
                        initial_params)
 

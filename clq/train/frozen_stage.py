@@ -37,16 +37,19 @@ class FrozenStage(NamedTuple):
       scale: float32 scalar, the latent's scale (1.0 for FP32).
       a_max: float, calibrated maximum of the latent layer's output (sets the LR codec's range).
       layers: the per-layer quantization (empty tuple for FP32).
-      bits: frozen-stage bits, or None for FP32.
-      config: the quantization choices it was built with (None for FP32).
+      config: the quantization choices it was built with (None for FP32); `bits` is its ``bits``.
     """
 
     latents: object
     scale: np.float32
     a_max: float
     layers: tuple
-    bits: int | None
-    config: QuantConfig | None = None
+    config: QuantConfig | None
+
+    @property
+    def bits(self) -> int | None:
+        """Frozen-stage bits, or None for FP32."""
+        return None if self.config is None else self.config.bits
 
 
 def make_frozen_stage(
@@ -80,7 +83,7 @@ def make_frozen_stage(
     def latents(pixels: np.ndarray) -> np.ndarray:
         return _batched(fn, pixels, frozen_specs[-1].out_shape, out_dtype, batch_size)
 
-    return FrozenStage(latents, scale, a_max, tuple(layers), None if config is None else config.bits, config)
+    return FrozenStage(latents, scale, a_max, tuple(layers), config)
 
 
 def _batched(fn, pixels: np.ndarray, out_shape, out_dtype, batch_size: int) -> np.ndarray:

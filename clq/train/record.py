@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from clq.replay.buffer import buffer_nbytes
-from clq.train.metrics import accuracy_record, at_chance, below_chance, nan_to_none
+from clq.train.metrics import accuracy_record, at_chance, nan_to_none
 
 __all__ = ["History", "buffer_record", "event_fields", "latent_record"]
 
@@ -94,10 +94,10 @@ class History:
         """The warning of `clq.train.frozen_stage.check_quantization` (None: the frozen stage held up); `announce`:
         also tell it to the log (a group's members share one frozen stage, told once)."""
         self.quantization_warning = warning
-        if warning:
+        if warning and announce:
+            self.warn(warning)
+        elif warning:
             self.warnings.append(warning)
-            if announce:
-                self.log("warning: " + warning)
 
     def warn(self, message: str) -> None:
         """Record a warning of the run (results.json's ``warnings``) and tell it to the log."""
@@ -108,25 +108,16 @@ class History:
         """The error message of learning event `i` having produced a non-finite loss or state (`NonFiniteError`).
 
         A diverging learning event usually means the learning rate `lr` is too high for these weights. When the
-        frozen stage's quantization check failed (`quantized`), the message quotes it; when event 0 itself already
-        scored at chance level on the test set, the message also says so: then the network
-        broke before any learning event, most often when the frozen stage was quantized (the paper's per-layer
-        8-bit weights do not hold up on every network event 0 produces; docs/performance.md, "Why the candidate
-        is not in clq").
+        frozen stage's quantization check failed (`quantized`), the network broke before any learning event, and
+        the message quotes what the check measured (docs/quantization.md, "When quantization breaks event 0's
+        network").
 
         Args:
           step: (step, steps) of the event where known.
         """
         where = f"learning event {i}" + (f", step {step[0]} of {step[1]}" if step else "")
         msg = f"non-finite loss or parameters in {where}; lower train.lr ({lr})"
-        k = self.stream.num_classes
-        if self.quantization_warning:  # measured right after quantizing: the likelier cause
-            return f"{msg}. Before it, {self.quantization_warning}"
-        if self.rows and below_chance(self.rows[0]["row"]["accuracy"], k):
-            msg += (f". Event 0 already ended at {100 * self.rows[0]['row']['accuracy']:.1f} % test accuracy, chance "
-                    f"level for {k} classes: if the frozen stage's quantization broke the network (quant=fp32 shows "
-                    "it), try quant.weight_granularity=per_channel or quant.equalize=true")
-        return msg
+        return f"{msg}. Before it, {self.quantization_warning}" if self.quantization_warning else msg
 
     def record(self, history0, latent: dict, buffer: dict, compiled_event_shapes: int, resumed_from) -> dict:
         """The learning part of results.json.

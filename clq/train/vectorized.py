@@ -384,17 +384,18 @@ def prepare_sweep(stream, specs: Sequence[LayerSpec], latent_layer: int, train, 
     say(f"frozen stage: layers 0..{latent_layer} calibrated on event 0")
     folded = fold_batch_norm(specs, ev0.bn_params, ev0.bn_stats)
     frozen = calibrate_frozen_stage(stream, specs, latent_layer, folded, quant)
+    say("latents: every image of the stream through the frozen stage, once")
+    data = sweep_data(stream, frozen, eval_chunk)
     exp0 = stream.experiences[0]
     check = check_quantization(specs, latent_layer, folded, frozen, stream.train_images[exp0],
-                               stream.train_labels[exp0])
+                               stream.train_labels[exp0], np.asarray(data.codes0))
     if check[1]:
         say("warning: " + check[1])
-    say("latents: every image of the stream through the frozen stage, once")
     # The adaptive stage in the form its normalization trains (as `run_continual` starts its learning events).
     _, adaptive_specs = split_specs(specs, latent_layer)
     norm = make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum)
     adaptive = norm.init(ev0.bn_params[latent_layer + 1 :], ev0.bn_stats[latent_layer + 1 :])
-    return Prepared(adaptive, frozen, sweep_data(stream, frozen, eval_chunk), ev0, check)
+    return Prepared(adaptive, frozen, data, ev0, check)
 
 
 def _group_args(stream, specs, latent_layer, train, replay_size, policy, max_bits, eval_chunk, members_per_batch,
