@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
     res2 = sweep(params, bits, scales, np.asarray(args.seeds, np.int32) + 100, data)
     np.asarray(res2.accuracy)
     t_sweep = time.perf_counter() - t0
-    print(f"sweep {K}x{S}, second call (other seeds): {t_sweep:.1f} s; compiled programs: {sweep._cache_size()}",
+    print(f"sweep {K}x{S}, second call (other seeds): {t_sweep:.1f} s; compiled programs: {sweep.program.run._cache_size()}",
           file=sys.stderr)
 
     k8 = args.bits.index(8) if 8 in args.bits else None
