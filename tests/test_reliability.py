@@ -128,9 +128,11 @@ def test_sigkill_at_several_points_then_resume(tmp_path):
     p = _clq(run_dir)  # the same command in the same run dir resumes
     assert p.wait(timeout=600) == 0, p.stderr.read()[-2000:]
     res = json.loads((run_dir / "results.json").read_text())
-    # The kill lands once event 8 was logged: before or after its checkpoint committed, or, on a fast machine
-    # (warm compilation cache, ~10 ms per tiny event), an event or two later. Never from an earlier one.
-    assert 7 <= res["resumed_from_event"] < len(ref["accuracy_per_event"]) - 1
+    # The kill lands once event 8 was logged. Checkpoints are written in the background with at most one in
+    # flight (`CheckpointWriter`): when event 8's line is written, checkpoint 7 may still be in flight and only
+    # checkpoint 6 is sure to be committed. On a fast machine (warm compilation cache, ~10 ms per tiny event)
+    # the kill can land an event or two later. Never does a run resume from before event 6.
+    assert 6 <= res["resumed_from_event"] < len(ref["accuracy_per_event"]) - 1
     assert _numbers(run_dir) == ref
     assert len((run_dir / "events.jsonl").read_text().splitlines()) == len(ref["accuracy_per_event"])
 
