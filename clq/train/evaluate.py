@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clq.batching import padded_batches
 from clq.model.forward import forward
 from clq.model.specs import LayerSpec
 from clq.replay.buffer import masked_counts
 
-__all__ = ["make_hits", "Evaluation", "hit_rates", "evaluation_from_hits", "evaluate"]
+__all__ = ["make_hits", "EvalLatents", "pad_eval_latents", "count_hits", "Evaluation", "hit_rates",
+           "evaluation_from_hits", "evaluate"]
 
 
 def make_hits(adaptive_specs: Sequence[LayerSpec], num_classes: int, num_sessions: int):
     """Pure ``hits(params, codes, scale, labels, sessions) -> (class_hits int32 [K], session_hits int32 [S])``.
 
-    The one evaluator of clq: correct predictions counted per class and per session, in-graph (a single run
-    jits it per batch, a sweep maps it over chunks inside its program). codes [B, *latent_shape] stored as
+    The one evaluator of clq: correct predictions counted per class and per session, in-graph, mapped over
+    chunks of the test set by `count_hits` (a single run compiles that once, a sweep calls it in its program). codes [B, *latent_shape] stored as
     ``codes * scale``; labels int32 [B] with -1 on padding rows (never counted); sessions int32 [B].
     """
 
@@ -60,26 +61,63 @@ def evaluation_from_hits(class_hits, session_hits, labels: np.ndarray, sessions:
                       per_session=hit_rates(session_hits, sessions))
 
 
+class EvalLatents(NamedTuple):
+    """The test latents padded to whole evaluation chunks, to be placed on the device once per run.
+
+    Fields:
+      codes: [T, *latent_shape] frozen-stage codes (real latents are ``codes * scale``), T a multiple of the chunk.
+      labels: int32 [T], -1 on padding rows (never counted).
+      sessions: int32 [T], the session of every test latent (0 on padding rows).
+    """
+
+    codes: jax.Array
+    labels: jax.Array
+    sessions: jax.Array
+
+
+def pad_eval_latents(codes: np.ndarray, labels: np.ndarray, sessions: np.ndarray | None, chunk: int) -> EvalLatents:
+    """`EvalLatents` of numpy arrays: `codes` [N, ...], `labels` [N] and `sessions` [N] (None: all 0) padded to a
+    multiple of `chunk` rows (>= 1)."""
+    if chunk < 1:
+        raise ValueError(f"the evaluation chunk must be >= 1, got {chunk}")
+    pad = -len(codes) % chunk
+    sessions = np.zeros(len(labels), np.int32) if sessions is None else sessions
+    return EvalLatents(np.concatenate([codes, np.zeros((pad, *codes.shape[1:]), codes.dtype)]),
+                       np.concatenate([np.asarray(labels, np.int32), np.full(pad, -1, np.int32)]),
+                       np.concatenate([np.asarray(sessions, np.int32), np.zeros(pad, np.int32)]))
+
+
+def count_hits(hits, params, scale, test: EvalLatents, chunk: int) -> tuple[jax.Array, jax.Array]:
+    """Correct predictions over the whole test set, in-graph: `hits` (`make_hits`) mapped over chunks of `chunk`
+    rows (`lax.map`: one chunk's activations live at a time).
+
+    The single run jits it once per evaluation (`evaluate`); a sweep calls it inside its program.
+    Returns:
+      (class_hits int32 [num_classes], session_hits int32 [num_sessions]).
+    """
+    codes = test.codes.reshape(-1, chunk, *test.codes.shape[1:])
+    ch, sh = jax.lax.map(lambda c: hits(params, c[0], scale, c[1], c[2]),
+                         (codes, test.labels.reshape(-1, chunk), test.sessions.reshape(-1, chunk)))
+    return jnp.sum(ch, 0), jnp.sum(sh, 0)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _jit_count_hits(hits, params, scale, test, chunk):
+    return count_hits(hits, params, scale, test, chunk)
+
+
 def evaluate(
-    hits,
-    params,
-    codes: np.ndarray,
-    scale,
-    labels: np.ndarray,
-    sessions: np.ndarray,
-    batch_size: int,
+    hits, params, scale, test: EvalLatents, chunk: int, labels: np.ndarray, sessions: np.ndarray
 ) -> Evaluation:
-    """Accuracy over the test latents, overall, per class and per session.
+    """Accuracy over the test latents, overall, per class and per session: one compiled program.
 
     Args:
-      hits: `make_hits(...)` under `jax.jit`; the last batch is padded (labels -1) so that it compiles once.
+      hits: `make_hits(...)` (one function object per run: it keys the compiled program).
+      test: `pad_eval_latents(...)`, best placed on the device once (`jax.device_put`): a run evaluates it after
+        every event. Before, each evaluation copied the codes to the device batch by batch and waited on each
+        batch's result (10 calls per event on the default experiment).
+      labels, sessions: int [N] of the unpadded test set (per-class and per-session denominators).
     """
-    class_hits = session_hits = 0
-    for s, chunk, m in padded_batches(codes, batch_size):
-        lab = np.full(len(chunk), -1, np.int32)
-        lab[:m] = labels[s : s + m]
-        ses = np.zeros(len(chunk), np.int32)
-        ses[:m] = sessions[s : s + m]
-        c, t = hits(params, chunk, scale, lab, ses)
-        class_hits, session_hits = class_hits + np.asarray(c, np.int64), session_hits + np.asarray(t, np.int64)
-    return evaluation_from_hits(class_hits, session_hits, labels, sessions)
+    class_hits, session_hits = _jit_count_hits(hits, params, jnp.float32(scale), test, chunk)
+    return evaluation_from_hits(np.asarray(class_hits, np.int64), np.asarray(session_hits, np.int64), labels,
+                                sessions)

@@ -46,7 +46,7 @@ from clq.quant.latent import LatentCodec, make_latent_codec
 from clq.quant.uniform import check_bits, storage_dtype
 from clq.replay.buffer import make_replay_buffer, masked_counts
 from clq.learn import Event, Hyper, Strategy, make_learner, make_strategy, plain
-from clq.train.evaluate import make_hits
+from clq.train.evaluate import EvalLatents, make_hits, pad_eval_latents, count_hits
 from clq.train.event import Composition, all_finite, make_optimizer, minibatch_composition
 from clq.train.norm import AdaptiveNorm, make_adaptive_norm
 from clq.train.event0 import first_event
@@ -144,14 +144,10 @@ def sweep_data(stream, frozen, eval_chunk: int = 1000) -> SweepData:
     for j, idx in enumerate(later):
         ev_codes[j, : len(idx)] = frozen.latents(stream.train_images[idx])
         ev_labels[j, : len(idx)] = stream.train_labels[idx]
-    test = frozen.latents(stream.test_images)
-    pad = -len(test) % eval_chunk
-    test = np.concatenate([test, np.zeros((pad, *latent_shape), test.dtype)])
-    test_labels = np.concatenate([stream.test_labels.astype(np.int32), np.full(pad, -1, np.int32)])
-    test_sessions = np.concatenate([stream.test_sessions.astype(np.int32), np.zeros(pad, np.int32)])
+    test = pad_eval_latents(frozen.latents(stream.test_images), stream.test_labels, stream.test_sessions, eval_chunk)
     return SweepData(codes0, stream.train_labels[exp[0]].astype(np.int32), ev_codes, ev_labels,
-                     np.asarray([len(e) for e in later], np.int32), test, test_labels, np.float32(frozen.scale),
-                     test_sessions)
+                     np.asarray([len(e) for e in later], np.int32), test.codes, test.labels, np.float32(frozen.scale),
+                     test.sessions)
 
 
 class Outputs(NamedTuple):
@@ -245,10 +241,8 @@ def make_group_program(
         """(accuracy float32 (), class hits int32 [num_classes], session hits int32 [num_sessions])."""
         params = adaptive_norm.fold(state.params, state.norm)
         sessions = data.test_sessions if data.test_sessions is not None else jnp.zeros_like(data.test_labels)
-        ch, sh = jax.lax.map(lambda c: hits(params, c[0], data.frozen_scale, c[1], c[2]),
-                             (data.test_codes.reshape(-1, eval_chunk, *latent_shape),
-                              data.test_labels.reshape(-1, eval_chunk), sessions.reshape(-1, eval_chunk)))
-        ch, sh = jnp.sum(ch, 0), jnp.sum(sh, 0)
+        ch, sh = count_hits(hits, params, data.frozen_scale, EvalLatents(data.test_codes, data.test_labels, sessions),
+                               eval_chunk)
         return jnp.sum(ch) / jnp.maximum(jnp.sum(data.test_labels >= 0), 1), ch, sh
 
     def decode(codes, data: SweepData):

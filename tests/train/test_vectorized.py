@@ -8,7 +8,7 @@ import pytest
 from clq.model import fold_batch_norm, init_params, mobilenet_v1_specs, split_specs
 from clq.quant import make_latent_codec
 from clq.replay import make_replay_buffer
-from clq.train import TrainConfig, evaluate, make_hits, make_learning_event, make_optimizer, minibatch_composition
+from clq.train import TrainConfig, evaluate, make_hits, pad_eval_latents, make_learning_event, make_optimizer, minibatch_composition
 from clq.train.vectorized import SweepData, lr_scales, make_sweep
 
 LAYER, CLASSES, N_LR, EVENTS, N_NEW, N0, TEST, CHUNK = 25, 6, 24, 4, 12, 30, 40, 20
@@ -49,16 +49,16 @@ def _decode(codes):
 
 def _accuracy(hits, params, data: SweepData) -> float:
     """Test accuracy the way `run_continual` evaluates (`clq.train.evaluate`)."""
-    z = np.zeros(TEST, np.int32)
-    return evaluate(hits, params, np.asarray(data.test_codes), FROZEN_SCALE, np.asarray(data.test_labels), z,
-                    CHUNK)["accuracy"]
+    labels = np.asarray(data.test_labels)
+    test = pad_eval_latents(np.asarray(data.test_codes), labels, None, CHUNK)
+    return evaluate(hits, params, FROZEN_SCALE, test, CHUNK, labels, np.zeros(TEST, np.int32))["accuracy"]
 
 
 def _separate_runs(params, adaptive, shape, data: SweepData, comp, opt, bits, seeds):
     """Each seed's run the way `run_continual` runs its learning events (one jitted call per event)."""
     buffer = make_replay_buffer(N_LR, shape, make_latent_codec(bits, A_MAX), "ar1", CLASSES)
     fns = jax.jit(buffer.add), make_learning_event(adaptive, opt, buffer, comp, 2)
-    hits = jax.jit(make_hits(adaptive, CLASSES, 1))
+    hits = make_hits(adaptive, CLASSES, 1)
     return [_separate_run(params, data, opt, buffer, *fns, hits, seed) for seed in seeds]
 
 
@@ -86,7 +86,7 @@ def _learner_run(learner, params, data: SweepData, opt, adaptive, seed, composit
     """
     from clq.learn import Event, Hyper
 
-    hits = jax.jit(make_hits(adaptive, CLASSES, 1))
+    hits = make_hits(adaptive, CLASSES, 1)
     _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
     hyper = Hyper(opt.init(params).hyperparams["learning_rate"], k_train, k_buf)
     state = learner.init(jax.tree.map(jnp.array, params), (),
