@@ -46,23 +46,29 @@ def test_tiny_run_through_hydra_app(tmp_path):
 
 @needs_fmnist
 def test_second_run_loads_its_programs_from_the_compile_cache(tmp_path):
-    """The persistent compilation cache: the first run fills it, a second run adds nothing and gets the same numbers."""
+    """The persistent compilation cache: the first run fills it, a second run adds nothing and gets the same numbers;
+    a run of another seed compiles only its frozen stage (whose quantized weights are constants of the program)."""
     cache = tmp_path / "xla"
 
     def entries():
         return {p.name for p in cache.iterdir() if p.name.endswith("-cache")}
 
     runs = []
-    for i in range(2):
+    for i, seed in enumerate((0, 0, 1)):
         run_dir = tmp_path / f"run{i}"
-        p = _run([*TINY, "checkpoint_every=0", f"compile_cache_dir={cache}", f"hydra.run.dir={run_dir}"], tmp_path)
+        p = _run([*TINY, "checkpoint_every=0", f"seed={seed}", f"compile_cache_dir={cache}",
+                  f"hydra.run.dir={run_dir}"], tmp_path)
         assert p.returncode == 0, p.stderr[-3000:]
         runs.append(json.loads((run_dir / "results.json").read_text()))
         if i == 0:
             first = entries()
             assert len(first) > 10  # every program of the run, however quickly it compiled
-    assert entries() == first  # the second run compiled nothing new: every program came from the cache
+        if i == 1:
+            assert entries() == first  # the second run compiled nothing new: every program came from the cache
     assert runs[0]["accuracy_per_event"] == runs[1]["accuracy_per_event"]
+    # Event 0's epoch, the learning step (S_LR traced) and the rest take the seed's values as arguments.
+    assert runs[2]["accuracy_per_event"] != runs[0]["accuracy_per_event"]
+    assert {e.split("-")[0] for e in entries() - first} == {"jit__lambda"}, sorted(entries() - first)
 
 
 @pytest.mark.parametrize("override,needle", [

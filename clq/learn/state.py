@@ -52,8 +52,12 @@ class Hyper(NamedTuple):
       lr: float32 (), the learning events' learning rate.
       k_train: PRNG key of training (event i uses ``fold_in(k_train, i)``).
       k_buffer: PRNG key of buffer replacement (event i uses ``fold_in(k_buffer, i)``).
+      lr_scale: float32 (), the replay codec's scale S_LR, or None to keep the buffer's own (a sweep builds its
+        members' codecs from traced values already). A single run passes it here: S_LR follows event 0's
+        network, and as a constant it made every seed's learning step a new program to compile.
     """
 
     lr: jax.Array
     k_train: jax.Array
     k_buffer: jax.Array
+    lr_scale: jax.Array | None = None

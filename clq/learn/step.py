@@ -65,10 +65,14 @@ def make_learner(
       epochs: epochs per learning event.
     """
 
+    def scaled(hyper: Hyper) -> ReplayBuffer:
+        """The buffer with `hyper.lr_scale` as its codec's scale, when given."""
+        return buffer if hyper.lr_scale is None else buffer.with_scale(hyper.lr_scale)
+
     def _add(state: LearnerState, event: Event, hyper: Hyper) -> LearnerState:
         valid = jnp.arange(event.labels.shape[0]) < event.n_new
-        return state._replace(buffer=buffer.add(state.buffer, event.latents, event.labels, valid,
-                                                jax.random.fold_in(hyper.k_buffer, event.index)))
+        return state._replace(buffer=scaled(hyper).add(state.buffer, event.latents, event.labels, valid,
+                                                       jax.random.fold_in(hyper.k_buffer, event.index)))
 
     def init(params, norm_state, event0: Event, hyper: Hyper) -> LearnerState:
         state = LearnerState(params, optimizer.init(params), buffer.init(), norm_state, strategy.init(params))
@@ -77,9 +81,8 @@ def make_learner(
 
     @functools.lru_cache(maxsize=None)
     def step(composition: Composition, masked: bool = False):
-        train_event = make_event_fn(adaptive_specs, optimizer, buffer, composition, epochs, norm, masked)
-
         def learning_event(state: LearnerState, event: Event, hyper: Hyper):
+            train_event = make_event_fn(adaptive_specs, optimizer, scaled(hyper), composition, epochs, norm, masked)
             state, s = strategy.before(state, state.strategy, event)
             opt_state = set_learning_rate(state.opt_state, hyper.lr)
             params, opt_state, metrics, norm_state = train_event(

@@ -75,6 +75,9 @@ class ReplayBuffer(NamedTuple):
     Static facts: size (N), latent_shape, codec, policy; code_bits, the bits each stored code takes (the
     packing's Q; None for FP32 latents); latent_bytes, the RAM bytes of the N stored latents
     (``N * 4 * packed_words(E, code_bits)``, or ``N * 4 * E`` for FP32).
+    with_scale(scale) -> the same buffer with the codec's scale S_LR replaced, e.g. by a traced value
+    (`clq.learn.Hyper.lr_scale`): S_LR follows event 0's network, and as a constant of a compiled program it
+    makes every seed's program a new one.
     """
 
     init: Callable[[], BufferState]
@@ -88,6 +91,7 @@ class ReplayBuffer(NamedTuple):
     policy: str
     code_bits: int | None
     latent_bytes: int
+    with_scale: Callable[..., "ReplayBuffer"]
 
 
 def buffer_nbytes(state: BufferState) -> dict[str, int]:
@@ -290,4 +294,8 @@ def make_replay_buffer(
         return jnp.argsort(jnp.where(state.filled, 0.0, 1.0) + jax.random.uniform(key, (n_slots,)) * 0.5)
 
     latent_bytes = n_slots * math.prod(stored_shape) * np.dtype(stored_dtype).itemsize
-    return ReplayBuffer(init, add, sample, read, order, size, latent_shape, codec, policy, code_bits, latent_bytes)
+    def with_scale(scale) -> ReplayBuffer:
+        return make_replay_buffer(size, latent_shape, codec._replace(scale=scale), policy, num_classes, code_bits)
+
+    return ReplayBuffer(init, add, sample, read, order, size, latent_shape, codec, policy, code_bits, latent_bytes,
+                        with_scale)

@@ -39,12 +39,13 @@ def population_bn_stats(specs, params, bn_stats, images: np.ndarray, batch_size:
     The statistics of layer k are taken with layers < k already normalised by their own batch statistics,
     i.e. the network exactly as trained; means and second moments are averaged over equal-size batches.
     """
-    fn = jax.jit(lambda x: forward_bn(specs, params, bn_stats, _to_input(x), train=True)[1])
+    # Parameters as arguments, not constants of the program: the compilation cache then serves every seed.
+    fn = jax.jit(lambda p, s, x: forward_bn(specs, p, s, _to_input(x), train=True)[1])
     n = (len(images) // batch_size) * batch_size or len(images)
     sums = None
     count = 0
     for start in range(0, n, batch_size):
-        st = fn(jnp.asarray(images[start : start + batch_size]))
+        st = fn(params, bn_stats, jnp.asarray(images[start : start + batch_size]))
         moments = [{"mean": d["mean"], "sq": d["var"] + d["mean"] ** 2} if d else {} for d in st]
         sums = moments if sums is None else jax.tree.map(jnp.add, sums, moments)
         count += 1
@@ -135,8 +136,10 @@ def train_first_event(
         logits = logits.reshape(x.shape[0], -1)
         return cross_entropy(logits, y), (jnp.mean(jnp.argmax(logits, -1) == y), stats)
 
+    # The experience's images and labels are arguments, not constants of the program: as constants they made
+    # every seed's first experience (and every dataset) a new program to compile (3-5 s on the default model).
     @jax.jit
-    def epoch_fn(params, opt_state, stats, k, t0):
+    def epoch_fn(params, opt_state, stats, k, t0, x_all, y_all):
         perm = jax.random.permutation(k, n)[: steps * bs].reshape(steps, bs)
 
         def step(carry, xs):
@@ -154,7 +157,7 @@ def train_first_event(
     stats = tuple(bn_stats)
     for e in range(epochs):
         params, opt_state, stats, loss, acc = epoch_fn(params, opt_state, stats, jax.random.fold_in(k_data, e),
-                                                       jnp.int32(e * steps))
+                                                       jnp.int32(e * steps), x_all, y_all)
         history.append((float(loss), float(acc)))
         if not np.isfinite(history[-1][0]):
             raise FloatingPointError(f"non-finite loss in event 0 (first experience), epoch {e}; lower train.first_event.lr")

@@ -234,7 +234,8 @@ def run_continual(
     codec = make_latent_codec(replay.bits, frozen.a_max)
     buffer = make_replay_buffer(replay.size, latent_shape, codec, replay.policy, K)
     learner = make_learner(adaptive_specs, optimizer, buffer, norm, strategy, train.epochs)
-    hyper = Hyper(jnp.float32(train.lr), k_train, k_buf)
+    # S_LR a traced value (`Hyper.lr_scale`): the compilation cache then serves every seed's learning step.
+    hyper = Hyper(jnp.float32(train.lr), k_train, k_buf, jnp.float32(codec.scale))
     later = stream.experiences[1:]
     n_max = max((len(e) for e in later), default=1)
     compositions: set = set()
