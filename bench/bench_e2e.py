@@ -21,7 +21,11 @@ Variants, interleaved over --repeats rounds so that machine noise hits all alike
   programs, event 0 (`event0_cache_dir`) and the frozen stage's latents (`latent_cache_dir`). What a second run
   of a configuration pays, and a sweep member whose event 0 (or frozen stage) another run has computed;
 * ``REV, warm cache`` (with ``--against REV``): that commit's own default run and bench worker, checked out in a
-  temporary git worktree, with its own warm compilation cache: the speed before, measured in the same rounds.
+  temporary git worktree, with its own warm compilation cache: the speed before, measured in the same rounds;
+* ``new seed`` and ``REV, new seed`` (with ``--new-seeds``): a first run at a seed no earlier run used (seed
+  1000 + round, the same for both commits), warm compilation cache, caches of results empty: what each member of
+  a sweep over seeds pays. The ``warm cache`` variant repeats the seed that filled the compilation cache, so a
+  program that holds a seed's values as constants (event 0's images, S_LR) hits there and misses here.
 
 Reported: the best and median wall time of each variant, their ratios, and each variant's phase split and FLOP
 account (share of the FP32 matmul peak measured in the worker).
@@ -43,6 +47,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bench.common import best_and_median, machine, run_json_worker, write_result  # noqa: E402
+
+#: Seeds of the ``new seed`` variants: NEW_SEED + round, far from the seeds anyone runs by hand.
+NEW_SEED = 1000
 
 PHASES = {  # reported name: keys of results['timing_s'] summed into it
     "event 0 (whole-network training)": ("first_event_s",),
@@ -110,6 +117,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--against", default=None, metavar="REV",
                     help="also time this git revision's default run (its own checkout and bench worker)")
     ap.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of the default experiment")
+    ap.add_argument("--new-seeds", action="store_true",
+                    help="also first runs at seeds no earlier run used (a sweep member over seeds), for both commits")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--result-caches", default=None, help=argparse.SUPPRESS)
@@ -123,11 +132,11 @@ def main(argv=None) -> dict:
         jax_cache, results_cache = os.path.join(work, "xla"), os.path.join(work, "results")
         fresh = (os.path.join(work, f"empty-{i}") for i in itertools.count())
 
-        def first_run(name: str, compile_cache: str | None) -> dict:
+        def first_run(name: str, compile_cache: str | None, overrides=None) -> dict:
             """A run whose caches of results start empty and are written, as a first run's are."""
             folder = next(fresh)
             try:
-                return run_worker(name, compile_cache, args.overrides, folder)
+                return run_worker(name, compile_cache, args.overrides if overrides is None else overrides, folder)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -138,23 +147,31 @@ def main(argv=None) -> dict:
             against_name, against_root = f"{rev}, warm cache", worktree(rev, work)
         against_cache = os.path.join(work, "xla-against")
 
-        def against_run() -> dict:
-            return run_worker(against_name, against_cache, args.overrides, root=against_root)
+        def against_run(name=None, overrides=None) -> dict:
+            return run_worker(name or against_name, against_cache, args.overrides if overrides is None else overrides,
+                              root=against_root)
+
+        def new_seed(r: int) -> list[str]:
+            return [*args.overrides, f"seed={NEW_SEED + r}"]
 
         try:
             # Fill the caches: this code's compiled programs, event 0 and latents; the other commit's programs.
             fill = run_worker("cache-filling run", jax_cache, args.overrides, results_cache)
             print(f"cache-filling run: {fill['process_s']:.1f} s", file=sys.stderr)
-            variants = {"no cache": lambda: first_run("no cache", None),
-                        "warm cache": lambda: first_run("warm cache", jax_cache),
-                        "rerun": lambda: run_worker("rerun", jax_cache, args.overrides, results_cache)}
+            variants = {"no cache": lambda r: first_run("no cache", None),
+                        "warm cache": lambda r: first_run("warm cache", jax_cache),
+                        "rerun": lambda r: run_worker("rerun", jax_cache, args.overrides, results_cache)}
+            if args.new_seeds:
+                variants["new seed"] = lambda r: first_run("new seed", jax_cache, new_seed(r))
             if rev:
                 against_run()  # fills its compilation cache
-                variants[against_name] = against_run
+                variants[against_name] = lambda r: against_run()
+                if args.new_seeds:
+                    variants[f"{rev}, new seed"] = lambda r: against_run(f"{rev}, new seed", new_seed(r))
             runs = {v: [] for v in variants}
             for r in range(args.repeats):
                 for variant, go in variants.items():
-                    res = go()
+                    res = go(r)
                     runs[variant].append(res)
                     print(f"round {r}: {variant}: {res['process_s']:.1f} s (compile {res['compile']['total_s']:.1f} s, "
                           f"final accuracy {res['final_accuracy']:.4f})", file=sys.stderr)
@@ -167,7 +184,8 @@ def main(argv=None) -> dict:
         "benchmark": "end-to-end default experiment (clq-run defaults), phase split, clq's caches"
                      + (f", side by side with {rev}" if rev else ""),
         "command": "python bench/bench_e2e.py" + (f" --against {args.against}" if args.against else "")
-                   + (f" --overrides {' '.join(args.overrides)}" if args.overrides else ""),
+                   + (f" --overrides {' '.join(args.overrides)}" if args.overrides else "")
+                   + (" --new-seeds" if args.new_seeds else ""),
         "wall_s": walls,
         "warm_cache_over_no_cache": walls["warm cache"]["best"] / walls["no cache"]["best"],
         "rerun_over_warm_cache": walls["rerun"]["best"] / walls["warm cache"]["best"],
@@ -186,6 +204,10 @@ def main(argv=None) -> dict:
                              **{f"{v}_speedup": round(base["best"] / walls[v]["best"], 3) for v in ("warm cache", "rerun")},
                              **{f"{v}_speedup_median": round(base["median"] / walls[v]["median"], 3)
                                 for v in ("warm cache", "rerun")}}
+        if args.new_seeds:
+            other = walls[f"{rev}, new seed"]
+            result["against"]["new seed_speedup"] = round(other["best"] / walls["new seed"]["best"], 3)
+            result["against"]["new seed_speedup_median"] = round(other["median"] / walls["new seed"]["median"], 3)
     path = write_result("e2e", result, args.out)
     names = list(runs)
     print("| phase | " + " | ".join(f"{v} (s)" for v in names) + " |")
@@ -198,6 +220,9 @@ def main(argv=None) -> dict:
         print(f"against {a['revision']}: first run of a configuration {a['warm cache_speedup']:.2f}x, "
               f"rerun {a['rerun_speedup']:.2f}x faster (best); {a['warm cache_speedup_median']:.2f}x, "
               f"{a['rerun_speedup_median']:.2f}x (median)")
+        if args.new_seeds:
+            print(f"against {a['revision']}: a new seed's first run {a['new seed_speedup']:.2f}x (best), "
+                  f"{a['new seed_speedup_median']:.2f}x (median)")
     print(f"wrote {os.path.relpath(path, ROOT)}")
     return result
 
