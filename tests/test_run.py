@@ -46,8 +46,9 @@ def test_tiny_run_through_hydra_app(tmp_path):
 
 @needs_fmnist
 def test_second_run_loads_its_programs_from_the_compile_cache(tmp_path):
-    """The persistent compilation cache: the first run fills it, a second run adds nothing and gets the same numbers;
-    a run of another seed compiles only its frozen stage (whose quantized weights are constants of the program)."""
+    """The persistent compilation cache: the first run fills it, a second run adds nothing and gets the same numbers,
+    and so does a run of another seed (whose event 0, S_LR and quantized frozen stage are arguments of the
+    programs, not constants)."""
     cache = tmp_path / "xla"
 
     def entries():
@@ -63,12 +64,10 @@ def test_second_run_loads_its_programs_from_the_compile_cache(tmp_path):
         if i == 0:
             first = entries()
             assert len(first) > 10  # every program of the run, however quickly it compiled
-        if i == 1:
-            assert entries() == first  # the second run compiled nothing new: every program came from the cache
+        if i >= 1:  # nothing new compiled: every program came from the cache
+            assert entries() == first, sorted(entries() - first)
     assert runs[0]["accuracy_per_event"] == runs[1]["accuracy_per_event"]
-    # Event 0's epoch, the learning step (S_LR traced) and the rest take the seed's values as arguments.
     assert runs[2]["accuracy_per_event"] != runs[0]["accuracy_per_event"]
-    assert {e.split("-")[0] for e in entries() - first} == {"jit__lambda"}, sorted(entries() - first)
 
 
 @pytest.mark.parametrize("override,needle", [

@@ -58,6 +58,8 @@ __all__ = [
     "frozen_forward_codes",
     "frozen_forward_fp32",
     "exact_chunks",
+    "LayerPlan",
+    "frozen_stage_plan",
 ]
 
 #: Scale of the network's input: uint8 pixels p enter as x = p / 255.
@@ -438,11 +440,12 @@ def exact_chunks(w_eff, qmax_in: int) -> list[tuple[int, int]]:
     return chunks
 
 
-def _exact_matmul(x: jax.Array, w_eff, qmax_in: int) -> jax.Array:
-    """int32 ``x @ w_eff`` for integer-valued float32 x [..., K] and integer w_eff [K, C], exactly."""
+def _exact_matmul(x: jax.Array, w_eff, qmax_in: int, chunks=None) -> jax.Array:
+    """int32 ``x @ w_eff`` for integer-valued float32 x [..., K] and integer w_eff [K, C], exactly (`chunks`:
+    `exact_chunks` of the concrete weights, when `w_eff` is traced)."""
     xp = np if not isinstance(w_eff, jax.core.Tracer) else jnp
     acc = None
-    for k0, k1 in exact_chunks(w_eff, qmax_in):
+    for k0, k1 in (exact_chunks(w_eff, qmax_in) if chunks is None else chunks):
         wc = xp.asarray(w_eff[k0:k1]).astype(xp.float32)
         part = jnp.einsum("...k,kc->...c", x[..., k0:k1], wc, precision=jax.lax.Precision.HIGHEST)
         part = part.astype(jnp.int32)
@@ -454,21 +457,24 @@ def _concrete(a):
     return a if isinstance(a, jax.core.Tracer) else np.asarray(a)
 
 
-def _accumulate(spec: LayerSpec, lq: LayerQuant, q: jax.Array, qmax_in: int) -> jax.Array:
-    """int32 accumulator ``sum q_in (q_w - z_w) + q_b`` of a conv/dw/pw layer. q: float32 codes [B,H,W,C]."""
+def _accumulate(spec: LayerSpec, lq: LayerQuant, q: jax.Array, qmax_in: int, plan: "LayerPlan | None" = None):
+    """int32 accumulator ``sum q_in (q_w - z_w) + q_b`` of a conv/dw/pw layer. q: float32 codes [B,H,W,C].
+    `plan`: the layer's `LayerPlan`, which stands for its concrete weights when they are traced."""
     xp = jnp if isinstance(lq.w_codes, jax.core.Tracer) else np
     w_eff = _concrete(lq.w_codes).astype(xp.int32) - _concrete(lq.w_zero).astype(xp.int32)
+    chunks = None if plan is None else plan.chunks
     if spec.kind == "dw":
         # K*K products per output (9 of <= 255 * 255 for 8-bit codes): far below 2^24, exact in any order.
-        taps = np.abs(w_eff).reshape(-1, spec.out_channels).sum(0).max() if xp is np else spec.kernel**2 * 255
-        if qmax_in * taps > EXACT_F32_LIMIT:
-            raise ValueError(f"layer {spec.index}: depthwise weights too large for an exact float32 accumulator")
+        if plan is None:  # a plan checked it on the concrete weights
+            taps = np.abs(w_eff).reshape(-1, spec.out_channels).sum(0).max() if xp is np else spec.kernel**2 * 255
+            if qmax_in * taps > EXACT_F32_LIMIT:
+                raise ValueError(f"layer {spec.index}: depthwise weights too large for an exact float32 accumulator")
         acc = linear_op(spec, xp.asarray(w_eff).astype(xp.float32), q).astype(jnp.int32)
     elif spec.kind == "pw":
-        acc = _exact_matmul(q, w_eff, qmax_in)
+        acc = _exact_matmul(q, w_eff, qmax_in, chunks)
     elif spec.kind == "conv":
         patches = im2col(q, spec.kernel, spec.stride)
-        acc = _exact_matmul(patches, w_eff.reshape(-1, spec.out_channels), qmax_in)
+        acc = _exact_matmul(patches, w_eff.reshape(-1, spec.out_channels), qmax_in, chunks)
     else:
         raise ValueError(f"layer kind {spec.kind!r} cannot be in the frozen stage")
     return acc + jnp.asarray(lq.b_codes, jnp.int32)
@@ -483,12 +489,51 @@ def _pool_codes(spec: LayerSpec, q: jax.Array) -> jax.Array:
     return (s + n // 2) // n
 
 
+class LayerPlan(NamedTuple):
+    """What `frozen_forward_codes` decides from a layer's concrete integers, so that the integers themselves can
+    be arguments of the compiled program (`frozen_stage_plan`).
+
+    Fields:
+      chunks: `exact_chunks` of a conv/pw layer's weights (None otherwise).
+      qmax_out: the largest code the layer outputs (the next layer's `qmax_in`).
+      large_shifts: every requantization shift is > 32 (`requantize_jax`'s fast path).
+    """
+
+    chunks: tuple | None
+    qmax_out: int
+    large_shifts: bool
+
+
+def frozen_stage_plan(specs: Sequence[LayerSpec], layers: Sequence[LayerQuant], bits: int = 8) -> tuple:
+    """Per layer the `LayerPlan` of concrete `layers` (None for pooling), after the same checks
+    `frozen_forward_codes` makes on them. ``frozen_forward_codes(specs, traced_layers, pixels, bits,
+    plan=plan)`` then computes bit for bit what it computes on the concrete layers, in a program that every
+    network with the same plan shares: a new seed's frozen stage is no new program to compile."""
+    qmax, qmax_in, plan = 2**bits - 1, 255, []
+    for spec, lq in zip(specs, layers):
+        if spec.kind == "pool":
+            plan.append(None)
+            continue
+        w_eff = np.asarray(lq.w_codes).astype(np.int32) - np.asarray(lq.w_zero).astype(np.int32)
+        if spec.kind == "dw":
+            if qmax_in * np.abs(w_eff).reshape(-1, spec.out_channels).sum(0).max() > EXACT_F32_LIMIT:
+                raise ValueError(f"layer {spec.index}: depthwise weights too large for an exact float32 accumulator")
+            chunks = None
+        else:
+            chunks = tuple(exact_chunks(w_eff.reshape(-1, spec.out_channels), qmax_in))
+        qmax_out = int(np.minimum(np.asarray(lq.act_max), qmax).max())
+        plan.append(LayerPlan(chunks, qmax_out, bool(np.all(np.asarray(lq.shift) > 32))))
+        qmax_in = qmax_out
+    return tuple(plan)
+
+
 def frozen_forward_codes(
     specs: Sequence[LayerSpec],
     layers: Sequence[LayerQuant],
     pixels: jax.Array,
     bits: int = 8,
     return_all: bool = False,
+    plan: Sequence[LayerPlan | None] | None = None,
 ):
     """Fake-quantized frozen stage: uint8 pixels -> output codes, bit-exact with the integer reference.
 
@@ -498,6 +543,8 @@ def frozen_forward_codes(
       pixels: uint8 [B, H, W, C] images (codes at scale `INPUT_SCALE`).
       bits: frozen-stage bits (the output codes are also clamped to 0..2^bits-1).
       return_all: return every layer's codes instead of the last one's.
+      plan: `frozen_stage_plan(specs, concrete layers, bits)`, when `layers` are traced (without it, traced
+        layers get worst-case chunks and the general requantization).
     Returns:
       float32 [B, *specs[-1].out_shape] integer-valued codes in 0..2^bits-1 (multiply by
       ``layers[-1].out_scale`` for real values), or a list of those for every layer when `return_all`.
@@ -506,18 +553,20 @@ def frozen_forward_codes(
     q = pixels.astype(jnp.float32)
     qmax_in = 255  # uint8 pixels
     outs = []
-    for spec, lq in zip(specs, layers):
+    for i, (spec, lq) in enumerate(zip(specs, layers)):
         if spec.kind == "pool":
             codes = _pool_codes(spec, q)
         else:
-            acc = _accumulate(spec, lq, q, qmax_in)
+            p = None if plan is None else plan[i]
+            acc = _accumulate(spec, lq, q, qmax_in, p)
             if isinstance(lq.act_max, jax.core.Tracer):
-                hi, qmax_in = jnp.minimum(lq.act_max, qmax), qmax
+                hi, qmax_in = jnp.minimum(lq.act_max, qmax), qmax if p is None else p.qmax_out
             else:
                 hi = np.minimum(np.asarray(lq.act_max), qmax).astype(np.int32)  # () or per channel (C,)
                 qmax_in = int(hi.max())
                 hi = int(hi) if hi.ndim == 0 else hi
-            codes = requantize_jax(acc, _concrete(lq.multiplier), _concrete(lq.shift), hi)
+            codes = requantize_jax(acc, _concrete(lq.multiplier), _concrete(lq.shift), hi,
+                                   None if p is None else p.large_shifts)
         q = codes.astype(jnp.float32)
         outs.append(q)
     return outs if return_all else q

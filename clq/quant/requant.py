@@ -116,7 +116,7 @@ def requantize_double_rounding(acc, multiplier, shift, lo: int, hi: int) -> np.n
     return np.clip(y, lo, hi).astype(np.int32)
 
 
-def requantize_jax(acc, multiplier, shift, hi) -> jnp.ndarray:
+def requantize_jax(acc, multiplier, shift, hi, large_shifts: bool | None = None) -> jnp.ndarray:
     """`requantize` with ``lo = 0`` in 32-bit JAX arithmetic, bit-exact.
 
     Only non-negative outputs are needed (the frozen stage's activations are unsigned), and with a positive
@@ -128,6 +128,8 @@ def requantize_jax(acc, multiplier, shift, hi) -> jnp.ndarray:
       acc: int32 [..., C] accumulators (traced).
       multiplier, shift: int () or (C,) NumPy (static) or JAX arrays; multiplier in [0, 2^31), shift 1..62.
       hi: int (or int32 scalar array), the largest output code, < 2^31.
+      large_shifts: every shift is > 32 (the fast path); None: decided from concrete shifts (traced ones take the
+        general path). A caller that knows it of traced shifts says so (`clq.quant.frozen.frozen_stage_plan`).
     Returns:
       int32 array of acc's shape with codes in 0..hi.
     """
@@ -143,11 +145,13 @@ def requantize_jax(acc, multiplier, shift, hi) -> jnp.ndarray:
     w_lo = t0 + (mid << 16)
     w_hi = a_hi * m_hi + (mid >> 16) + (w_lo < t0).astype(u32)
     hi_u = jnp.asarray(hi).astype(u32)
-    if not isinstance(shift, jax.core.Tracer) and np.all(np.asarray(shift) > 32):
-        # Static fast path (every M < 2^-1, i.e. all real layers): the rounding constant and the shift only
-        # touch the high word, and the result (< 2^30) cannot overflow.
-        n = np.asarray(shift, np.uint32)
-        y = (w_hi + (np.uint32(1) << (n - 33))) >> (n - 32)
+    if large_shifts is None:
+        large_shifts = not isinstance(shift, jax.core.Tracer) and bool(np.all(np.asarray(shift) > 32))
+    if large_shifts:
+        # Fast path (every M < 2^-1, i.e. all real layers): the rounding constant and the shift only touch the
+        # high word, and the result (< 2^30) cannot overflow.
+        n = np.asarray(shift, np.uint32) if not isinstance(shift, jax.core.Tracer) else shift.astype(u32)
+        y = (w_hi + (u32(1) << (n - 33))) >> (n - 32)
         return jnp.minimum(y, hi_u).astype(jnp.int32)
     n = jnp.asarray(shift).astype(u32)
     # + 2^(n-1): into the low word when n <= 32, else into the high word.

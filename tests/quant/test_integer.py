@@ -17,7 +17,7 @@ from clq.quant import (
     quantize_frozen_stage,
 )
 from clq.model.forward import im2col
-from clq.quant.frozen import exact_chunks
+from clq.quant.frozen import exact_chunks, frozen_stage_plan
 from clq.quant.integer import check_accumulator_bounds, integer_layer
 from clq.train.frozen_stage import make_frozen_stage
 
@@ -33,8 +33,14 @@ def _calibrate(specs, folded, px, cfg):
 def _assert_all_layers_equal(specs, layers, px, bits=8):
     jax_codes = jax.jit(lambda p: frozen_forward_codes(specs[:FROZEN], layers, p, bits, return_all=True))(px)
     ref_codes = integer_forward(specs[:FROZEN], layers, px, return_all=True)
-    for spec, a, b in zip(specs, jax_codes, ref_codes):
+    # The layers' integers as arguments of the program, with the plan of the concrete ones (what a run compiles
+    # once for every seed): the same codes.
+    plan = frozen_stage_plan(specs[:FROZEN], layers, bits)
+    traced = jax.jit(lambda lay, p: frozen_forward_codes(specs[:FROZEN], lay, p, bits, return_all=True, plan=plan))(
+        tuple(layers), px)
+    for spec, a, t, b in zip(specs, jax_codes, traced, ref_codes):
         a = np.asarray(a)
+        np.testing.assert_array_equal(np.asarray(t), a, err_msg=f"layer {spec.index} ({spec.kind}), traced")
         assert a.shape == b.shape == (len(px), *spec.out_shape)
         assert np.all(a == np.round(a))
         np.testing.assert_array_equal(a.astype(np.uint8), b, err_msg=f"layer {spec.index} ({spec.kind})")
