@@ -39,8 +39,8 @@ from clq.quant import make_latent_codec  # noqa: E402
 from clq.replay import make_replay_buffer  # noqa: E402
 from clq.run import load_stream  # noqa: E402
 from clq.train import (  # noqa: E402
-    ReplayConfig, evaluate, make_hits, make_learning_event, make_optimizer, minibatch_composition, pad_eval_latents,
-    run_continual,
+    ReplayConfig, evaluate, jit_count_hits, make_hits, make_learning_event, make_optimizer, minibatch_composition,
+    pad_eval_latents, run_continual,
 )
 from clq.train.vectorized import lr_scales, make_sweep, prepare_sweep  # noqa: E402
 
@@ -55,16 +55,16 @@ def separate_phase(stream, exp, params, frozen, data, bits: int, seed: int) -> d
     add = jax.jit(buffer.add, donate_argnums=0)
     comp = minibatch_composition(int(data.event_n[0]), exp.replay.size, exp.train.batch_size)
     event = make_learning_event(adaptive, opt, buffer, comp, exp.train.epochs)
-    hits = make_hits(adaptive, stream.num_classes, len(stream.session_names))
     _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = jax.tree.map(jnp.array, params)
     opt_state = opt.init(params)
     chunk = min(exp.train.eval_batch_size, len(stream.test_labels))
     test = jax.device_put(pad_eval_latents(frozen.latents(stream.test_images), stream.test_labels, stream.test_sessions,
                                        chunk))  # once, as run_continual
+    count = jit_count_hits(make_hits(adaptive, stream.num_classes, len(stream.session_names)), chunk)
 
     def accuracy(p):
-        return evaluate(hits, p, frozen.scale, test, chunk, stream.test_labels, stream.test_sessions)["accuracy"]
+        return evaluate(count, p, frozen.scale, test, stream.test_labels, stream.test_sessions)["accuracy"]
 
     def decode(c):
         return jnp.asarray(c, jnp.float32) * frozen.scale

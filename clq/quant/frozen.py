@@ -457,6 +457,12 @@ def _concrete(a):
     return a if isinstance(a, jax.core.Tracer) else np.asarray(a)
 
 
+def _check_depthwise(spec: LayerSpec, bound) -> None:
+    """A depthwise layer's largest accumulator `bound` must be exact in float32."""
+    if bound > EXACT_F32_LIMIT:
+        raise ValueError(f"layer {spec.index}: depthwise weights too large for an exact float32 accumulator")
+
+
 def _accumulate(spec: LayerSpec, lq: LayerQuant, q: jax.Array, qmax_in: int, plan: "LayerPlan | None" = None):
     """int32 accumulator ``sum q_in (q_w - z_w) + q_b`` of a conv/dw/pw layer. q: float32 codes [B,H,W,C].
     `plan`: the layer's `LayerPlan`, which stands for its concrete weights when they are traced."""
@@ -464,11 +470,10 @@ def _accumulate(spec: LayerSpec, lq: LayerQuant, q: jax.Array, qmax_in: int, pla
     w_eff = _concrete(lq.w_codes).astype(xp.int32) - _concrete(lq.w_zero).astype(xp.int32)
     chunks = None if plan is None else plan.chunks
     if spec.kind == "dw":
-        # K*K products per output (9 of <= 255 * 255 for 8-bit codes): far below 2^24, exact in any order.
-        if plan is None:  # a plan checked it on the concrete weights
-            taps = np.abs(w_eff).reshape(-1, spec.out_channels).sum(0).max() if xp is np else spec.kernel**2 * 255
-            if qmax_in * taps > EXACT_F32_LIMIT:
-                raise ValueError(f"layer {spec.index}: depthwise weights too large for an exact float32 accumulator")
+        # K*K products per output (9 of <= 255 * 255 for 8-bit codes): far below 2^24, exact in any order. A plan
+        # checked the concrete weights; traced ones without a plan are checked for the worst case.
+        if plan is None:
+            _check_depthwise(spec, qmax_in * spec.kernel**2 * 255)
         acc = linear_op(spec, xp.asarray(w_eff).astype(xp.float32), q).astype(jnp.int32)
     elif spec.kind == "pw":
         acc = _exact_matmul(q, w_eff, qmax_in, chunks)
@@ -505,10 +510,11 @@ class LayerPlan(NamedTuple):
 
 
 def frozen_stage_plan(specs: Sequence[LayerSpec], layers: Sequence[LayerQuant], bits: int = 8) -> tuple:
-    """Per layer the `LayerPlan` of concrete `layers` (None for pooling), after the same checks
-    `frozen_forward_codes` makes on them. ``frozen_forward_codes(specs, traced_layers, pixels, bits,
-    plan=plan)`` then computes bit for bit what it computes on the concrete layers, in a program that every
-    network with the same plan shares: a new seed's frozen stage is no new program to compile."""
+    """Per layer the `LayerPlan` of concrete `layers` (None for pooling), after checking that every accumulator is
+    exact in float32: the decisions `frozen_forward_codes` makes for concrete layers. With it,
+    ``frozen_forward_codes(specs, traced_layers, pixels, bits, plan=plan)`` computes bit for bit what it computes
+    on the concrete layers, in a program that every network with the same plan shares: a new seed's frozen stage
+    is no new program to compile."""
     qmax, qmax_in, plan = 2**bits - 1, 255, []
     for spec, lq in zip(specs, layers):
         if spec.kind == "pool":
@@ -516,8 +522,7 @@ def frozen_stage_plan(specs: Sequence[LayerSpec], layers: Sequence[LayerQuant], 
             continue
         w_eff = np.asarray(lq.w_codes).astype(np.int32) - np.asarray(lq.w_zero).astype(np.int32)
         if spec.kind == "dw":
-            if qmax_in * np.abs(w_eff).reshape(-1, spec.out_channels).sum(0).max() > EXACT_F32_LIMIT:
-                raise ValueError(f"layer {spec.index}: depthwise weights too large for an exact float32 accumulator")
+            _check_depthwise(spec, qmax_in * np.abs(w_eff).reshape(-1, spec.out_channels).sum(0).max())
             chunks = None
         else:
             chunks = tuple(exact_chunks(w_eff.reshape(-1, spec.out_channels), qmax_in))
@@ -544,11 +549,13 @@ def frozen_forward_codes(
       bits: frozen-stage bits (the output codes are also clamped to 0..2^bits-1).
       return_all: return every layer's codes instead of the last one's.
       plan: `frozen_stage_plan(specs, concrete layers, bits)`, when `layers` are traced (without it, traced
-        layers get worst-case chunks and the general requantization).
+        layers get worst-case chunks and the general requantization); concrete layers make their own.
     Returns:
       float32 [B, *specs[-1].out_shape] integer-valued codes in 0..2^bits-1 (multiply by
       ``layers[-1].out_scale`` for real values), or a list of those for every layer when `return_all`.
     """
+    if plan is None and not any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(tuple(layers))):
+        plan = frozen_stage_plan(specs, layers, bits)  # one place decides, for concrete and traced layers alike
     qmax = 2**bits - 1
     q = pixels.astype(jnp.float32)
     qmax_in = 255  # uint8 pixels
@@ -560,11 +567,11 @@ def frozen_forward_codes(
             p = None if plan is None else plan[i]
             acc = _accumulate(spec, lq, q, qmax_in, p)
             if isinstance(lq.act_max, jax.core.Tracer):
-                hi, qmax_in = jnp.minimum(lq.act_max, qmax), qmax if p is None else p.qmax_out
+                hi = jnp.minimum(lq.act_max, qmax)
             else:
                 hi = np.minimum(np.asarray(lq.act_max), qmax).astype(np.int32)  # () or per channel (C,)
-                qmax_in = int(hi.max())
                 hi = int(hi) if hi.ndim == 0 else hi
+            qmax_in = qmax if p is None else p.qmax_out
             codes = requantize_jax(acc, _concrete(lq.multiplier), _concrete(lq.shift), hi,
                                    None if p is None else p.large_shifts)
         q = codes.astype(jnp.float32)

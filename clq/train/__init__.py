@@ -1,7 +1,7 @@
 """Adaptive-stage training, the learning-event loop, evaluation and metrics."""
 
 from clq.train.config import ReplayConfig, TrainConfig
-from clq.train.evaluate import EvalLatents, count_hits, evaluate, make_hits, pad_eval_latents
+from clq.train.evaluate import EvalLatents, count_hits, evaluate, jit_count_hits, make_hits, pad_eval_latents
 from clq.train.event import (
     Composition,
     EventMetrics,
@@ -17,7 +17,8 @@ from clq.train.metrics import at_chance, average_accuracy, forgetting
 from clq.train.norm import ADAPTIVE_NORMS, FIRST_EVENT_NORMS, AdaptiveNorm, make_adaptive_norm
 
 __all__ = [
-    "evaluate", "make_hits", "EvalLatents", "pad_eval_latents", "count_hits", "Composition", "EventMetrics", "cross_entropy", "make_learning_event",
+    "evaluate", "make_hits", "EvalLatents", "pad_eval_latents", "count_hits", "jit_count_hits", "Composition",
+    "EventMetrics", "cross_entropy", "make_learning_event",
     "make_optimizer", "minibatch_composition", "set_learning_rate", "population_bn_stats", "train_first_event",
     "FrozenStage", "make_frozen_stage", "ReplayConfig", "TrainConfig", "run_continual", "average_accuracy",
     "forgetting", "at_chance", "configure_head", "ADAPTIVE_NORMS", "FIRST_EVENT_NORMS", "AdaptiveNorm",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple, Sequence
 
 import jax
@@ -13,16 +12,17 @@ from clq.model.forward import forward
 from clq.model.specs import LayerSpec
 from clq.replay.buffer import masked_counts
 
-__all__ = ["make_hits", "EvalLatents", "pad_eval_latents", "count_hits", "Evaluation", "hit_rates",
-           "evaluation_from_hits", "evaluate"]
+__all__ = ["make_hits", "EvalLatents", "pad_eval_latents", "count_hits", "jit_count_hits", "Evaluation",
+           "hit_rates", "evaluation_from_hits", "evaluate"]
 
 
 def make_hits(adaptive_specs: Sequence[LayerSpec], num_classes: int, num_sessions: int):
     """Pure ``hits(params, codes, scale, labels, sessions) -> (class_hits int32 [K], session_hits int32 [S])``.
 
     The one evaluator of clq: correct predictions counted per class and per session, in-graph, mapped over
-    chunks of the test set by `count_hits` (a single run compiles that once, a sweep calls it in its program). codes [B, *latent_shape] stored as
-    ``codes * scale``; labels int32 [B] with -1 on padding rows (never counted); sessions int32 [B].
+    chunks of the test set by `count_hits` (a single run compiles that once, a sweep calls it in its program).
+    codes [B, *latent_shape] stored as ``codes * scale``; labels int32 [B] with -1 on padding rows (never
+    counted); sessions int32 [B].
     """
 
     def hits(params, codes, scale, labels, sessions):
@@ -91,7 +91,7 @@ def count_hits(hits, params, scale, test: EvalLatents, chunk: int) -> tuple[jax.
     """Correct predictions over the whole test set, in-graph: `hits` (`make_hits`) mapped over chunks of `chunk`
     rows (`lax.map`: one chunk's activations live at a time).
 
-    The single run jits it once per evaluation (`evaluate`); a sweep calls it inside its program.
+    A single run compiles it once (`jit_count_hits`, called by `evaluate`); a sweep calls it inside its program.
     Returns:
       (class_hits int32 [num_classes], session_hits int32 [num_sessions]).
     """
@@ -101,23 +101,22 @@ def count_hits(hits, params, scale, test: EvalLatents, chunk: int) -> tuple[jax.
     return jnp.sum(ch, 0), jnp.sum(sh, 0)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _jit_count_hits(hits, params, scale, test, chunk):
-    return count_hits(hits, params, scale, test, chunk)
+def jit_count_hits(hits, chunk: int):
+    """`count_hits` of `hits` over chunks of `chunk` rows, compiled once: ``(params, scale, test) -> (class_hits,
+    session_hits)``. Made once per run (its program holds `hits`, so it goes when the run's closure goes)."""
+    return jax.jit(lambda params, scale, test: count_hits(hits, params, scale, test, chunk))
 
 
-def evaluate(
-    hits, params, scale, test: EvalLatents, chunk: int, labels: np.ndarray, sessions: np.ndarray
-) -> Evaluation:
-    """Accuracy over the test latents, overall, per class and per session: one compiled program.
+def evaluate(count, params, scale, test: EvalLatents, labels: np.ndarray, sessions: np.ndarray) -> Evaluation:
+    """Accuracy over the test latents, overall, per class and per session: one compiled call.
 
     Args:
-      hits: `make_hits(...)` (one function object per run: it keys the compiled program).
-      test: `pad_eval_latents(...)`, best placed on the device once (`jax.device_put`): a run evaluates it after
-        every event. Before, each evaluation copied the codes to the device batch by batch and waited on each
-        batch's result (10 calls per event on the default experiment).
+      count: `jit_count_hits(make_hits(...), chunk)`.
+      test: `pad_eval_latents(...)` with that chunk, best placed on the device once (`jax.device_put`): a run
+        evaluates it after every event. Before, each evaluation copied the codes to the device batch by batch and
+        waited on each batch's result (10 calls per event on the default experiment).
       labels, sessions: int [N] of the unpadded test set (per-class and per-session denominators).
     """
-    class_hits, session_hits = _jit_count_hits(hits, params, jnp.float32(scale), test, chunk)
+    class_hits, session_hits = count(params, jnp.float32(scale), test)
     return evaluation_from_hits(np.asarray(class_hits, np.int64), np.asarray(session_hits, np.int64), labels,
                                 sessions)

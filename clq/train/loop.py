@@ -30,7 +30,7 @@ from clq.learn import Event, Hyper, LearnerState, make_learner, make_strategy
 from clq.replay.buffer import make_replay_buffer
 from clq.train.checkpoint import CheckpointError, CheckpointWriter, load_checkpoint
 from clq.train.config import ReplayConfig, TrainConfig
-from clq.train.evaluate import evaluate, make_hits, pad_eval_latents
+from clq.train.evaluate import evaluate, jit_count_hits, make_hits, pad_eval_latents
 from clq.train.latent_cache import with_latent_cache
 from clq.train.event import all_finite, make_learning_event, make_optimizer, minibatch_composition
 from clq.train.event0 import first_event, network_shapes
@@ -213,10 +213,10 @@ def run_continual(
     # 3. Test latents once.
     with timer("frozen_pass_s"):
         test_codes = frozen.latents(stream.test_images)
-    hits = make_hits(adaptive_specs, K, S)
     # On the device once: every evaluation reads the same test latents (`clq.train.evaluate.evaluate`).
     eval_chunk = min(train.eval_batch_size, len(test_codes))
     test = jax.device_put(pad_eval_latents(test_codes, stream.test_labels, stream.test_sessions, eval_chunk))
+    count = jit_count_hits(make_hits(adaptive_specs, K, S), eval_chunk)
     # Event 0's latents fill the buffer; first they show what quantizing the frozen stage cost event 0's network.
     with timer("frozen_pass_s"):
         codes0 = frozen.latents(stream.train_images[exp0])
@@ -228,8 +228,7 @@ def run_continual(
         """Test accuracy of the adaptive stage; norm_state None: `params` are already folded (the joint bound)."""
         with timer("eval_s"):
             folded_params = params if norm_state is None else norm.fold(params, norm_state)
-            return evaluate(hits, folded_params, frozen.scale, test, eval_chunk, stream.test_labels,
-                            stream.test_sessions)
+            return evaluate(count, folded_params, frozen.scale, test, stream.test_labels, stream.test_sessions)
 
     codec = make_latent_codec(replay.bits, frozen.a_max)
     buffer = make_replay_buffer(replay.size, latent_shape, codec, replay.policy, K)

@@ -46,7 +46,7 @@ from clq.quant.latent import LatentCodec, make_latent_codec
 from clq.quant.uniform import check_bits, storage_dtype
 from clq.replay.buffer import make_replay_buffer, masked_counts
 from clq.learn import Event, Hyper, Strategy, make_learner, make_strategy, plain
-from clq.train.evaluate import EvalLatents, make_hits, pad_eval_latents, count_hits
+from clq.train.evaluate import EvalLatents, count_hits, make_hits, pad_eval_latents
 from clq.train.event import Composition, all_finite, make_optimizer, minibatch_composition
 from clq.train.norm import AdaptiveNorm, make_adaptive_norm
 from clq.train.event0 import first_event

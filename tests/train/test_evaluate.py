@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from clq.model import fold_batch_norm, forward, init_params, mobilenet_v1_specs
-from clq.train import evaluate, make_hits, pad_eval_latents
+from clq.train import evaluate, jit_count_hits, make_hits, pad_eval_latents
 
 K, S, LAYER = 4, 3, 25
 
@@ -20,7 +20,7 @@ def test_padded_chunks_count_every_test_latent_once_and_no_padding():
     labels, sessions = rng.integers(0, K, n).astype(np.int32), rng.integers(0, S, n).astype(np.int32)
     test = pad_eval_latents(codes, labels, sessions, 4)
     assert test.codes.shape[0] == 12 and list(test.labels[n:]) == [-1]
-    ev = evaluate(make_hits(adaptive, K, S), params, scale, jax.device_put(test), 4, labels, sessions)
+    ev = evaluate(jit_count_hits(make_hits(adaptive, K, S), 4), params, scale, jax.device_put(test), labels, sessions)
 
     pred = np.argmax(np.asarray(forward(adaptive, params, codes.astype(np.float32) * scale)).reshape(n, -1), -1)
     ok = pred == labels

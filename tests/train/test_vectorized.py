@@ -8,7 +8,8 @@ import pytest
 from clq.model import fold_batch_norm, init_params, mobilenet_v1_specs, split_specs
 from clq.quant import make_latent_codec
 from clq.replay import make_replay_buffer
-from clq.train import TrainConfig, evaluate, make_hits, pad_eval_latents, make_learning_event, make_optimizer, minibatch_composition
+from clq.train import (TrainConfig, evaluate, jit_count_hits, make_hits, make_learning_event, make_optimizer,
+                       minibatch_composition, pad_eval_latents)
 from clq.train.vectorized import SweepData, lr_scales, make_sweep
 
 LAYER, CLASSES, N_LR, EVENTS, N_NEW, N0, TEST, CHUNK = 25, 6, 24, 4, 12, 30, 40, 20
@@ -47,33 +48,37 @@ def _decode(codes):
     return jnp.asarray(codes, jnp.float32) * FROZEN_SCALE
 
 
-def _accuracy(hits, params, data: SweepData) -> float:
-    """Test accuracy the way `run_continual` evaluates (`clq.train.evaluate`)."""
+def _accuracy(count, params, data: SweepData) -> float:
+    """Test accuracy the way `run_continual` evaluates (`clq.train.evaluate`); `count`: `_counter`."""
     labels = np.asarray(data.test_labels)
     test = pad_eval_latents(np.asarray(data.test_codes), labels, None, CHUNK)
-    return evaluate(hits, params, FROZEN_SCALE, test, CHUNK, labels, np.zeros(TEST, np.int32))["accuracy"]
+    return evaluate(count, params, FROZEN_SCALE, test, labels, np.zeros(TEST, np.int32))["accuracy"]
+
+
+def _counter(adaptive):
+    return jit_count_hits(make_hits(adaptive, CLASSES, 1), CHUNK)
 
 
 def _separate_runs(params, adaptive, shape, data: SweepData, comp, opt, bits, seeds):
     """Each seed's run the way `run_continual` runs its learning events (one jitted call per event)."""
     buffer = make_replay_buffer(N_LR, shape, make_latent_codec(bits, A_MAX), "ar1", CLASSES)
     fns = jax.jit(buffer.add), make_learning_event(adaptive, opt, buffer, comp, 2)
-    hits = make_hits(adaptive, CLASSES, 1)
-    return [_separate_run(params, data, opt, buffer, *fns, hits, seed) for seed in seeds]
+    count = _counter(adaptive)
+    return [_separate_run(params, data, opt, buffer, *fns, count, seed) for seed in seeds]
 
 
-def _separate_run(params, data: SweepData, opt, buffer, add, event, hits, seed):
+def _separate_run(params, data: SweepData, opt, buffer, add, event, count, seed):
     _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
     params = jax.tree.map(jnp.array, params)
     opt_state = opt.init(params)
     state = add(buffer.init(), _decode(data.codes0), jnp.asarray(data.labels0), jnp.ones(N0, bool),
                 jax.random.fold_in(k_buf, 0))
-    accs = [_accuracy(hits, params, data)]
+    accs = [_accuracy(count, params, data)]
     for i in range(1, EVENTS):
         x, y, n = _decode(data.event_codes[i - 1]), jnp.asarray(data.event_labels[i - 1]), int(data.event_n[i - 1])
         params, opt_state, _, _ = event(params, opt_state, x, y, jnp.int32(n), state, jax.random.fold_in(k_train, i))
         state = add(state, x, y, jnp.arange(N_NEW) < n, jax.random.fold_in(k_buf, i))
-        accs.append(_accuracy(hits, params, data))
+        accs.append(_accuracy(count, params, data))
     hist = np.bincount(np.asarray(state.labels)[np.asarray(state.filled)], minlength=CLASSES)
     return np.asarray(accs), hist
 
@@ -86,17 +91,17 @@ def _learner_run(learner, params, data: SweepData, opt, adaptive, seed, composit
     """
     from clq.learn import Event, Hyper
 
-    hits = make_hits(adaptive, CLASSES, 1)
+    count = _counter(adaptive)
     _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
     hyper = Hyper(opt.init(params).hyperparams["learning_rate"], k_train, k_buf)
     state = learner.init(jax.tree.map(jnp.array, params), (),
                          Event(_decode(data.codes0), jnp.asarray(data.labels0), jnp.int32(N0), jnp.int32(0)), hyper)
-    accs, losses = [_accuracy(hits, state.params, data)], []
+    accs, losses = [_accuracy(count, state.params, data)], []
     for i in range(1, EVENTS):
         n = int(data.event_n[i - 1])
         ev = Event(_decode(data.event_codes[i - 1]), jnp.asarray(data.event_labels[i - 1]), jnp.int32(n), jnp.int32(i))
         state, m = learner.jit_step(composition_of(n))(state, ev, hyper)
-        accs.append(_accuracy(hits, state.params, data))
+        accs.append(_accuracy(count, state.params, data))
         losses.append(float(m.loss[-1]))
     return accs, losses
 
