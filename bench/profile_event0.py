@@ -18,13 +18,16 @@ its kind:
 Variants, timed against the current step in the same process (the machine is shared: only same-process ratios
 are meaningful):
 
-* ``previous``: the step before clq wrote out batch norm's backward pass (`clq.model.forward.batch_norm_train`)
+* ``previous``: the step before clq wrote out the backward pass of its pointwise and im2col convs
+  (`clq.model.forward._pixel_matmul`): autodiff of their 4-D einsums (`autodiff_linear_op`, kept below). Same
+  values as the current step;
+* ``older``: that step, also before clq wrote out batch norm's backward pass (`clq.model.forward.batch_norm_train`)
   and summed the strided depthwise input gradient phase by phase (`_phase_transpose`): autodiff of the batch-norm
   formula, and a scatter that evaluates all 9 taps at every input pixel. Both are kept below;
 * ``fusion_emitters_off``: the current program compiled with ``xla_cpu_use_fusion_emitters=false``;
 * any compiler switch given with ``--compile-options``.
 
-The previous step rounds differently (the written-out backward sums in another order; XLA fuses the phase sums'
+The older step rounds differently (the written-out backward sums in another order; XLA fuses the phase sums'
 products into FMAs): docs/performance.md says what that did to the default experiment, and why clq's default
 quantization equalizes the frozen stage since.
 Writes ``bench/results/event0_profile.json``.
@@ -100,19 +103,33 @@ def _previous_depthwise_bwd(stride, res, g):
 previous_depthwise.defvjp(fw._depthwise_fwd, _previous_depthwise_bwd)
 
 
+def autodiff_linear_op(spec, w, x):
+    """`fw.linear_op` with the 4-D einsums of pointwise convs and of the im2col conv differentiated by JAX (the
+    steps before `fw._pixel_matmul`'s written-out backward pass)."""
+    if spec.kind == "pw" and x.ndim == 4:
+        return jnp.einsum("bhwc,cd->bhwd", x, w)
+    if spec.kind == "conv":
+        k, c = w.shape[0], x.shape[-1]
+        return jnp.einsum("bhwk,kd->bhwd", fw.im2col(x, k, spec.stride), w.reshape(k * k * c, -1))
+    return fw.linear_op(spec, w, x)
+
+
 def forward(specs, params, x, variant: str):
-    """`forward_bn(train=True)`'s output ('current'), or the same network with the previous step's batch norm
-    (autodiff of the forward formula) and strided depthwise backward (a scatter) ('previous')."""
+    """`forward_bn(train=True)`'s output ('current'); the same network with the pointwise and im2col convs'
+    backward passes left to autodiff ('previous'); and that with the older batch norm (autodiff of the forward
+    formula) and strided depthwise backward (a scatter) too ('older')."""
     if variant == "current":
         return fw.forward_bn(specs, params, tuple({} for _ in specs), x, train=True)[0]
     for spec, p in zip(specs, params):
         x = fw._maybe_flat(x)
-        if spec.kind == "dw" and x.ndim == 4:
+        if spec.kind == "dw" and x.ndim == 4 and variant == "older":
             y = previous_depthwise(x, p["w"], spec.stride)
         else:
-            y = fw.linear_op(spec, p.get("w"), x)
+            y = autodiff_linear_op(spec, p.get("w"), x)
         y = fw._maybe_flat(y)
-        if spec.batch_norm:
+        if spec.batch_norm and variant == "previous":
+            y = fw.batch_norm_train(y, p["gamma"], p["beta"])[0]
+        elif spec.batch_norm:
             axes = tuple(range(y.ndim - 1))
             mean, var = jnp.mean(y, axis=axes), jnp.var(y, axis=axes)
             y = (y - mean) * (p["gamma"] * jax.lax.rsqrt(var + fw.BN_EPS)) + p["beta"]
@@ -215,12 +232,15 @@ def main(argv=None):
     step_flop = 2 * training_macs(specs)["total"] * args.batch
     peak = matmul_peak()["gflops"]
 
-    programs = {}
-    for variant in ("current", "previous"):
+    programs, trained = {}, {}
+    for variant in ("current", "previous", "older"):
         epoch, optimizer = epoch_program(specs, x_all, y_all, args.steps, args.batch, variant)
         state = (params, optimizer.init(params))
-        jax.block_until_ready(epoch(*state))
+        trained[variant] = jax.block_until_ready(epoch(*state))[0]
         programs[variant] = (epoch, state)
+    # How far each variant's parameters after one epoch program are from the current step's (0: the same values).
+    differs = {v: max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(trained["current"])))
+               for v, p in trained.items()}
     # The current step compiled with XLA's older loop emitters, and with any other compiler switches asked for
     # (same program, other code generation).
     epoch, state = programs["current"]
@@ -246,6 +266,8 @@ def main(argv=None):
         result["variants"][v] = {"ms_per_step_best": round(best, 2), "ms_per_step_median": round(float(np.median(ts)), 2),
                                  "fraction_of_peak": round(step_flop / (best / 1000) / 1e9 / peak, 4),
                                  "over_current": round(best / min(times["current"]), 3)}
+        if v in differs:
+            result["variants"][v]["max_param_diff_vs_current"] = differs[v]
     result["profile_current"] = profile(*programs["current"], args.steps)
     result["machine"] = machine()
     path = write_result("event0_profile", result, args.out)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clq.model import LayerSpec, init_params, linear_op, mobilenet_v1_specs
-from clq.model.forward import BN_EPS, batch_norm_train, same_padding
+from clq.model.forward import BN_EPS, batch_norm_train, im2col, same_padding
 
 
 def test_init_params_equals_one_draw_per_layer():
@@ -126,3 +126,30 @@ def test_batch_norm_in_training_mode_and_its_written_out_gradient_match_autodiff
     for a, b in zip(jax.grad(loss(batch_norm_train), (0, 1, 2))(y, gamma, beta),
                     jax.grad(loss(ref), (0, 1, 2))(y, gamma, beta)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,stride", [("pw", 1), ("conv", 2), ("conv", 1)])
+def test_pixel_matmul_and_its_written_out_gradient_match_autodiff_of_the_einsum(kind, stride):
+    """Pointwise and im2col convs have a custom VJP on [B*H*W, K] rows (`_pixel_matmul`): the layer's values and
+    both gradients equal those of the 4-D einsum it replaces, differentiated by JAX, in the same compiled program
+    shape (the step before the change, bench/profile_event0.py ``previous``)."""
+    cin, cout, size = (6, 5, 7) if kind == "pw" else (3, 8, 9)
+    out = -(-size // stride)
+    k = 1 if kind == "pw" else 3
+    spec = LayerSpec(0, kind, kind, k, stride, (size, size, cin), (out, out, cout), True, "relu")
+    x = jax.random.normal(jax.random.PRNGKey(1), (3, size, size, cin))
+    w = jax.random.normal(jax.random.PRNGKey(2), spec.weight_shape)
+    cot = jax.random.normal(jax.random.PRNGKey(3), (3, out, out, cout))
+
+    def ref(x, w):
+        cols = x if kind == "pw" else im2col(x, k, stride)
+        return jnp.einsum("bhwk,kd->bhwd", cols, w.reshape(cols.shape[-1], cout))
+
+    def clq(x, w):
+        return linear_op(spec, w, x)
+
+    np.testing.assert_array_equal(np.asarray(jax.jit(clq)(x, w)), np.asarray(jax.jit(ref)(x, w)))
+    grads = [jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.tanh(f(x, w)) * cot), (0, 1)))(x, w) for f in (clq, ref)]
+    for a, b in zip(*grads):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
