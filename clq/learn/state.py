@@ -52,9 +52,9 @@ class Hyper(NamedTuple):
       lr: float32 (), the learning events' learning rate.
       k_train: PRNG key of training (event i uses ``fold_in(k_train, i)``).
       k_buffer: PRNG key of buffer replacement (event i uses ``fold_in(k_buffer, i)``).
-      lr_scale: float32 (), the replay codec's scale S_LR, or None to keep the buffer's own (a sweep builds its
-        members' codecs from traced values already). A single run passes it here: S_LR follows event 0's
-        network, and as a constant it made every seed's learning step a new program to compile.
+      lr_scale: float32 (), the replay codec's scale S_LR, or None to keep the buffer's own (FP32 replays).
+        A single run and every member of a compiled sweep pass it here: S_LR follows event 0's network (and a
+        sweep member's bit-width), and as a constant of the program it made every seed a new program to compile.
     """
 
     lr: jax.Array

@@ -227,15 +227,16 @@ def make_group_program(
     hits = make_hits(adaptive_specs, num_classes, num_sessions)  # the single run's evaluator
     adaptive_norm = norm if norm is not None else make_adaptive_norm("fold", adaptive_specs)
 
-    def member(bits, scale, seed):
-        """The learner and hyper-parameters of one member (bits/scale/seed traced scalars)."""
-        # Traced bits and scale: encode/decode are jnp arithmetic; FP32 replays need neither.
-        codec = make_latent_codec(None, 1.0) if max_bits is None else LatentCodec(bits, scale, dtype)
+    def member(bits, scale, seed, lr):
+        """The learner and hyper-parameters of one member (bits/scale/seed/lr traced scalars)."""
+        # Traced bits: encode/decode are jnp arithmetic; FP32 replays need neither. S_LR reaches the learner the
+        # way a single run passes it (`Hyper.lr_scale`, applied by the learner's `ReplayBuffer.with_scale`).
+        codec = make_latent_codec(None, 1.0) if max_bits is None else LatentCodec(bits, jnp.float32(1.0), dtype)
         buffer = make_replay_buffer(replay_size, latent_shape, codec, policy, num_classes, code_bits=max_bits)
         # The same learner step a single run jits (`clq.learn`), here looped over events and vmapped.
         learner = make_learner(adaptive_specs, optimizer, buffer, adaptive_norm, strategy or plain(), epochs)
         _, k_train, k_buf = jax.random.split(jax.random.PRNGKey(seed), 3)
-        return learner, k_train, k_buf
+        return learner, Hyper(lr, k_train, k_buf, None if max_bits is None else scale)
 
     def evaluation(state, data: SweepData):
         """(accuracy float32 (), class hits int32 [num_classes], session hits int32 [num_sessions])."""
@@ -249,8 +250,7 @@ def make_group_program(
         return codes.astype(jnp.float32) * data.frozen_scale
 
     def init_one(params, norm_state, bits, scale, seed, lr, data: SweepData):
-        learner, k_train, k_buf = member(bits, scale, seed)
-        hyper = Hyper(lr, k_train, k_buf)
+        learner, hyper = member(bits, scale, seed, lr)
         n0 = data.codes0.shape[0]
         state = learner.init(params, norm_state, Event(decode(data.codes0, data), data.labels0, jnp.int32(n0),
                                                        jnp.int32(0)), hyper)
@@ -264,9 +264,8 @@ def make_group_program(
         return state, out
 
     def run_one(state, out: Outputs, bits, scale, seed, lr, data: SweepData, start, stop):
-        learner, k_train, k_buf = member(bits, scale, seed)
+        learner, hyper = member(bits, scale, seed, lr)
         step = learner.step(composition, masked)
-        hyper = Hyper(lr, k_train, k_buf)
 
         def body(i, carry):
             state, out = carry
