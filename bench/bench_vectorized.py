@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import CompileClock, default_experiment, machine, truncate_stream, write_result  # noqa: E402
+from bench.common import CompileClock, command_line, default_experiment, machine, truncate_stream, write_result  # noqa: E402
 from clq.model.specs import split_specs  # noqa: E402
 from clq.quant import make_latent_codec  # noqa: E402
 from clq.replay import make_replay_buffer  # noqa: E402
@@ -88,6 +88,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of the default experiment")
     ap.add_argument("--events", type=int, default=None, help="first N events only (quick trials)")
+    ap.add_argument("--members-per-batch", type=int, default=None,
+                    help="members vmapped together, the rest in a lax.map over batches (default: all vmapped)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     clock = CompileClock()
@@ -117,7 +119,7 @@ def main(argv=None) -> dict:
     comp = minibatch_composition(int(data.event_n[0]), exp.replay.size, exp.train.batch_size)
     sweep = make_sweep(adaptive, make_optimizer(exp.train.lr, exp.train.momentum, exp.train.weight_decay),
                        exp.replay.size, data.codes0.shape[1:], stream.num_classes, comp, exp.train.epochs,
-                       max(args.bits), exp.replay.policy)
+                       max(args.bits), exp.replay.policy, members_per_batch=args.members_per_batch)
     bits, scales = np.asarray(args.bits, np.int32), lr_scales(args.bits, frozen.a_max)
     t0 = time.perf_counter()
     res = sweep(params, bits, scales, np.asarray(args.seeds, np.int32), data)
@@ -140,8 +142,8 @@ def main(argv=None) -> dict:
     per_config_phase = t_sweep / (K * S)
     result = {
         "benchmark": f"vectorized sweep {K} bit-widths x {S} seeds vs one run and separate runs",
-        "command": "python bench/bench_vectorized.py",
-        "latent_layer": exp.latent_layer, "events": stream.num_events, "lr_bits": args.bits, "seeds": args.seeds,
+        "command": command_line("bench_vectorized.py", argv),
+        "latent_layer": exp.latent_layer, "events": stream.num_events, "members_per_batch": args.members_per_batch, "lr_bits": args.bits, "seeds": args.seeds,
         "seconds": {"one_run": t_one, "shared_event0_frozen_latents": t_shared, "separate_phase_best": t_phase,
                     "separate_phases": [p["seconds"] for p in phases], "sweep_first_call": t_sweep_first,
                     "sweep": t_sweep},
