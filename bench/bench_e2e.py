@@ -46,7 +46,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import best_and_median, machine, run_json_worker, write_result  # noqa: E402
+from bench.common import best_and_median, command_line, machine, run_json_worker, write_result  # noqa: E402
 
 #: Seeds of the ``new seed`` variants: NEW_SEED + round, far from the seeds anyone runs by hand.
 NEW_SEED = 1000
@@ -183,9 +183,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "end-to-end default experiment (clq-run defaults), phase split, clq's caches"
                      + (f", side by side with {rev}" if rev else ""),
-        "command": "python bench/bench_e2e.py" + (f" --against {args.against}" if args.against else "")
-                   + (f" --overrides {' '.join(args.overrides)}" if args.overrides else "")
-                   + (" --new-seeds" if args.new_seeds else ""),
+        "command": command_line("bench_e2e.py", argv),
         "wall_s": walls,
         "warm_cache_over_no_cache": walls["warm cache"]["best"] / walls["no cache"]["best"],
         "rerun_over_warm_cache": walls["rerun"]["best"] / walls["warm cache"]["best"],
@@ -199,15 +197,14 @@ def main(argv=None) -> dict:
         "machine": info,
     }
     if rev:
-        base = walls[against_name]
-        result["against"] = {"revision": rev,
-                             **{f"{v}_speedup": round(base["best"] / walls[v]["best"], 3) for v in ("warm cache", "rerun")},
-                             **{f"{v}_speedup_median": round(base["median"] / walls[v]["median"], 3)
-                                for v in ("warm cache", "rerun")}}
+        # Each variant against the other commit's run of the same kind: its warm run, or its run at the new seed.
+        pairs = {"warm cache": against_name, "rerun": against_name}
         if args.new_seeds:
-            other = walls[f"{rev}, new seed"]
-            result["against"]["new seed_speedup"] = round(other["best"] / walls["new seed"]["best"], 3)
-            result["against"]["new seed_speedup_median"] = round(other["median"] / walls["new seed"]["median"], 3)
+            pairs["new seed"] = f"{rev}, new seed"
+        result["against"] = {"revision": rev}
+        for v, theirs in pairs.items():
+            for stat, suffix in (("best", ""), ("median", "_median")):
+                result["against"][f"{v}_speedup{suffix}"] = round(walls[theirs][stat] / walls[v][stat], 3)
     path = write_result("e2e", result, args.out)
     names = list(runs)
     print("| phase | " + " | ".join(f"{v} (s)" for v in names) + " |")

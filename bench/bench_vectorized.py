@@ -33,7 +33,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import CompileClock, command_line, default_experiment, machine, truncate_stream, write_result  # noqa: E402
+from bench.common import (  # noqa: E402
+    CompileClock, command_line, default_experiment, machine, truncate_stream, write_result,
+)
 from clq.model.specs import split_specs  # noqa: E402
 from clq.quant import make_latent_codec  # noqa: E402
 from clq.replay import make_replay_buffer  # noqa: E402
@@ -143,7 +145,8 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": f"vectorized sweep {K} bit-widths x {S} seeds vs one run and separate runs",
         "command": command_line("bench_vectorized.py", argv),
-        "latent_layer": exp.latent_layer, "events": stream.num_events, "members_per_batch": args.members_per_batch, "lr_bits": args.bits, "seeds": args.seeds,
+        "latent_layer": exp.latent_layer, "events": stream.num_events, "members_per_batch": args.members_per_batch,
+        "lr_bits": args.bits, "seeds": args.seeds,
         "seconds": {"one_run": t_one, "shared_event0_frozen_latents": t_shared, "separate_phase_best": t_phase,
                     "separate_phases": [p["seconds"] for p in phases], "sweep_first_call": t_sweep_first,
                     "sweep": t_sweep},

@@ -239,7 +239,8 @@ def main(argv=None):
         trained[variant] = jax.block_until_ready(epoch(*state))[0]
         programs[variant] = (epoch, state)
     # How far each variant's parameters after one epoch program are from the current step's (0: the same values).
-    differs = {v: max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(trained["current"])))
+    reference = jax.tree.leaves(trained["current"])
+    differs = {v: max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p), reference))
                for v, p in trained.items()}
     # The current step compiled with XLA's older loop emitters, and with any other compiler switches asked for
     # (same program, other code generation).
