@@ -210,7 +210,7 @@ def main(argv=None) -> dict:
     acc = {k: v[0]["final_accuracy"] for k, v in runs.items()}
     result = {
         "benchmark": "clq vs PyTorch reference (ar1-pytorch latent-replay loop), same stream/model/hyper-parameters",
-        "command": "python bench/bench_torch_reference.py",
+        "command": command_line("bench_torch_reference.py", argv),
         "stream_events": args.events or "all",
         "wall_s": wall,
         "speedup_vs_pytorch_ar1_loop": wall["torch"]["best"] / wall["clq"]["best"],
