@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import collections
-import functools
 import glob
 import json
 import os
@@ -68,39 +67,8 @@ from clq.model.specs import mobilenet_v1_specs  # noqa: E402
 from clq.perf import matmul_peak, training_macs  # noqa: E402
 from clq.train.event import cross_entropy  # noqa: E402
 
-fw = importlib.import_module("clq.model.forward")  # the module (clq.model re-exports a function named forward)
-
-
-def scatter_transpose(g, w, stride: int, h: int, wd: int):
-    """The previous input gradient of a strided depthwise conv (TF 'SAME'): every tap's product g * w[kh, kw]
-    padded back onto the whole padded input grid (interior padding = stride - 1), summed, then cropped."""
-    k = w.shape[0]
-    ho, wo = g.shape[1], g.shape[2]
-    (pt, pb), (pl, pr) = fw.same_padding(h, k, stride), fw.same_padding(wd, k, stride)
-    hp, wp = h + pt + pb, wd + pl + pr
-    dxp = None
-    for t in range(k * k):
-        i, j = t // k, t % k
-        cfg = ((0, 0, 0), (i, hp - i - stride * (ho - 1) - 1, stride - 1),
-               (j, wp - j - stride * (wo - 1) - 1, stride - 1), (0, 0, 0))
-        term = jax.lax.pad(g * w[i, j, 0], jnp.zeros((), g.dtype), cfg)
-        dxp = term if dxp is None else dxp + term
-    return dxp[:, pt : pt + h, pl : pl + wd, :]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def previous_depthwise(x, w, stride: int):
-    """clq's depthwise conv (`_depthwise`: same forward pass) with the scatter transpose at stride > 1."""
-    return fw._depthwise_taps(x, w, stride)
-
-
-def _previous_depthwise_bwd(stride, res, g):
-    x, w = res
-    dx, dw = fw._depthwise_bwd(stride, res, g)  # dw as clq computes it; at stride > 1 XLA drops the unused dx
-    return (dx if stride == 1 else scatter_transpose(g, w, stride, x.shape[1], x.shape[2])), dw
-
-
-previous_depthwise.defvjp(fw._depthwise_fwd, _previous_depthwise_bwd)
+fw = importlib.import_module("clq.model.forward")
+native = importlib.import_module("clq.model.native")  # the module (clq.model re-exports a function named forward)
 
 
 def autodiff_linear_op(spec, w, x):
@@ -115,26 +83,15 @@ def autodiff_linear_op(spec, w, x):
 
 
 def forward(specs, params, x, variant: str):
-    """`forward_bn(train=True)`'s output ('current'); the same network with the pointwise and im2col convs'
-    backward passes left to autodiff ('previous'); and that with the older batch norm (autodiff of the forward
-    formula) and strided depthwise backward (a scatter) too ('older')."""
-    if variant == "current":
+    """`forward_bn(train=True)`'s output ('current' and 'previous', which differ only in how the depthwise weight
+    gradient is computed: `epoch_program`), and the same network with the pointwise and im2col convs' backward
+    passes left to autodiff ('older')."""
+    if variant != "older":
         return fw.forward_bn(specs, params, tuple({} for _ in specs), x, train=True)[0]
     for spec, p in zip(specs, params):
         x = fw._maybe_flat(x)
-        if spec.kind == "dw" and x.ndim == 4 and variant == "older":
-            y = previous_depthwise(x, p["w"], spec.stride)
-        else:
-            y = autodiff_linear_op(spec, p.get("w"), x)
-        y = fw._maybe_flat(y)
-        if spec.batch_norm and variant == "previous":
-            y = fw.batch_norm_train(y, p["gamma"], p["beta"])[0]
-        elif spec.batch_norm:
-            axes = tuple(range(y.ndim - 1))
-            mean, var = jnp.mean(y, axis=axes), jnp.var(y, axis=axes)
-            y = (y - mean) * (p["gamma"] * jax.lax.rsqrt(var + fw.BN_EPS)) + p["beta"]
-        elif "b" in p:
-            y = y + p["b"]
+        y = fw._maybe_flat(autodiff_linear_op(spec, p.get("w"), x))
+        y = fw.batch_norm_train(y, p["gamma"], p["beta"])[0] if spec.batch_norm else y + p["b"] if "b" in p else y
         x = fw.activation(spec, y)
     return fw._restore(specs, x)
 
@@ -147,6 +104,7 @@ def epoch_program(specs, x_all, y_all, steps: int, batch: int, variant: str):
         return cross_entropy(logits, y)
 
     @jax.jit
+    @native.use_native(variant == "current")  # at trace time: the native kernel or XLA's K*K products
     def epoch(params, opt_state):
         def step(carry, idx):
             p, s = carry
@@ -163,12 +121,14 @@ def epoch_program(specs, x_all, y_all, steps: int, batch: int, variant: str):
 def kernel_kinds(hlo_text: str) -> dict:
     """Optimized-HLO kernel name -> kind (ynn reduce / ynn dot / dot / loop fusion / copy ...)."""
     kinds = {}
-    for m in re.finditer(r"%(\S+) = \S+ (fusion|dot|copy|concatenate)\((.*)", hlo_text):
+    for m in re.finditer(r"%(\S+) = \S+ (fusion|dot|copy|concatenate|custom-call)\((.*)", hlo_text):
         name, op, rest = m.groups()
         if "__ynn_fusion" in rest:
             kinds[name] = "ynn dot" if "dot_general" in rest else "ynn reduce" if "reduce" in rest else "ynn other"
         elif op == "fusion":
             kinds[name] = "loop fusion"
+        elif op == "custom-call":
+            kinds[name] = "native kernel" if "clq_" in rest else "custom-call"
         else:
             kinds[name] = op
     return kinds

@@ -3,8 +3,9 @@
 #   - Debian package dataset-fashion-mnist (the offline default data),
 #   - a virtual environment .venv with clq and its pinned dependencies (pyproject.toml),
 #   - the ImageNet MobileNet-V1 weights into .cache/weights (scripts/fetch_weights.sh),
-#   - with --dev, the test dependencies too, gcc (the test that compiles the exported C header) and chromium
-#     (the test that opens the sweep report in a headless browser).
+#   - g++, and clq's native depthwise kernel built with it (clq/model/native.py),
+#   - with --dev, the test dependencies too and chromium (the test that opens the sweep report in a headless
+#     browser); the test that compiles the exported C header uses the compiler above.
 # Idempotent: re-running skips what is already in place (the venv is keyed by a hash of pyproject.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +21,10 @@ if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
 
-if [[ -n "$extras" ]] && ! command -v gcc >/dev/null 2>&1; then
-  echo "setup: installing Debian package gcc (tests compile the exported C header)"
+if ! command -v g++ >/dev/null 2>&1; then
+  echo "setup: installing Debian package g++ (clq's native depthwise kernel; tests compile the exported C header)"
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq gcc >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq g++ >/dev/null
 fi
 
 if [[ -n "$extras" ]] && ! command -v chromium >/dev/null 2>&1; then
@@ -54,6 +55,8 @@ if [[ ! -f "$stamp" ]]; then
   .venv/bin/python -c "import clq, jax, flax, optax, hydra, wandb${extras:+, pytest, hypothesis, torch}"
   touch "$stamp"
 fi
+# clq's native depthwise kernel (clq/model/native.py), built for this machine now rather than in the first run.
+.venv/bin/python -c "from clq.model.native import build; build()"
 # ImageNet MobileNet-V1 weights (model=mobilenet_v1_imagenet, the CORe50 paper experiment and the tests).
 bash scripts/fetch_weights.sh
 echo "setup: ready"

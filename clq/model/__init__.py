@@ -1,4 +1,4 @@
-"""The network: layer specs (single source of truth) and the pure forward pass."""
+"""The network: layer specs (single source of truth), the pure forward pass, and its native CPU kernel."""
 
 from clq.model.forward import (
     BN_EPS,
@@ -10,6 +10,7 @@ from clq.model.forward import (
     init_params,
     linear_op,
 )
+from clq.model.native import depthwise_weight_grad, native_available, use_native
 from clq.model.specs import (
     CLASSIFIER_INDEX,
     LAYER_KINDS,
@@ -22,5 +23,6 @@ from clq.model.specs import (
 
 __all__ = [
     "BN_EPS", "batch_renorm", "fold_batch_norm", "forward", "forward_bn", "forward_norm", "init_params", "linear_op",
+    "depthwise_weight_grad", "native_available", "use_native",
     "CLASSIFIER_INDEX", "LAYER_KINDS", "LayerSpec", "mobilenet_v1_specs", "num_params", "split_specs", "validate_latent_layer",
 ]

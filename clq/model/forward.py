@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from clq.model.native import depthwise_weight_grad
 from clq.model.specs import LayerSpec
 
 __all__ = [
@@ -149,7 +150,8 @@ def _depthwise(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     fuses them with the ops that produce that gradient, recomputing those K*K times; for stride 1 the input
     gradient is the same depthwise conv of the output gradient with the flipped kernel (measured in
     docs/performance.md, "What got the adaptive step there"); otherwise (strided) it is summed phase by phase
-    (`_phase_transpose`).
+    (`_phase_transpose`). The weight gradient is clq's native CPU kernel where available
+    (`clq.model.native.depthwise_weight_grad`).
     """
     return _depthwise_taps(x, w, stride)
 
@@ -161,15 +163,13 @@ def _depthwise_fwd(x, w, stride):
 def _depthwise_bwd(stride, res, g):
     x, w = res
     k = w.shape[0]
-    _, h, wd, c = x.shape
-    g_rows = g.reshape(-1, c)
-    # dL/dw[kh, kw] = sum over output pixels of (input slice of tap (kh, kw)) * g, as [B*H'*W', C] rows.
-    dw = jnp.stack([jnp.sum(sl.reshape(-1, c) * g_rows, axis=0) for sl in im2col_taps(x, k, stride)])
+    _, h, wd, _ = x.shape
+    dw = depthwise_weight_grad(x, g, k, stride)  # one pass (native kernel) where available
     if stride == 1 and k % 2 == 1:
         # 'SAME' padding of an odd kernel at stride 1 is symmetric: the transpose is a correlation with the
         # kernel flipped in both spatial axes, under the same padding.
-        return _depthwise_taps(g, w[::-1, ::-1], 1), dw.reshape(w.shape)
-    return _phase_transpose(g, w, stride, h, wd), dw.reshape(w.shape)
+        return _depthwise_taps(g, w[::-1, ::-1], 1), dw
+    return _phase_transpose(g, w, stride, h, wd), dw
 
 
 def _shifted(a: jax.Array, d: int, size: int, axis: int) -> jax.Array:

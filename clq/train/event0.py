@@ -56,8 +56,12 @@ class FirstEvent(NamedTuple):
 
 def _code_version() -> str:
     """Hash of the source of the modules that train event 0 and of what runs them (`code_version`)."""
-    return code_version("clq-event0-code", ("clq.train.first_event", "clq.model.forward", "clq.model.specs",
-                                            "clq.train.norm", "clq.train.event"))
+    from clq.model.native import native_fingerprint
+
+    # The native depthwise kernel (or XLA's form, where it is unavailable) is part of the code that trains it.
+    return code_version(f"clq-event0-code-{native_fingerprint()}",
+                        ("clq.train.first_event", "clq.model.forward", "clq.model.native", "clq.model.specs",
+                         "clq.train.norm", "clq.train.event"))
 
 
 def event0_key(stream, specs: Sequence[LayerSpec], latent_layer: int, train: TrainConfig, seed: int,

@@ -38,22 +38,27 @@ def population_bn_stats(specs, params, bn_stats, images: np.ndarray, batch_size:
 
     The statistics of layer k are taken with layers < k already normalised by their own batch statistics,
     i.e. the network exactly as trained; means and second moments are averaged over equal-size batches.
+    Returns float32 {"mean": [C], "var": [C]} per layer with BN ({} for the others).
     """
     # Parameters as arguments, not constants of the program: the compilation cache then serves every seed.
     fn = jax.jit(lambda p, s, x: forward_bn(specs, p, s, _to_input(x), train=True)[1])
     n = (len(images) // batch_size) * batch_size or len(images)
+    # The moments are summed on the host in float32, one numpy operation per layer and batch: the same IEEE
+    # operations, in the same order, as summing them with JAX arrays op by op, without the ~3,700 dispatches of
+    # one-op programs that cost event 0 of the default experiment ~0.3 s (the per-batch program is unchanged).
+    batches = [fn(params, bn_stats, jnp.asarray(images[start : start + batch_size]))
+               for start in range(0, n, batch_size)]
     sums = None
-    count = 0
-    for start in range(0, n, batch_size):
-        st = fn(params, bn_stats, jnp.asarray(images[start : start + batch_size]))
-        moments = [{"mean": d["mean"], "sq": d["var"] + d["mean"] ** 2} if d else {} for d in st]
-        sums = moments if sums is None else jax.tree.map(jnp.add, sums, moments)
-        count += 1
+    for st in jax.device_get(batches):
+        moments = [(d["mean"], d["var"] + np.square(d["mean"])) if d else () for d in st]
+        sums = moments if sums is None else [tuple(a + b for a, b in zip(s, m)) for s, m in zip(sums, moments)]
+    count = len(batches)
     out = []
     for m in sums:
         if m:
-            mean = m["mean"] / count
-            out.append({"mean": mean, "var": jnp.maximum(m["sq"] / count - mean**2, 0.0)})
+            # In JAX, as before: XLA divides by the constant count with a different rounding than numpy's.
+            mean = jnp.asarray(m[0]) / count
+            out.append({"mean": mean, "var": jnp.maximum(jnp.asarray(m[1]) / count - mean**2, 0.0)})
         else:
             out.append({})
     return tuple(out)
