@@ -11,25 +11,26 @@ its kind:
 
 * ``ynn reduce`` / ``ynn dot``: reductions and matmuls that XLA's CPU backend hands to YNNPACK;
 * ``dot``: XLA's own matmuls; ``loop fusions``: elementwise work, slices and pads (depthwise taps,
-  batch-norm arithmetic);
+  batch-norm arithmetic); ``native kernel``: clq's depthwise weight gradient (`clq.model.native`);
 * ``threads busy``: kernel time summed over XLA's worker threads divided by the step's wall time (2.0 would
   be both cores busy all the time).
 
 Variants, timed against the current step in the same process (the machine is shared: only same-process ratios
 are meaningful):
 
-* ``previous``: the step before clq wrote out the backward pass of its pointwise and im2col convs
+* ``previous``: the same step with the depthwise weight gradient computed by XLA (K*K elementwise products, each
+  summed by a reduction) instead of clq's native kernel (`clq.model.native`): the step before that kernel.
+  Same function, other float32 summation order;
+* ``older``: that step, also before clq wrote out the backward pass of its pointwise and im2col convs
   (`clq.model.forward._pixel_matmul`): autodiff of their 4-D einsums (`autodiff_linear_op`, kept below). Same
-  values as the current step;
-* ``older``: that step, also before clq wrote out batch norm's backward pass (`clq.model.forward.batch_norm_train`)
-  and summed the strided depthwise input gradient phase by phase (`_phase_transpose`): autodiff of the batch-norm
-  formula, and a scatter that evaluates all 9 taps at every input pixel. Both are kept below;
+  values as ``previous``;
 * ``fusion_emitters_off``: the current program compiled with ``xla_cpu_use_fusion_emitters=false``;
 * any compiler switch given with ``--compile-options``.
 
-The older step rounds differently (the written-out backward sums in another order; XLA fuses the phase sums'
-products into FMAs): docs/performance.md says what that did to the default experiment, and why clq's default
-quantization equalizes the frozen stage since.
+``max_param_diff_vs_current`` is how far each variant's parameters are from the current step's after one epoch
+program on these random images and labels. It is not a test of the kernel (tests/model/test_native.py compares
+the gradients): on noise, SGD at lr 0.05 amplifies a rounding-level difference at step 1 to a different
+trajectory within a few steps, while ``previous`` and ``older`` agree with each other exactly.
 Writes ``bench/results/event0_profile.json``.
 """
 

@@ -3,6 +3,7 @@
 from clq.model.forward import (
     BN_EPS,
     batch_renorm,
+    depthwise_weight_grad,
     fold_batch_norm,
     forward,
     forward_bn,
@@ -10,7 +11,7 @@ from clq.model.forward import (
     init_params,
     linear_op,
 )
-from clq.model.native import depthwise_weight_grad, native_available, use_native
+from clq.model.native import native_available, use_native
 from clq.model.specs import (
     CLASSIFIER_INDEX,
     LAYER_KINDS,

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from clq.model.native import depthwise_weight_grad
+from clq.model.native import depthwise_weight_grad_native, native_available
 from clq.model.specs import LayerSpec
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "same_padding",
     "im2col",
     "im2col_taps",
+    "depthwise_weight_grad",
     "forward_bn",
     "batch_norm_train",
     "forward_norm",
@@ -151,7 +152,7 @@ def _depthwise(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     gradient is the same depthwise conv of the output gradient with the flipped kernel (measured in
     docs/performance.md, "What got the adaptive step there"); otherwise (strided) it is summed phase by phase
     (`_phase_transpose`). The weight gradient is clq's native CPU kernel where available
-    (`clq.model.native.depthwise_weight_grad`).
+    (`depthwise_weight_grad`).
     """
     return _depthwise_taps(x, w, stride)
 
@@ -170,6 +171,33 @@ def _depthwise_bwd(stride, res, g):
         # kernel flipped in both spatial axes, under the same padding.
         return _depthwise_taps(g, w[::-1, ::-1], 1), dw
     return _phase_transpose(g, w, stride, h, wd), dw
+
+
+def depthwise_weight_grad(x: jax.Array, g: jax.Array, k: int, stride: int) -> jax.Array:
+    """Weight gradient of a KxK depthwise conv under TF 'SAME' padding.
+
+    ``dw[kh, kw, 0, c] = sum_{b, i, j} x_pad[b, i*stride + kh, j*stride + kw, c] * g[b, i, j, c]``.
+
+    Args:
+      x: float32 [B, H, W, C], the conv's input; g: float32 [B, H', W', C], the gradient of its output.
+      k: kernel size; stride: 1 or 2.
+    Returns:
+      float32 [K, K, 1, C]: clq's native CPU kernel where available (`clq.model.native`: one pass over x and g),
+      else, and on other platforms, XLA's K*K products of [B*H'*W', C] rows and their sums. The same values up
+      to float32 summation order.
+    """
+    c = x.shape[-1]
+
+    def xla(x, g):
+        g_rows = g.reshape(-1, c)
+        taps = [jnp.sum(sl.reshape(-1, c) * g_rows, axis=0) for sl in im2col_taps(x, k, stride)]
+        return jnp.stack(taps).reshape(k, k, 1, c)
+
+    if not native_available():
+        return xla(x, g)
+    pad_top, pad_left = same_padding(x.shape[1], k, stride)[0], same_padding(x.shape[2], k, stride)[0]
+    return jax.lax.platform_dependent(
+        x, g, cpu=lambda x, g: depthwise_weight_grad_native(x, g, k, stride, pad_top, pad_left), default=xla)
 
 
 def _shifted(a: jax.Array, d: int, size: int, axis: int) -> jax.Array:

@@ -8,8 +8,9 @@ kernel in ``csrc/depthwise.cc`` reads the input and the output gradient once and
 How it gets here: on first use the source is compiled with the system's C++ compiler (``g++``, installed by
 ``scripts/setup.sh``) against the XLA FFI headers that jaxlib ships, into ``$CLQ_NATIVE_DIR`` (default
 ``~/.cache/clq/native``) under a key of everything the binary depends on (source, flags, compiler, jaxlib,
-this CPU's instruction set); `scripts/setup.sh` builds it ahead of the first run (`build`). Where it cannot be had (no compiler, a failed build, ``CLQ_NATIVE=0``) clq warns once and
-computes the gradient with XLA as before; on other platforms (a GPU) XLA's form is used
+this CPU's instruction set); `scripts/setup.sh` builds it ahead of the first run (`build`). Where it cannot be
+had (no compiler, a failed build, ``CLQ_NATIVE=0``) clq warns once and computes the gradient with XLA as before;
+on other platforms (a GPU) XLA's form is used. `clq.model.forward.depthwise_weight_grad` makes that choice
 (`jax.lax.platform_dependent`). The two forms give the same values up to float32 summation order; the kernel's
 own order is fixed (`PARTS`), so a run's numbers do not depend on the thread count.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import functools
 import hashlib
 import os
 import platform
@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["depthwise_weight_grad", "native_available", "native_fingerprint", "use_native", "build", "PARTS"]
+__all__ = ["depthwise_weight_grad_native", "native_available", "native_fingerprint", "use_native", "build", "PARTS"]
 
 #: The batch of one weight gradient is summed in this many fixed parts (run on the XLA CPU thread pool), then the
 #: parts are added in order: the numbers do not depend on how many threads there are.
@@ -156,40 +156,20 @@ def use_native(enabled: bool):
         _enabled[0] = before
 
 
-def _weight_grad_xla(x: jax.Array, g: jax.Array, k: int, stride: int) -> jax.Array:
-    from clq.model.forward import im2col_taps
+def depthwise_weight_grad_native(x: jax.Array, g: jax.Array, k: int, stride: int, pad_top: int,
+                                 pad_left: int) -> jax.Array:
+    """The native kernel's call (CPU only; `native_available` must be True when it is traced).
 
-    c = x.shape[-1]
-    g_rows = g.reshape(-1, c)
-    # dL/dw[kh, kw] = sum over output pixels of (input slice of tap (kh, kw)) * g, as [B*H'*W', C] rows.
-    dw = jnp.stack([jnp.sum(sl.reshape(-1, c) * g_rows, axis=0) for sl in im2col_taps(x, k, stride)])
-    return dw.reshape(k, k, 1, c)
-
-
-def _weight_grad_native(x: jax.Array, g: jax.Array, k: int, stride: int) -> jax.Array:
-    from clq.model.forward import same_padding
-
-    _, h, w, c = x.shape[-4:]
-    call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct((*x.shape[:-4], k, k, 1, c), jnp.float32),
-                            vmap_method="broadcast_all")
-    return call(x, g, stride=np.int64(stride), pad_top=np.int64(same_padding(h, k, stride)[0]),
-                pad_left=np.int64(same_padding(w, k, stride)[0]), parts=np.int64(PARTS))
-
-
-def depthwise_weight_grad(x: jax.Array, g: jax.Array, k: int, stride: int) -> jax.Array:
-    """Weight gradient of a KxK depthwise conv under TF 'SAME' padding.
-
-    ``dw[kh, kw, 0, c] = sum_{b, i, j} x_pad[b, i*stride + kh, j*stride + kw, c] * g[b, i, j, c]``.
+    ``dw[kh, kw, 0, c] = sum_{b, i, j} x[b, i*stride + kh - pad_top, j*stride + kw - pad_left, c] * g[b, i, j, c]``,
+    taps outside x counting as zeros (TF 'SAME' padding with the given top and left pads).
 
     Args:
-      x: float32 [B, H, W, C], the conv's input; g: float32 [B, H', W', C], the gradient of its output.
-      k: kernel size; stride: 1 or 2.
+      x: float32 [..., B, H, W, C], the conv's input; g: float32 [..., B, H', W', C], the gradient of its output
+        (leading dimensions: independent problems, as `vmap` passes them).
     Returns:
-      float32 [K, K, 1, C]: the native kernel on the CPU where available (`native_available`), else XLA's K*K
-      products and reductions.
+      float32 [..., K, K, 1, C].
     """
-    xla = functools.partial(_weight_grad_xla, k=k, stride=stride)
-    if not native_available():
-        return xla(x, g)
-    return jax.lax.platform_dependent(x, g, cpu=functools.partial(_weight_grad_native, k=k, stride=stride),
-                                      default=xla)
+    call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct((*x.shape[:-4], k, k, 1, x.shape[-1]), jnp.float32),
+                            vmap_method="broadcast_all")
+    return call(x, g, stride=np.int64(stride), pad_top=np.int64(pad_top), pad_left=np.int64(pad_left),
+                parts=np.int64(PARTS))

@@ -1,4 +1,5 @@
-"""clq.model.native: the native depthwise weight gradient equals XLA's form, and clq falls back to it cleanly."""
+"""clq.model.native: the native depthwise weight gradient equals XLA's form (`clq.model.forward.depthwise_weight_grad`
+chooses), and clq falls back to it cleanly."""
 
 import os
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 
 from clq.model import mobilenet_v1_specs
 from clq.model import native
-from clq.model.forward import forward_bn, init_params
+from clq.model.forward import depthwise_weight_grad, forward_bn, init_params
 
 
 def test_the_kernel_is_built_here():
@@ -23,9 +24,9 @@ def test_the_kernel_is_built_here():
 
 def _both(x, g, k, stride):
     with native.use_native(True):
-        a = jax.jit(lambda x, g: native.depthwise_weight_grad(x, g, k, stride))(x, g)
+        a = jax.jit(lambda x, g: depthwise_weight_grad(x, g, k, stride))(x, g)
     with native.use_native(False):
-        b = jax.jit(lambda x, g: native.depthwise_weight_grad(x, g, k, stride))(x, g)
+        b = jax.jit(lambda x, g: depthwise_weight_grad(x, g, k, stride))(x, g)
     return np.asarray(a), np.asarray(b)
 
 
@@ -49,7 +50,7 @@ def test_native_weight_gradient_matches_xla(shape, k, stride):
 def test_native_weight_gradient_is_deterministic():
     x = jax.random.normal(jax.random.PRNGKey(0), (64, 16, 16, 32))
     g = jax.random.normal(jax.random.PRNGKey(1), (64, 16, 16, 32))
-    f = jax.jit(lambda x, g: native.depthwise_weight_grad(x, g, 3, 1))
+    f = jax.jit(lambda x, g: depthwise_weight_grad(x, g, 3, 1))
     first = np.asarray(f(x, g))
     for _ in range(3):
         np.testing.assert_array_equal(np.asarray(f(x, g)), first)
@@ -59,12 +60,12 @@ def test_native_weight_gradient_under_vmap_equals_each_member():
     """A compiled sweep vmaps the learning step over its members; only x may be batched (shared g) or both."""
     x = jax.random.normal(jax.random.PRNGKey(2), (3, 4, 6, 6, 8))
     g = jax.random.normal(jax.random.PRNGKey(3), (3, 4, 3, 3, 8))
-    f = jax.jit(jax.vmap(lambda x, g: native.depthwise_weight_grad(x, g, 3, 2)))
+    f = jax.jit(jax.vmap(lambda x, g: depthwise_weight_grad(x, g, 3, 2)))
     both = np.asarray(f(x, g))
-    shared = np.asarray(jax.jit(jax.vmap(lambda x: native.depthwise_weight_grad(x, g[0], 3, 2)))(x))
+    shared = np.asarray(jax.jit(jax.vmap(lambda x: depthwise_weight_grad(x, g[0], 3, 2)))(x))
     for m in range(3):
-        np.testing.assert_array_equal(both[m], np.asarray(native.depthwise_weight_grad(x[m], g[m], 3, 2)))
-        np.testing.assert_array_equal(shared[m], np.asarray(native.depthwise_weight_grad(x[m], g[0], 3, 2)))
+        np.testing.assert_array_equal(both[m], np.asarray(depthwise_weight_grad(x[m], g[m], 3, 2)))
+        np.testing.assert_array_equal(shared[m], np.asarray(depthwise_weight_grad(x[m], g[0], 3, 2)))
 
 
 def test_whole_network_gradient_in_a_scan_matches_xla():
@@ -93,11 +94,12 @@ def test_without_a_compiler_clq_warns_once_and_uses_xla(tmp_path):
     code = textwrap.dedent("""
         import warnings, jax, numpy as np
         from clq.model import native
+        from clq.model.forward import depthwise_weight_grad
         with warnings.catch_warnings(record=True) as seen:
             warnings.simplefilter("always")
             x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 3))
-            a = jax.jit(lambda x: native.depthwise_weight_grad(x, x, 3, 1))(x)
-            b = jax.jit(lambda x: native.depthwise_weight_grad(x, 2 * x, 3, 1))(x)
+            a = jax.jit(lambda x: depthwise_weight_grad(x, x, 3, 1))(x)
+            b = jax.jit(lambda x: depthwise_weight_grad(x, 2 * x, 3, 1))(x)
         print(native.native_available(), native.native_fingerprint(), len(seen))
         print(seen[0].message)
         np.testing.assert_allclose(np.asarray(b), 2 * np.asarray(a), rtol=1e-6)
