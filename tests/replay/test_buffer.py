@@ -30,11 +30,12 @@ def test_buffer_never_returns_unwritten_slots(policy, size, sizes, bits, seed):
     rng = np.random.default_rng(seed)
     codec = make_latent_codec(bits, 4.0)
     buf = make_replay_buffer(size, SHAPE, codec, policy, num_classes=6)
+    add = jax.jit(buf.add)  # one compiled program per example instead of hundreds of one-op dispatches per add
     state = buf.init()
     written = []
     for i, n in enumerate(sizes):
         x, y, valid = _event(rng, n, 9, [0, 1, 2, 3, 4])
-        state = buf.add(state, x, y, valid, jax.random.PRNGKey(seed + i))
+        state = add(state, x, y, valid, jax.random.PRNGKey(seed + i))
         written.append(np.asarray(codec.decode(codec.encode(x[valid]))))
         assert state.latents.dtype == (jnp.float32 if bits is None else jnp.uint32)  # packed words
         assert state.labels.dtype == jnp.int32
@@ -42,7 +43,7 @@ def test_buffer_never_returns_unwritten_slots(policy, size, sizes, bits, seed):
     assert filled.sum() == min(size, sum(sizes))
     assert set(np.asarray(state.labels)[filled]) <= {0, 1, 2, 3, 4}  # never padding, never empty (-1)
     assert np.all(np.asarray(state.labels)[~filled] == -1)
-    xs, ys = buf.sample(state, jax.random.PRNGKey(99), 64)
+    xs, ys = jax.jit(buf.sample, static_argnums=2)(state, jax.random.PRNGKey(99), 64)
     assert np.all(np.asarray(ys) >= 0)
     seen = np.concatenate(written).reshape(-1, int(np.prod(SHAPE)))
     for row in np.asarray(xs).reshape(64, -1):  # every sample is a latent that was really added
