@@ -9,3 +9,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # computation. The tests of the defaults themselves set these variables per test.
 os.environ.setdefault("CLQ_EVENT0_CACHE_DIR", "")
 os.environ.setdefault("CLQ_LATENT_CACHE_DIR", "")
+
+# Tests that run whole experiments in subprocesses (20-40 s each) go first. Under `pytest -n 2` a long test that
+# starts last leaves the other worker idle at the end; first, the short ones fill in around it. The order within
+# each group stays the collection order.
+_LONG_FIRST = ("tests/test_run.py", "tests/test_reliability.py", "tests/sweeps/", "tests/test_core50_run.py",
+               "tests/test_vsweep.py", "tests/test_newcomer.py", "tests/test_perf.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not item.nodeid.startswith(_LONG_FIRST))
