@@ -77,7 +77,7 @@ def _build_key(cxx: str) -> str:
     return h.hexdigest()[:24]
 
 
-def build(verbose: bool = False) -> str:
+def build() -> str:
     """Compile the kernel (if this machine's binary is not there yet) and return the shared library's path.
 
     Raises:
@@ -96,8 +96,6 @@ def build(verbose: bool = False) -> str:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
     os.close(fd)
     cmd = [cxx, *_FLAGS, f"-I{jax.ffi.include_dir()}", _SOURCE, "-o", tmp]
-    if verbose:
-        print("building clq's native depthwise kernel:", " ".join(cmd))
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.SubprocessError) as e:
@@ -120,9 +118,10 @@ def _load() -> bool:
             _state["ok"], _state["why"] = False, "CLQ_NATIVE=0"
             return False
         try:
-            lib = ctypes.cdll.LoadLibrary(build())
+            path = build()
+            lib = ctypes.cdll.LoadLibrary(path)
             jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(getattr(lib, _SYMBOL)), platform="cpu")
-            _state["ok"] = True
+            _state["ok"], _state["binary"] = True, os.path.basename(path)
         except (RuntimeError, OSError, AttributeError) as e:
             _state["ok"], _state["why"] = False, str(e)
             warnings.warn(f"clq: the native depthwise kernel is unavailable ({e}); the depthwise weight gradient "
@@ -137,11 +136,9 @@ def native_available() -> bool:
 
 
 def native_fingerprint() -> str:
-    """What the depthwise weight gradient is computed with, for cache keys: the kernel's source hash, or 'xla'."""
-    if not native_available():
-        return "xla"
-    with open(_SOURCE, "rb") as f:
-        return f"native-{PARTS}-" + hashlib.sha256(f.read()).hexdigest()[:16]
+    """What the depthwise weight gradient is computed with, for cache keys: the kernel's binary (its name is the
+    key of source, flags, compiler, jaxlib and CPU: another CPU's build may round otherwise), or 'xla'."""
+    return f"native-{PARTS}-{_state['binary']}" if native_available() else "xla"
 
 
 @contextlib.contextmanager
