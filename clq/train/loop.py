@@ -2,8 +2,9 @@
 
 1. Event 0: train the whole network on the first experience, fold batch norm.
 2. Calibrate and quantize the frozen stage (layers 0..l) on the first experience's images.
-3. Compute test latents once; compute each training image's latent once, when its event arrives (the
-   frozen stage never changes again, so nothing is recomputed).
+3. Compute test latents once; compute each training image's latent once (the frozen stage never changes
+   again, so nothing is recomputed), the later events' ahead of their arrival, many events per call
+   (`clq.train.frozen_stage.latents_ahead`).
 4. The learner (`clq.learn`) starts from event 0's latents (buffer filled, strategy applied); then every
    later event is one compiled learner step (strategy, training, buffer update; the state donated), followed
    by an evaluation on the cached test latents. A checkpoint is the learner's state.
@@ -35,7 +36,7 @@ from clq.train.latent_cache import with_latent_cache
 from clq.train.event import all_finite, make_learning_event, make_optimizer, minibatch_composition
 from clq.train.event0 import first_event, network_shapes
 from clq.train.norm import make_adaptive_norm
-from clq.train.frozen_stage import FrozenStage, check_quantization, make_frozen_stage
+from clq.train.frozen_stage import FrozenStage, check_quantization, latents_ahead, make_frozen_stage
 from clq.train.record import History, buffer_record, event_fields, latent_record
 
 # One jitted reduction over an event's losses and the learning state after it: one check instead of one per leaf.
@@ -275,11 +276,13 @@ def run_continual(
                 hist.restore(r)
             first = done + 1
 
-        # 4. Learning events 1.. : one compiled learner step each (`clq.learn`), state donated.
+        # 4. Learning events 1.. : one compiled learner step each (`clq.learn`), state donated. Their latents are
+        # computed ahead, many events per call of the frozen stage (`latents_ahead`).
+        ahead = latents_ahead(frozen.latents, stream.train_images, stream.experiences[first:], codes0[0].nbytes)
         for i in range(first, stream.num_events):
             idx = stream.experiences[i]
             with timer("frozen_pass_s"):
-                codes = frozen.latents(stream.train_images[idx])
+                codes = next(ahead)
             n_new = len(idx)
             pad = n_max - n_new
             new_x = np.concatenate([codes, np.zeros((pad, *latent_shape), codes.dtype)]) if pad else codes
@@ -345,15 +348,18 @@ def _joint(stream, frozen, params, adaptive_specs, train: TrainConfig, run_eval,
     """Upper bound: the same frozen stage; the adaptive stage (from its post-event-0 state) trained i.i.d.
     on the latents of the whole stream for `train.joint_epochs` epochs, no replay.
 
-    Latents are computed one experience at a time (lazy image sources are never decoded whole) and kept in
-    the frozen stage's dtype; the FP32 copy the compiled training needs must fit in memory.
+    Latents are computed as the run computes them, event 0's, then the later events' ahead in bounded calls
+    (`latents_ahead`; lazy image sources are never decoded whole, and a latent cache serves the run's own), and
+    kept in the frozen stage's dtype; the FP32 copy the compiled training needs must fit in memory.
     """
     idx = np.concatenate(stream.experiences)
     need = len(idx) * int(np.prod(adaptive_specs[0].in_shape)) * 4
     if need > JOINT_MAX_BYTES:
         raise ValueError(f"joint_upper_bound needs {need / 1e9:.1f} GB of FP32 latents for {len(idx)} images, "
                          f"more than {JOINT_MAX_BYTES / 1e9:.0f} GB; set joint_upper_bound=false or cut later")
-    codes = np.concatenate([frozen.latents(stream.train_images[e]) for e in stream.experiences])
+    exp = stream.experiences
+    codes0 = frozen.latents(stream.train_images[exp[0]])
+    codes = np.concatenate([codes0, *latents_ahead(frozen.latents, stream.train_images, exp[1:], codes0[0].nbytes)])
     x = jnp.asarray(codes, jnp.float32) * frozen.scale
     y = jnp.asarray(stream.train_labels[idx])
     empty = make_replay_buffer(0, tuple(x.shape[1:]), make_latent_codec(None, 1.0), "ar1", stream.num_classes)

@@ -50,7 +50,7 @@ from clq.train.evaluate import EvalLatents, count_hits, make_hits, pad_eval_late
 from clq.train.event import Composition, all_finite, make_optimizer, minibatch_composition
 from clq.train.norm import AdaptiveNorm, make_adaptive_norm
 from clq.train.event0 import first_event
-from clq.train.frozen_stage import check_quantization
+from clq.train.frozen_stage import check_quantization, latents_ahead
 
 __all__ = ["SweepData", "SweepResult", "Prepared", "Outputs", "GroupProgram", "make_group_program", "group_program", "lr_scales", "make_sweep", "sweep_data", "prepare_sweep",
            "shared_composition"]
@@ -141,8 +141,10 @@ def sweep_data(stream, frozen, eval_chunk: int = 1000) -> SweepData:
     latent_shape = codes0.shape[1:]
     ev_codes = np.zeros((len(later), n_max, *latent_shape), codes0.dtype)
     ev_labels = np.zeros((len(later), n_max), np.int32)
-    for j, idx in enumerate(later):
-        ev_codes[j, : len(idx)] = frozen.latents(stream.train_images[idx])
+    # Many events per call of the frozen stage, as a single run computes them (`latents_ahead`).
+    ahead = latents_ahead(frozen.latents, stream.train_images, later, codes0[0].nbytes)
+    for j, (idx, codes) in enumerate(zip(later, ahead)):
+        ev_codes[j, : len(idx)] = codes
         ev_labels[j, : len(idx)] = stream.train_labels[idx]
     test = pad_eval_latents(frozen.latents(stream.test_images), stream.test_labels, stream.test_sessions, eval_chunk)
     return SweepData(codes0, stream.train_labels[exp[0]].astype(np.int32), ev_codes, ev_labels,
