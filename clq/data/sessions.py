@@ -48,6 +48,12 @@ def to_canvas(x: np.ndarray, image_size: int, scale: float = 0.875) -> np.ndarra
     Returns:
       float32 [N, image_size, image_size, 3] in 0..255.
     """
+    canvas = _canvas(x, image_size, scale)
+    return np.repeat(canvas, 3, axis=-1) if canvas.shape[-1] == 1 else canvas
+
+
+def _canvas(x: np.ndarray, image_size: int, scale: float) -> np.ndarray:
+    """`to_canvas` before grey images become RGB: float32 [N, image_size, image_size, C], C as in `x`."""
     x = _to_float_nhwc(x)
     n, h, w, c = x.shape
     side = max(1, int(round(image_size * scale)))
@@ -58,8 +64,6 @@ def to_canvas(x: np.ndarray, image_size: int, scale: float = 0.875) -> np.ndarra
     top = (image_size - x.shape[1]) // 2
     left = (image_size - x.shape[2]) // 2
     canvas[:, top : top + x.shape[1], left : left + x.shape[2]] = np.clip(x, 0, 255)
-    if c == 1:
-        canvas = np.repeat(canvas, 3, axis=-1)
     return canvas
 
 
@@ -82,10 +86,9 @@ def render_session(x: np.ndarray, session: str, image_size: int) -> np.ndarray:
     """
     if session not in SESSIONS:
         raise ValueError(f"data.sessions entries must be among {list(SESSIONS)}, got {session!r}")
-    if session == "small":
-        canvas = to_canvas(x, image_size, scale=0.875 * 0.65)
-    else:
-        canvas = to_canvas(x, image_size)
+    # Grey images stay one channel until the end (a third of the work): every nuisance but texture and tint acts
+    # on each channel alike, and those two broadcast a grey canvas to RGB with the same values as an RGB one.
+    canvas = _canvas(x, image_size, 0.875 * 0.65 if session == "small" else 0.875)
     if session == "dim":
         canvas = canvas * 0.5
     elif session == "low_contrast":
@@ -102,4 +105,5 @@ def render_session(x: np.ndarray, session: str, image_size: int) -> np.ndarray:
         canvas = canvas * np.array([1.0, 0.6, 0.25], np.float32)
     elif session == "flip":
         canvas = canvas[:, :, ::-1]
-    return np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+    out = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+    return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out

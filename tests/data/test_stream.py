@@ -63,6 +63,16 @@ def test_sessions_are_distinct_nuisances(session):
     assert (session == "clean") == np.array_equal(out, clean)
 
 
+@pytest.mark.parametrize("session", SESSIONS)
+@pytest.mark.parametrize("size", [32, 19])
+def test_grey_images_render_as_their_rgb_copies(session, size):
+    """Grey images are rendered on one channel until the end (a third of the work); the pixels must be those of
+    the same images given as RGB with three equal channels, which take the three-channel path throughout."""
+    grey = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    np.testing.assert_array_equal(render_session(grey, session, size),
+                                  render_session(np.repeat(grey[..., None], 3, axis=-1), session, size))
+
+
 def test_arrays_dataset(tmp_path):
     x, y, xt, yt = _toy()
     p = tmp_path / "d.npz"
