@@ -65,7 +65,10 @@ def test_crash_and_resume_is_bit_identical(tiny, ref, tmp_path):
 
     with pytest.raises(Crash):
         _run(tiny, checkpoint_dir=ck, on_event=crash_at(6), fingerprint="f")
-    assert sorted(os.listdir(ck)) == ["ckpt-000005.json", "ckpt-000005.npz"]  # the last complete one only
+    # The last complete one only, and the folded network all checkpoints of the run share.
+    files = sorted(os.listdir(ck))
+    assert files[:2] == ["ckpt-000005.json", "ckpt-000005.npz"] and len(files) == 3
+    assert files[2].startswith("ckpt-static-")
     seen = []
     res = _run(tiny, checkpoint_dir=ck, fingerprint="f", on_event=lambda i, r: seen.append(i))
     assert res["resumed_from_event"] == 5 and seen == list(range(len(ref["accuracy_per_event"])))
@@ -290,3 +293,46 @@ def test_starting_over_in_a_folder_with_later_checkpoints_keeps_the_new_ones(tmp
                                             "ckpt-000002.npz"]
     with open(tmp_path / "ckpt-000001.json") as f:
         assert json.load(f)["meta"]["rows"] == [{"event": 1}]
+
+
+def test_static_trees_are_written_once_and_restored_with_every_checkpoint(tmp_path):
+    """`CheckpointWriter.save(static=...)`: trees that stay the same arrays (a run's folded network) go to one
+    content-addressed file that every record names; each checkpoint restores them, a damaged static file makes
+    its checkpoints unreadable like a damaged one of their own, and pruning drops static files nobody names."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from clq.train.checkpoint import CheckpointWriter, load_checkpoint
+
+    frozen = {"w": jnp.arange(6.0), "b": jnp.ones(2)}
+    template = {"frozen": {"w": jnp.zeros(6), "b": jnp.zeros(2)}, "a": {"w": jnp.zeros(3)}}
+    with CheckpointWriter() as writer:
+        for i in range(3):
+            writer.save(str(tmp_path), i, {"a": {"w": jnp.full(3, float(i))}}, {"i": i}, keep=2,
+                        static={"frozen": frozen})
+            if i == 0:
+                writer.wait()
+                written = [f for f in os.listdir(tmp_path) if f.startswith("ckpt-static-")]
+                assert len(written) == 1
+                first = os.stat(tmp_path / written[0]).st_mtime_ns
+    static = [f for f in os.listdir(tmp_path) if f.startswith("ckpt-static-")]
+    assert static == written and os.stat(tmp_path / static[0]).st_mtime_ns == first  # not rewritten
+    assert sorted(f for f in os.listdir(tmp_path) if not f.startswith("ckpt-static-")) == [
+        "ckpt-000001.json", "ckpt-000001.npz", "ckpt-000002.json", "ckpt-000002.npz"]
+    with np.load(tmp_path / "ckpt-000002.npz") as z:
+        assert not any(k.startswith("frozen/") for k in z.files)  # the per-event file holds only the rest
+    event, trees, meta = load_checkpoint(str(tmp_path), template)
+    assert event == 2 and meta == {"i": 2} and float(trees["a"]["w"][0]) == 2.0
+    np.testing.assert_array_equal(trees["frozen"]["w"], np.arange(6.0))
+
+    # New arrays (another network) are written again, and the file no kept record names is pruned.
+    with CheckpointWriter() as writer:
+        writer.save(str(tmp_path), 3, {"a": {"w": jnp.full(3, 3.0)}}, {"i": 3}, keep=1,
+                    static={"frozen": {"w": jnp.full(6, 7.0), "b": jnp.ones(2)}})
+    assert len([f for f in os.listdir(tmp_path) if f.startswith("ckpt-static-")]) == 1
+    assert float(load_checkpoint(str(tmp_path), template)[1]["frozen"]["w"][0]) == 7.0
+
+    # A damaged static file: the checkpoint naming it is not read.
+    (s,) = [f for f in os.listdir(tmp_path) if f.startswith("ckpt-static-")]
+    (tmp_path / s).write_bytes((tmp_path / s).read_bytes()[:-10])
+    assert load_checkpoint(str(tmp_path), template) is None

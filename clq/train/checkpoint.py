@@ -3,11 +3,13 @@
 A checkpoint after event i is two files in the checkpoint folder:
 
 * ``ckpt-<i>.npz``: every array leaf of the saved pytrees, named ``<tree>/<key path>``;
-* ``ckpt-<i>.json``: the metadata (event index, metrics so far, ...) and the SHA-256 of the `.npz`.
+* ``ckpt-<i>.json``: the metadata (event index, metrics so far, ...) and the SHA-256 of the `.npz`;
+* with `CheckpointWriter.save`'s ``static`` trees (a run's frozen network, the same after every event), also
+  ``ckpt-static-<hash>.npz``, written once and named, with its SHA-256, by every record that uses it.
 
 Both are written to temporary names and renamed; the JSON goes last and is the commit record, so a process
 killed at any moment leaves either the previous complete checkpoint or the new one, never a half-written one
-that could be read. Loading verifies the checksum and falls back to the newest checkpoint that verifies.
+that could be read. Loading verifies the checksums and falls back to the newest checkpoint that verifies.
 Pytrees are restored onto templates (freshly initialised structures of the same shapes), so no Python
 objects are ever deserialised.
 """
@@ -15,6 +17,7 @@ objects are ever deserialised.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import glob
 import hashlib
 import io
@@ -22,7 +25,7 @@ import json
 import os
 import re
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -32,6 +35,7 @@ from clq.atomic import atomic_file
 __all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "CheckpointWriter"]
 
 _NAME = re.compile(r"ckpt-(\d+)\.json$")
+_STATIC_PREFIX = "ckpt-static-"
 
 
 class CheckpointError(RuntimeError):
@@ -57,17 +61,43 @@ def _host_arrays(trees: dict[str, Any]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _write(folder: str, event: int, arrays: dict[str, np.ndarray], meta: dict, keep: int) -> str:
-    """Commit one checkpoint: the `.npz`, then its JSON record, then drop all but the newest `keep`."""
-    os.makedirs(folder, exist_ok=True)
-    npz = f"ckpt-{event:06d}.npz"
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> memoryview:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    data = buf.getbuffer()
+    return buf.getbuffer()
+
+
+class _Static(NamedTuple):
+    """The trees a run's checkpoints share (`CheckpointWriter.save`'s ``static``): one content-addressed `.npz`
+    that every checkpoint's record names with its SHA-256; `data` is None once the file is written."""
+
+    npz: str
+    sha256: str
+    data: memoryview | None
+
+
+def _static(trees: dict[str, Any]) -> _Static:
+    data = _npz_bytes(_host_arrays(trees))
+    sha = hashlib.sha256(data).hexdigest()
+    return _Static(f"{_STATIC_PREFIX}{sha[:32]}.npz", sha, data)
+
+
+def _write(folder: str, event: int, arrays: dict[str, np.ndarray], meta: dict, keep: int,
+           static: _Static | None = None) -> str:
+    """Commit one checkpoint: the `.npz` (and the shared static one, when it is new), then its JSON record, then
+    drop all but the newest `keep` and the static files no kept record names."""
+    os.makedirs(folder, exist_ok=True)
+    npz = f"ckpt-{event:06d}.npz"
+    if static is not None and static.data is not None:
+        with atomic_file(os.path.join(folder, static.npz)) as f:
+            f.write(static.data)
+    data = _npz_bytes(arrays)
     with atomic_file(os.path.join(folder, npz)) as f:
         f.write(data)
     # Hashed from memory, not by reading the file back; the file holds exactly these bytes.
     record = {"event": event, "npz": npz, "sha256": hashlib.sha256(data).hexdigest(), "meta": meta}
+    if static is not None:
+        record["static"] = {"npz": static.npz, "sha256": static.sha256}
     with atomic_file(os.path.join(folder, f"ckpt-{event:06d}.json"), "w") as f:
         json.dump(record, f)
     _prune(folder, event, keep)
@@ -89,6 +119,16 @@ def _prune(folder: str, event: int, keep: int) -> None:
             for p in (path, path[:-5] + ".npz"):
                 if os.path.exists(p):
                     os.unlink(p)
+    named = set()
+    for e in kept:
+        try:
+            with open(records[e]) as f:
+                named.add(json.load(f).get("static", {}).get("npz"))
+        except (OSError, ValueError, AttributeError):
+            pass  # an unreadable record is not loaded either
+    for p in glob.glob(os.path.join(folder, _STATIC_PREFIX + "*.npz")):
+        if os.path.basename(p) not in named:
+            os.unlink(p)
 
 
 def save_checkpoint(folder: str, event: int, trees: dict[str, Any], meta: dict, keep: int = 1) -> str:
@@ -115,13 +155,33 @@ class CheckpointWriter:
     def __init__(self):
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clq-checkpoint")
         self._pending: concurrent.futures.Future | None = None
+        self._static_leaves: list | None = None  # the `static` trees last serialized, and where they went
+        self._static_at: tuple[str, _Static] | None = None
 
-    def save(self, folder: str, event: int, trees: dict[str, Any], meta: dict, keep: int = 1) -> None:
+    def save(self, folder: str, event: int, trees: dict[str, Any], meta: dict, keep: int = 1,
+             static: dict[str, Any] | None = None) -> None:
+        """Checkpoint `trees` and `meta` as event `event` in `folder`, in the background.
+
+        `static`: trees (name -> pytree) that stay the same array objects from one save to the next, such as a
+        run's frozen network: written once, to a content-addressed `.npz` every later record names, and loaded
+        by `load_checkpoint` with the rest. They are serialized again when their arrays or the folder change.
+        """
         arrays = _host_arrays(trees)
         # A snapshot of the metadata as it is now (the run keeps appending to its rows), through JSON.
         meta = json.loads(json.dumps(meta))
+        shared = None
+        if static:
+            leaves = jax.tree_util.tree_leaves(static)
+            same = (self._static_leaves is not None and self._static_at[0] == folder
+                    and len(leaves) == len(self._static_leaves)
+                    and all(a is b for a, b in zip(leaves, self._static_leaves)))
+            if same:
+                shared = self._static_at[1]._replace(data=None)
+            else:
+                shared = _static(static)
+                self._static_leaves, self._static_at = leaves, (folder, shared)
         self.wait()
-        self._pending = self._pool.submit(_write, folder, event, arrays, meta, keep)
+        self._pending = self._pool.submit(_write, folder, event, arrays, meta, keep, shared)
 
     def wait(self) -> None:
         """Block until the checkpoint in flight is committed; raise its error if it failed."""
@@ -162,21 +222,25 @@ def load_checkpoint(folder: str, templates: dict[str, Any]):
         try:
             with open(rec_path) as f:
                 rec = json.load(f)
-            npz = os.path.join(folder, rec["npz"])
-            if not os.path.exists(npz) or _sha256(npz) != rec["sha256"]:
+            files = [(os.path.join(folder, rec["npz"]), rec["sha256"])]
+            if "static" in rec:
+                files.append((os.path.join(folder, rec["static"]["npz"]), rec["static"]["sha256"]))
+            if not all(os.path.exists(p) and _sha256(p) == sha for p, sha in files):
                 continue  # torn or corrupted: try the previous one
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             continue
-        with np.load(npz, allow_pickle=False) as data:
+        with contextlib.ExitStack() as stack:
+            parts = [stack.enter_context(np.load(p, allow_pickle=False)) for p, _ in files]
+            data = {k: part for part in parts for k in part.files}  # array name -> the file that holds it
             trees = {}
             for name, template in templates.items():
                 paths, treedef = jax.tree_util.tree_flatten_with_path(template)
                 leaves = []
                 for path, leaf in paths:
                     key = f"{name}/{jax.tree_util.keystr(path)}"
-                    if key not in data.files:
+                    if key not in data:
                         raise CheckpointError(f"{rec_path}: no array {key!r}; the config differs from the checkpoint's")
-                    arr = data[key]
+                    arr = data[key][key]
                     shape, dtype = tuple(leaf.shape), np.dtype(leaf.dtype)  # arrays or ShapeDtypeStructs
                     if arr.shape != shape or arr.dtype != dtype:
                         raise CheckpointError(f"{rec_path}: {key} is {arr.dtype}{arr.shape}, the config needs "
