@@ -284,6 +284,11 @@ def calibrate_activation_max(
         raise ValueError("calibration needs at least one batch of first-experience images")
     specs, params = tuple(specs), tuple(params)
     if config.activation_range == "minmax":
+        # A short last batch is filled up with copies of its first image, which leave its maximum as it is: one
+        # batch shape, one program to trace and load (the first experience is rarely a multiple of the batch).
+        size = max(len(xb) for xb in batches)
+        batches = [xb if len(xb) == size else np.concatenate([xb, np.repeat(xb[:1], size - len(xb), axis=0)])
+                   for xb in batches]
         with jax.default_matmul_precision("highest"):  # FP32 activations on accelerators too (no TF32)
             per_batch = [np.asarray(_layer_max(specs, params, jnp.asarray(xb)), np.float64) for xb in batches]
         a_max = np.max(per_batch, axis=0)

@@ -37,6 +37,24 @@ def test_fake_quant_frozen_stage_tracks_fp32(cfg, network):
     assert _sqnr_db(ref, codes * layers[-1].out_scale) > 10
 
 
+def test_minmax_calibration_of_a_short_last_batch_is_its_own_max_in_one_program(network):
+    """The last calibration batch is filled up with copies of its first image (one batch shape, one program):
+    every layer's a_max must still be the maximum over exactly the images given."""
+    from clq.quant.frozen import _layer_max, frozen_forward_fp32
+
+    specs, params, pixels = network(0.25, 32)
+    specs, params = tuple(specs[:14]), tuple(params[:14])
+    x = pixels.astype(np.float32) * INPUT_SCALE
+    x[11] *= 0.0  # the short batch's first image is dark: copies of it cannot lift a maximum
+    batches = [x[:11], x[11:14]]
+    outs = [frozen_forward_fp32(specs, params, jnp.asarray(xb)) for xb in batches]
+    want = np.max([[float(jnp.max(o)) for o in per_batch] for per_batch in outs], axis=0)
+    before = _layer_max._cache_size()
+    got = calibrate_activation_max(specs, params, batches, QuantConfig())
+    np.testing.assert_allclose(got, want.astype(np.float32), rtol=1e-6)
+    assert _layer_max._cache_size() - before <= 1  # both batches share one compiled shape
+
+
 def test_frozen_stage_latents_and_lr8_identity(network):
     from clq.quant import make_latent_codec
     specs, params, pixels = network(0.25, 32)
