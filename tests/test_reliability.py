@@ -332,7 +332,20 @@ def test_static_trees_are_written_once_and_restored_with_every_checkpoint(tmp_pa
     assert len([f for f in os.listdir(tmp_path) if f.startswith("ckpt-static-")]) == 1
     assert float(load_checkpoint(str(tmp_path), template)[1]["frozen"]["w"][0]) == 7.0
 
-    # A damaged static file: the checkpoint naming it is not read.
+    # The static file gone (another writer pruned the folder): the next save writes it again.
+    net = {"w": jnp.full(6, 8.0), "b": jnp.ones(2)}
+    with CheckpointWriter() as writer:
+        writer.save(str(tmp_path), 4, {"a": {"w": jnp.full(3, 4.0)}}, {"i": 4}, static={"frozen": net})
+        writer.wait()
+        for f in os.listdir(tmp_path):
+            if f.startswith("ckpt-static-"):
+                os.unlink(tmp_path / f)
+        writer.save(str(tmp_path), 5, {"a": {"w": jnp.full(3, 5.0)}}, {"i": 5}, static={"frozen": net})
+    event, trees, _ = load_checkpoint(str(tmp_path), template)
+    assert event == 5 and float(trees["frozen"]["w"][0]) == 8.0
+
+    # A damaged static file: the checkpoint naming it is not read, and the caller is told why.
     (s,) = [f for f in os.listdir(tmp_path) if f.startswith("ckpt-static-")]
     (tmp_path / s).write_bytes((tmp_path / s).read_bytes()[:-10])
-    assert load_checkpoint(str(tmp_path), template) is None
+    with pytest.warns(RuntimeWarning, match="no checkpoint verifies"):
+        assert load_checkpoint(str(tmp_path), template) is None

@@ -69,7 +69,7 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> memoryview:
 
 class _Static(NamedTuple):
     """The trees a run's checkpoints share (`CheckpointWriter.save`'s ``static``): one content-addressed `.npz`
-    that every checkpoint's record names with its SHA-256; `data` is None once the file is written."""
+    that every checkpoint's record names with its SHA-256; `data`: its bytes to write, None when it is written."""
 
     npz: str
     sha256: str
@@ -155,8 +155,8 @@ class CheckpointWriter:
     def __init__(self):
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clq-checkpoint")
         self._pending: concurrent.futures.Future | None = None
-        self._static_leaves: list | None = None  # the `static` trees last serialized, and where they went
-        self._static_at: tuple[str, _Static] | None = None
+        self._static_leaves: list | None = None  # the `static` trees last written: leaves, (folder, treedef, file)
+        self._static_at: tuple | None = None
 
     def save(self, folder: str, event: int, trees: dict[str, Any], meta: dict, keep: int = 1,
              static: dict[str, Any] | None = None) -> None:
@@ -164,30 +164,37 @@ class CheckpointWriter:
 
         `static`: trees (name -> pytree) that stay the same array objects from one save to the next, such as a
         run's frozen network: written once, to a content-addressed `.npz` every later record names, and loaded
-        by `load_checkpoint` with the rest. They are serialized again when their arrays or the folder change.
+        by `load_checkpoint` with the rest. They are serialized again (on the caller's thread, the rest is
+        written in the background) when their arrays, structure or folder change, or their file is gone.
         """
         arrays = _host_arrays(trees)
         # A snapshot of the metadata as it is now (the run keeps appending to its rows), through JSON.
         meta = json.loads(json.dumps(meta))
+        self.wait()  # the last write committed (or raised, and then forgot its static file): decide on a settled disk
         shared = None
         if static:
-            leaves = jax.tree_util.tree_leaves(static)
-            same = (self._static_leaves is not None and self._static_at[0] == folder
+            leaves, treedef = jax.tree_util.tree_flatten(static)
+            last = self._static_at
+            same = (last is not None and last[0] == folder and last[1] == treedef
                     and len(leaves) == len(self._static_leaves)
-                    and all(a is b for a, b in zip(leaves, self._static_leaves)))
+                    and all(a is b for a, b in zip(leaves, self._static_leaves))
+                    and os.path.exists(os.path.join(folder, last[2].npz)))  # not pruned by another writer
             if same:
-                shared = self._static_at[1]._replace(data=None)
+                shared = last[2]
             else:
-                shared = _static(static)
-                self._static_leaves, self._static_at = leaves, (folder, shared)
-        self.wait()
+                shared = _static(static)  # serialized here, on the caller's thread: once per run
+                self._static_leaves, self._static_at = leaves, (folder, treedef, shared._replace(data=None))
         self._pending = self._pool.submit(_write, folder, event, arrays, meta, keep, shared)
 
     def wait(self) -> None:
         """Block until the checkpoint in flight is committed; raise its error if it failed."""
         pending, self._pending = self._pending, None
         if pending is not None:
-            pending.result()
+            try:
+                pending.result()
+            except BaseException:
+                self._static_leaves = self._static_at = None  # its static file may not exist: write it again
+                raise
 
     def close(self) -> None:
         try:
@@ -218,6 +225,7 @@ def load_checkpoint(folder: str, templates: dict[str, Any]):
       CheckpointError when a verified checkpoint does not match the templates (config changed).
     """
     records = sorted(glob.glob(os.path.join(folder, "ckpt-*.json")), reverse=True)
+    unreadable = []
     for rec_path in records:
         try:
             with open(rec_path) as f:
@@ -226,8 +234,10 @@ def load_checkpoint(folder: str, templates: dict[str, Any]):
             if "static" in rec:
                 files.append((os.path.join(folder, rec["static"]["npz"]), rec["static"]["sha256"]))
             if not all(os.path.exists(p) and _sha256(p) == sha for p, sha in files):
+                unreadable.append(os.path.basename(rec_path))
                 continue  # torn or corrupted: try the previous one
         except (OSError, ValueError, KeyError, TypeError):
+            unreadable.append(os.path.basename(rec_path))
             continue
         with contextlib.ExitStack() as stack:
             parts = [stack.enter_context(np.load(p, allow_pickle=False)) for p, _ in files]
@@ -248,4 +258,7 @@ def load_checkpoint(folder: str, templates: dict[str, Any]):
                     leaves.append(jax.numpy.asarray(arr))
                 trees[name] = jax.tree_util.tree_unflatten(treedef, leaves)
         return rec["event"], trees, rec["meta"]
+    if unreadable:  # a run then starts over: say why, rather than silently losing the events they held
+        warnings.warn(f"{folder}: no checkpoint verifies ({', '.join(unreadable)}: a file missing or damaged); "
+                      "none is loaded", RuntimeWarning, stacklevel=2)
     return None

@@ -22,8 +22,8 @@ from clq.quant.frozen import (
 )
 from clq.quant.ptq import calibrate_and_quantize
 
-__all__ = ["FrozenStage", "make_frozen_stage", "latents_ahead", "check_quantization", "QUANT_DROP_WARN",
-           "AHEAD_BYTES"]
+__all__ = ["FrozenStage", "make_frozen_stage", "latents_ahead", "ahead_row_bytes", "check_quantization",
+           "QUANT_DROP_WARN", "AHEAD_BYTES"]
 
 #: Accuracy on the first experience that the quantized frozen stage may lose against FP32 before the run warns
 #: (0.10 = 10 points). A healthy 8-bit stage loses well under a point there; a broken one falls towards chance.
@@ -93,19 +93,21 @@ def make_frozen_stage(
     return FrozenStage(latents, scale, a_max, tuple(layers), config)
 
 
-#: Bytes of latent codes `latents_ahead` computes in one call of the frozen stage: the default experiment's 75
-#: learning events (25,500 latents of 1,024 bytes) are one call; a CORe50 stream at 128 px takes several.
-AHEAD_BYTES = 64 << 20
+#: Bytes of pixels and codes that `latents_ahead` holds for one call of the frozen stage: the default
+#: experiment's 75 learning events (25,500 images of 3,072 bytes, latents of 1,024) are one call; a CORe50 stream
+#: at 128 px (49,152 bytes an image) takes about nine of its 300-image events per call.
+AHEAD_BYTES = 128 << 20
 
 
 def latents_ahead(latents: Callable[[np.ndarray], np.ndarray], images, experiences: Sequence[np.ndarray],
-                  latent_bytes: int, budget: int = AHEAD_BYTES) -> Iterator[np.ndarray]:
+                  row_bytes: int, budget: int = AHEAD_BYTES) -> Iterator[np.ndarray]:
     """The latents of `experiences`, one array per experience in order, computed ahead in large calls.
 
     The frozen stage is fixed after event 0, so the latents of later events can be computed before they arrive.
     One call per event wasted most of its work on padding: 300 images are two padded batches of 256, 512 images
-    computed for 300. A call for a run of consecutive events fills every batch but the last, and takes
-    `budget` bytes of codes at most (at least one event), so memory stays bounded on long streams.
+    computed for 300. A call for a run of consecutive events fills every batch but the last, and holds
+    `budget` bytes of decoded pixels and codes at most (at least one event), so memory stays bounded on long
+    streams and lazily decoded images (CORe50) are decoded one window of events at a time.
 
     The codes are those of one call per event, bit for bit: every batch has the same compiled shape, and the
     quantized stage computes each image on its own in exact integer arithmetic (an FP32 stage too: no
@@ -115,15 +117,15 @@ def latents_ahead(latents: Callable[[np.ndarray], np.ndarray], images, experienc
       latents: `FrozenStage.latents` (maybe wrapped by the latent cache): pixels -> codes [N, *latent_shape].
       images: the stream's images, indexable by an int array (`Stream.train_images`, maybe lazily decoded).
       experiences: int arrays of image indices, one per event.
-      latent_bytes: bytes of one image's codes.
-      budget: bytes of codes one call may produce.
+      row_bytes: bytes one image takes in a call: its decoded pixels and its codes (`ahead_row_bytes`).
+      budget: bytes one call may hold.
     Yields:
       codes [len(experiences[i]), *latent_shape] for i = 0, 1, ...
     """
     i, n = 0, len(experiences)
     while i < n:
         j, count = i + 1, len(experiences[i])
-        while j < n and (count + len(experiences[j])) * latent_bytes <= budget:
+        while j < n and (count + len(experiences[j])) * row_bytes <= budget:
             count += len(experiences[j])
             j += 1
         codes = latents(images[np.concatenate(experiences[i:j])])
@@ -132,6 +134,11 @@ def latents_ahead(latents: Callable[[np.ndarray], np.ndarray], images, experienc
             yield codes[s : s + len(e)]
             s += len(e)
         i = j
+
+
+def ahead_row_bytes(images, codes: np.ndarray) -> int:
+    """`latents_ahead`'s `row_bytes` for a stream's `images` ([N, H, W, C], maybe lazy) and one image's `codes`."""
+    return int(np.prod(images.shape[1:])) * np.dtype(getattr(images, "dtype", np.uint8)).itemsize + codes.nbytes
 
 
 def _batched(fn, pixels: np.ndarray, out_shape, out_dtype, batch_size: int) -> np.ndarray:

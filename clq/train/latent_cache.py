@@ -9,8 +9,8 @@ image through layers 0..l again: at the paper's size that is ~125 M MAC per imag
   (`frozen_stage_key`); an image's key is a hash of its uint8 pixels, so the same file read through any
   path, archive or TFDS copy hits the same entry and a changed image never returns a stale latent.
 * **Layout.** ``<cache_dir>/<stage key>/<shard key>.npz``: one shard per chunk of at most `chunk` images of
-  a call (a learning event's images are one shard), holding the codes, the images' keys and a digest of the
-  codes.
+  a call (a run's calls are the test set, event 0's images and windows of later events, `latents_ahead`),
+  holding the codes, the images' keys and a digest of the codes.
 * **Writes** go to a temporary file in the same folder and are renamed into place (`os.replace` is atomic
   on POSIX), so concurrent writers of the same shard (two runs of a sweep) never expose a partial file:
   each rename installs a complete, identical shard.
