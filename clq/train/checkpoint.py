@@ -155,8 +155,7 @@ class CheckpointWriter:
     def __init__(self):
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clq-checkpoint")
         self._pending: concurrent.futures.Future | None = None
-        self._static_leaves: list | None = None  # the `static` trees last written: leaves, (folder, treedef, file)
-        self._static_at: tuple | None = None
+        self._static: tuple | None = None  # the `static` trees last written: (leaves, treedef, folder, _Static)
 
     def save(self, folder: str, event: int, trees: dict[str, Any], meta: dict, keep: int = 1,
              static: dict[str, Any] | None = None) -> None:
@@ -174,16 +173,14 @@ class CheckpointWriter:
         shared = None
         if static:
             leaves, treedef = jax.tree_util.tree_flatten(static)
-            last = self._static_at
-            same = (last is not None and last[0] == folder and last[1] == treedef
-                    and len(leaves) == len(self._static_leaves)
-                    and all(a is b for a, b in zip(leaves, self._static_leaves))
-                    and os.path.exists(os.path.join(folder, last[2].npz)))  # not pruned by another writer
-            if same:
-                shared = last[2]
-            else:
+            if self._static is not None:
+                last_leaves, last_treedef, last_folder, shared = self._static
+                same = (last_folder == folder and last_treedef == treedef and len(leaves) == len(last_leaves)
+                        and all(a is b for a, b in zip(leaves, last_leaves))
+                        and os.path.exists(os.path.join(folder, shared.npz)))  # not pruned by another writer
+            if self._static is None or not same:
                 shared = _static(static)  # serialized here, on the caller's thread: once per run
-                self._static_leaves, self._static_at = leaves, (folder, treedef, shared._replace(data=None))
+                self._static = (leaves, treedef, folder, shared._replace(data=None))
         self._pending = self._pool.submit(_write, folder, event, arrays, meta, keep, shared)
 
     def wait(self) -> None:
@@ -193,7 +190,7 @@ class CheckpointWriter:
             try:
                 pending.result()
             except BaseException:
-                self._static_leaves = self._static_at = None  # its static file may not exist: write it again
+                self._static = None  # its static file may not exist: write it again
                 raise
 
     def close(self) -> None:

@@ -22,8 +22,8 @@ from clq.quant.frozen import (
 )
 from clq.quant.ptq import calibrate_and_quantize
 
-__all__ = ["FrozenStage", "make_frozen_stage", "latents_ahead", "ahead_row_bytes", "check_quantization",
-           "QUANT_DROP_WARN", "AHEAD_BYTES"]
+__all__ = ["FrozenStage", "make_frozen_stage", "latents_ahead", "check_quantization", "QUANT_DROP_WARN",
+           "AHEAD_BYTES"]
 
 #: Accuracy on the first experience that the quantized frozen stage may lose against FP32 before the run warns
 #: (0.10 = 10 points). A healthy 8-bit stage loses well under a point there; a broken one falls towards chance.
@@ -100,7 +100,7 @@ AHEAD_BYTES = 128 << 20
 
 
 def latents_ahead(latents: Callable[[np.ndarray], np.ndarray], images, experiences: Sequence[np.ndarray],
-                  row_bytes: int, budget: int = AHEAD_BYTES) -> Iterator[np.ndarray]:
+                  latent_bytes: int, budget: int = AHEAD_BYTES) -> Iterator[np.ndarray]:
     """The latents of `experiences`, one array per experience in order, computed ahead in large calls.
 
     The frozen stage is fixed after event 0, so the latents of later events can be computed before they arrive.
@@ -115,13 +115,15 @@ def latents_ahead(latents: Callable[[np.ndarray], np.ndarray], images, experienc
 
     Args:
       latents: `FrozenStage.latents` (maybe wrapped by the latent cache): pixels -> codes [N, *latent_shape].
-      images: the stream's images, indexable by an int array (`Stream.train_images`, maybe lazily decoded).
+      images: the stream's images [N, H, W, C], indexable by an int array (`Stream.train_images`, maybe lazily
+        decoded; its ``shape`` and ``dtype`` give the bytes of one decoded image).
       experiences: int arrays of image indices, one per event.
-      row_bytes: bytes one image takes in a call: its decoded pixels and its codes (`ahead_row_bytes`).
-      budget: bytes one call may hold.
+      latent_bytes: bytes of one image's codes.
+      budget: bytes of pixels and codes one call may hold.
     Yields:
       codes [len(experiences[i]), *latent_shape] for i = 0, 1, ...
     """
+    row_bytes = int(np.prod(images.shape[1:])) * np.dtype(images.dtype).itemsize + latent_bytes
     i, n = 0, len(experiences)
     while i < n:
         j, count = i + 1, len(experiences[i])
@@ -134,11 +136,6 @@ def latents_ahead(latents: Callable[[np.ndarray], np.ndarray], images, experienc
             yield codes[s : s + len(e)]
             s += len(e)
         i = j
-
-
-def ahead_row_bytes(images, codes: np.ndarray) -> int:
-    """`latents_ahead`'s `row_bytes` for a stream's `images` ([N, H, W, C], maybe lazy) and one image's `codes`."""
-    return int(np.prod(images.shape[1:])) * np.dtype(getattr(images, "dtype", np.uint8)).itemsize + codes.nbytes
 
 
 def _batched(fn, pixels: np.ndarray, out_shape, out_dtype, batch_size: int) -> np.ndarray:

@@ -36,8 +36,7 @@ from clq.train.latent_cache import with_latent_cache
 from clq.train.event import all_finite, make_learning_event, make_optimizer, minibatch_composition
 from clq.train.event0 import first_event, network_shapes
 from clq.train.norm import make_adaptive_norm
-from clq.train.frozen_stage import (FrozenStage, ahead_row_bytes, check_quantization, latents_ahead,
-                                    make_frozen_stage)
+from clq.train.frozen_stage import FrozenStage, check_quantization, latents_ahead, make_frozen_stage
 from clq.train.record import History, buffer_record, event_fields, latent_record
 
 # One jitted reduction over an event's losses and the learning state after it: one check instead of one per leaf.
@@ -282,8 +281,7 @@ def run_continual(
 
         # 4. Learning events 1.. : one compiled learner step each (`clq.learn`), state donated. Their latents are
         # computed ahead, many events per call of the frozen stage (`latents_ahead`).
-        ahead = latents_ahead(frozen.latents, stream.train_images, stream.experiences[first:],
-                              ahead_row_bytes(stream.train_images, codes0[0]))
+        ahead = latents_ahead(frozen.latents, stream.train_images, stream.experiences[first:], codes0[0].nbytes)
         for i in range(first, stream.num_events):
             idx = stream.experiences[i]
             with timer("frozen_pass_s"):
@@ -365,8 +363,7 @@ def _joint(stream, frozen, params, adaptive_specs, train: TrainConfig, run_eval,
                          f"more than {JOINT_MAX_BYTES / 1e9:.0f} GB; set joint_upper_bound=false or cut later")
     exp = stream.experiences
     codes0 = frozen.latents(stream.train_images[exp[0]])
-    codes = np.concatenate([codes0, *latents_ahead(frozen.latents, stream.train_images, exp[1:],
-                                                   ahead_row_bytes(stream.train_images, codes0[0]))])
+    codes = np.concatenate([codes0, *latents_ahead(frozen.latents, stream.train_images, exp[1:], codes0[0].nbytes)])
     x = jnp.asarray(codes, jnp.float32) * frozen.scale
     y = jnp.asarray(stream.train_labels[idx])
     empty = make_replay_buffer(0, tuple(x.shape[1:]), make_latent_codec(None, 1.0), "ar1", stream.num_classes)

@@ -50,7 +50,7 @@ from clq.train.evaluate import EvalLatents, count_hits, make_hits, pad_eval_late
 from clq.train.event import Composition, all_finite, make_optimizer, minibatch_composition
 from clq.train.norm import AdaptiveNorm, make_adaptive_norm
 from clq.train.event0 import first_event
-from clq.train.frozen_stage import ahead_row_bytes, check_quantization, latents_ahead
+from clq.train.frozen_stage import check_quantization, latents_ahead
 
 __all__ = ["SweepData", "SweepResult", "Prepared", "Outputs", "GroupProgram", "make_group_program", "group_program", "lr_scales", "make_sweep", "sweep_data", "prepare_sweep",
            "shared_composition"]
@@ -142,7 +142,7 @@ def sweep_data(stream, frozen, eval_chunk: int = 1000) -> SweepData:
     ev_codes = np.zeros((len(later), n_max, *latent_shape), codes0.dtype)
     ev_labels = np.zeros((len(later), n_max), np.int32)
     # Many events per call of the frozen stage, as a single run computes them (`latents_ahead`).
-    ahead = latents_ahead(frozen.latents, stream.train_images, later, ahead_row_bytes(stream.train_images, codes0[0]))
+    ahead = latents_ahead(frozen.latents, stream.train_images, later, codes0[0].nbytes)
     for j, (idx, codes) in enumerate(zip(later, ahead)):
         ev_codes[j, : len(idx)] = codes
         ev_labels[j, : len(idx)] = stream.train_labels[idx]

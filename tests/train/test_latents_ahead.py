@@ -8,7 +8,7 @@ import pytest
 from clq.model.forward import fold_batch_norm, init_params
 from clq.model.specs import mobilenet_v1_specs
 from clq.quant.frozen import QuantConfig
-from clq.train.frozen_stage import ahead_row_bytes, latents_ahead, make_frozen_stage
+from clq.train.frozen_stage import latents_ahead, make_frozen_stage
 
 SIZE, L = 16, 11
 
@@ -34,7 +34,7 @@ def _stream(sizes, seed=0):
 def test_each_event_gets_its_own_images_latents_in_order():
     images, events = _stream([5, 3, 7, 1, 4])
     fn = _Recording()
-    out = list(latents_ahead(fn, images, events, row_bytes=6, budget=10**6))
+    out = list(latents_ahead(fn, images, events, latent_bytes=6, budget=10**6))
     assert len(out) == len(events)
     for idx, codes in zip(events, out):
         np.testing.assert_array_equal(codes, _Recording()(images[idx]))
@@ -44,18 +44,18 @@ def test_each_event_gets_its_own_images_latents_in_order():
 def test_calls_stay_within_the_budget_and_take_at_least_one_event():
     images, events = _stream([4, 4, 4, 9, 2, 2])
     fn = _Recording()
-    # 8 images of 6 bytes (pixels and codes) fit the budget: events pack into calls of <= 8 images; the 9-image event, larger
-    # than the budget on its own, still gets a call of its own.
-    out = list(latents_ahead(fn, images, events, row_bytes=6, budget=48))
+    # 8 images of 48 pixel bytes and 6 code bytes fit the budget: events pack into calls of <= 8 images; the
+    # 9-image event, larger than the budget on its own, still gets a call of its own.
+    out = list(latents_ahead(fn, images, events, latent_bytes=6, budget=8 * 54))
     assert fn.calls == [8, 4, 9, 4]
     assert [len(c) for c in out] == [4, 4, 4, 9, 2, 2]
-    assert list(latents_ahead(fn, images, [], row_bytes=6)) == []
+    assert list(latents_ahead(fn, images, [], latent_bytes=6)) == []
 
 
 def test_nothing_is_computed_before_it_is_asked_for():
     images, events = _stream([3, 3, 3])
     fn = _Recording()
-    ahead = latents_ahead(fn, images, events, row_bytes=6, budget=36)  # two events per call
+    ahead = latents_ahead(fn, images, events, latent_bytes=6, budget=6 * 54)  # two events per call
     assert fn.calls == []
     next(ahead)
     assert fn.calls == [6]
@@ -74,12 +74,15 @@ def test_a_real_frozen_stage_gives_the_codes_of_one_call_per_event(quant):
     frozen = make_frozen_stage(specs, folded, images[:40], quant, batch_size=32)
     # Events of uneven sizes, so that windows and per-event calls pad their batches differently.
     events = np.split(rng.permutation(len(images)), [7, 40, 41, 90, 133])
-    ahead = latents_ahead(frozen.latents, images, events, ahead_row_bytes(images, frozen.latents(images[:1])[0]))
+    ahead = latents_ahead(frozen.latents, images, events, frozen.latents(images[:1])[0].nbytes)
     for idx, codes in zip(events, ahead, strict=True):
         np.testing.assert_array_equal(codes, frozen.latents(images[idx]))
 
 
 def test_a_call_holds_pixels_and_codes_within_the_budget():
-    """The budget bounds decoded pixels too (lazy CORe50 images are decoded per call), not only the codes."""
-    images = np.zeros((10, 4, 4, 3), np.uint8)
-    assert ahead_row_bytes(images, np.zeros((2, 2, 8), np.uint8)) == 48 + 32
+    """The budget bounds decoded pixels too (lazy CORe50 images are decoded per call), not only the codes: 48-byte
+    images with 1-byte codes, a budget of 100 bytes, two images per call where the codes alone would allow 100."""
+    images, events = _stream([2, 2, 2])
+    fn = _Recording()
+    out = list(latents_ahead(fn, images, events, latent_bytes=1, budget=100))
+    assert fn.calls == [2, 2, 2] and [len(c) for c in out] == [2, 2, 2]

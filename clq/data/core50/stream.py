@@ -3,7 +3,8 @@
 ``load_core50_stream(root)`` reads one run of an official protocol (NICv2-391 by default, paper.md §3) and
 returns a `Core50Stream`: experience i is training batch i of the file lists (batch 0 first), and the image
 arrays are `LazyImages`, so the learning-event loop decodes a bounded window of events' PNGs at a time
-(`clq.train.frozen_stage.latents_ahead`) and the test set in slices. Only paths, labels and session ids (a few MB) are held in memory.
+(`clq.train.frozen_stage.latents_ahead`) and the test set in slices. Only paths, labels and session ids (a few
+MB) are held in memory.
 """
 
 from __future__ import annotations
