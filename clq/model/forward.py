@@ -125,24 +125,63 @@ def im2col(x, kernel: int, stride: int, xp=jnp):
     return xp.concatenate(list(im2col_taps(x, kernel, stride, xp)), axis=-1)
 
 
-def _depthwise_taps(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+def _depthwise_taps(x: jax.Array, w: jax.Array, stride: int, per_pixel: bool = False) -> jax.Array:
     """KxK depthwise conv as K*K shifted multiply-adds over the padded input (the forward pass of `_depthwise`).
 
     Each slice is multiplied as [B*H'*W', C] rows: at 2x2 and 1x1 resolution XLA cuts the slices of the
     padded input down to [B, 1, 1, C] pieces, and a reduction over axis 0 of such a piece is much slower on
     XLA's CPU backend (YNNPACK) than the same reduction over [B, C] rows (see `_linear_op_flat`). The values
     are the same: the multiply-adds are elementwise.
+
+    per_pixel: compute an output grid of at most `PER_PIXEL_MAX_OUTPUTS` pixels pixel by pixel
+      (`_depthwise_per_pixel`), which is faster there and gives the same values in the folded network's programs.
     """
     k = w.shape[0]
+    ho, wo = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
+    if per_pixel and ho * wo <= PER_PIXEL_MAX_OUTPUTS and x.shape[1] * x.shape[2] > 1:
+        return _depthwise_per_pixel(x, w, stride)
     out = None
     for t, sl in enumerate(im2col_taps(x, k, stride)):
         term = sl.reshape(-1, sl.shape[-1]) * w[t // k, t % k, 0]
         out = term if out is None else out + term
-    return out.reshape(x.shape[0], -(-x.shape[1] // stride), -(-x.shape[2] // stride), x.shape[3])
+    return out.reshape(x.shape[0], ho, wo, x.shape[3])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _depthwise(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+#: Largest output grid (pixels) that `_depthwise_taps` computes pixel by pixel when asked (`_depthwise_per_pixel`).
+PER_PIXEL_MAX_OUTPUTS = 4
+
+
+def _depthwise_per_pixel(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
+    """`_depthwise_taps` of a small output grid (2x2 -> 2x2, 4x4/2 -> 2x2, 2x2/2 -> 1x1): every output pixel as
+    the K*K multiply-adds of [B, C] rows, in the order of the taps, with a zero row where a tap reads padding.
+
+    These are the padded slices' IEEE operations in their order, zeros times the weight included, without the
+    4-D pad, slices and reshapes that XLA's CPU backend runs slowly at 2x2 pixels: alone 2.3x faster at 2x2
+    (B = 1000, C = 256) and 2.8x at 4x4/2 (at 1x1, 8 of the 9 taps read padding and the slices stay faster).
+    Whether XLA rounds the result as it rounds the slices depends on what it fuses the conv with (fused
+    multiply-adds): in the folded network's programs (the learning step, evaluation, the frozen stage) the values
+    are the same bit for bit (`tests/model/test_forward.py`); next to batch norm in training mode they are not,
+    so `forward_bn` and `forward_norm` keep the slices and event 0 its numbers.
+    """
+    k = w.shape[0]
+    b, h, wd, c = x.shape
+    (pt, _), (pl, _) = same_padding(h, k, stride), same_padding(wd, k, stride)
+    ho, wo = -(-h // stride), -(-wd // stride)
+    zero = jnp.zeros((b, c), x.dtype)
+    pixels = []
+    for i in range(ho):
+        for j in range(wo):
+            out = None
+            for t in range(k * k):
+                p, q = i * stride + t // k - pt, j * stride + t % k - pl
+                term = (x[:, p, q, :] if 0 <= p < h and 0 <= q < wd else zero) * w[t // k, t % k, 0]
+                out = term if out is None else out + term
+            pixels.append(out)
+    return jnp.stack(pixels, axis=1).reshape(b, ho, wo, c)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise(x: jax.Array, w: jax.Array, stride: int, per_pixel: bool = False) -> jax.Array:
     """KxK depthwise conv: x [B, H, W, C], w [K, K, 1, C] -> [B, H', W', C] (TF 'SAME', `_depthwise_taps`).
 
     XLA's CPU backend runs a grouped convolution (`feature_group_count=C`) ~10x slower than shifted
@@ -152,16 +191,16 @@ def _depthwise(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     gradient is the same depthwise conv of the output gradient with the flipped kernel (measured in
     docs/performance.md, "What got the adaptive step there"); otherwise (strided) it is summed phase by phase
     (`_phase_transpose`). The weight gradient is clq's native CPU kernel where available
-    (`depthwise_weight_grad`).
+    (`depthwise_weight_grad`). `per_pixel`: see `_depthwise_taps` (forward pass and stride-1 input gradient).
     """
-    return _depthwise_taps(x, w, stride)
+    return _depthwise_taps(x, w, stride, per_pixel)
 
 
-def _depthwise_fwd(x, w, stride):
-    return _depthwise_taps(x, w, stride), (x, w)
+def _depthwise_fwd(x, w, stride, per_pixel):
+    return _depthwise_taps(x, w, stride, per_pixel), (x, w)
 
 
-def _depthwise_bwd(stride, res, g):
+def _depthwise_bwd(stride, per_pixel, res, g):
     x, w = res
     k = w.shape[0]
     _, h, wd, _ = x.shape
@@ -169,7 +208,7 @@ def _depthwise_bwd(stride, res, g):
     if stride == 1 and k % 2 == 1:
         # 'SAME' padding of an odd kernel at stride 1 is symmetric: the transpose is a correlation with the
         # kernel flipped in both spatial axes, under the same padding.
-        return _depthwise_taps(g, w[::-1, ::-1], 1), dw
+        return _depthwise_taps(g, w[::-1, ::-1], 1, per_pixel), dw
     return _phase_transpose(g, w, stride, h, wd), dw
 
 
@@ -281,13 +320,15 @@ def _pixel_matmul_bwd(res, g):
 _pixel_matmul.defvjp(_pixel_matmul_fwd, _pixel_matmul_bwd)
 
 
-def linear_op(spec: LayerSpec, w: jax.Array | None, x: jax.Array) -> jax.Array:
+def linear_op(spec: LayerSpec, w: jax.Array | None, x: jax.Array, per_pixel: bool = False) -> jax.Array:
     """The linear part of a layer (no bias, no activation).
 
     Args:
       spec: the layer.
       w: weights of shape `spec.weight_shape` (ignored for pooling).
       x: input, float32 [B, H, W, C_in] (the classifier also accepts [B, C_in]).
+      per_pixel: a depthwise layer with a small output grid is computed pixel by pixel (`_depthwise_taps`):
+        faster, and the same values in the folded network's programs (`forward`) and in integer arithmetic.
     Returns:
       float32 [B, H', W', C_out] (classifier: [B, num_classes]).
     """
@@ -296,7 +337,7 @@ def linear_op(spec: LayerSpec, w: jax.Array | None, x: jax.Array) -> jax.Array:
     if spec.kind == "conv":
         return _conv_im2col(x, w, spec.stride)
     if spec.kind == "dw":
-        return _depthwise(x, w, spec.stride)
+        return _depthwise(x, w, spec.stride, per_pixel)
     if spec.kind == "pw":
         return _pixel_matmul(x, w)
     if spec.kind == "pool":
@@ -487,16 +528,19 @@ def forward_norm(
     return _restore(specs, x), tuple(out)
 
 
-def forward(specs: Sequence[LayerSpec], params: Sequence[dict], x: jax.Array) -> jax.Array:
+def forward(specs: Sequence[LayerSpec], params: Sequence[dict], x: jax.Array, per_pixel: bool = False) -> jax.Array:
     """Forward pass in folded form (FP32): the output of the last layer of `specs`.
 
     Args:
       specs: a contiguous slice of the network (whole net, frozen stage or adaptive stage).
       params: folded parameters aligned with `specs`.
       x: float32 input of shape [B, *specs[0].in_shape].
+      per_pixel: depthwise layers with a small output grid pixel by pixel (`_depthwise_taps`): the learning
+        step and the evaluation, whose values it keeps bit for bit (tests/model/test_forward.py); elsewhere
+        (calibration, whose fusions round it otherwise) the slices.
     """
     for spec, p in zip(specs, params):
-        y = _maybe_flat(linear_op(spec, p.get("w"), _maybe_flat(x)))
+        y = _maybe_flat(linear_op(spec, p.get("w"), _maybe_flat(x), per_pixel))
         if "b" in p:
             y = y + p["b"]
         x = activation(spec, y, p.get("clip"))

@@ -475,11 +475,12 @@ def _accumulate(spec: LayerSpec, lq: LayerQuant, q: jax.Array, qmax_in: int, pla
     w_eff = _concrete(lq.w_codes).astype(xp.int32) - _concrete(lq.w_zero).astype(xp.int32)
     chunks = None if plan is None else plan.chunks
     if spec.kind == "dw":
-        # K*K products per output (9 of <= 255 * 255 for 8-bit codes): far below 2^24, exact in any order. A plan
-        # checked the concrete weights; traced ones without a plan are checked for the worst case.
+        # K*K products per output (9 of <= 255 * 255 for 8-bit codes): far below 2^24, exact in any order (so also
+        # pixel by pixel, the faster form at 2x2). A plan checked the concrete weights; traced ones without a plan
+        # are checked for the worst case.
         if plan is None:
             _check_depthwise(spec, qmax_in * spec.kernel**2 * 255)
-        acc = linear_op(spec, xp.asarray(w_eff).astype(xp.float32), q).astype(jnp.int32)
+        acc = linear_op(spec, xp.asarray(w_eff).astype(xp.float32), q, per_pixel=True).astype(jnp.int32)
     elif spec.kind == "pw":
         acc = _exact_matmul(q, w_eff, qmax_in, chunks)
     elif spec.kind == "conv":

@@ -27,7 +27,7 @@ def make_hits(adaptive_specs: Sequence[LayerSpec], num_classes: int, num_session
 
     def hits(params, codes, scale, labels, sessions):
         x = codes.astype(jnp.float32) * scale
-        pred = jnp.argmax(forward(adaptive_specs, params, x).reshape(x.shape[0], -1), -1)
+        pred = jnp.argmax(forward(adaptive_specs, params, x, per_pixel=True).reshape(x.shape[0], -1), -1)
         valid = labels >= 0
         ok = ((pred == labels) & valid).astype(jnp.int32)
         return (masked_counts(labels, valid, num_classes, weights=ok),

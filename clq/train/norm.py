@@ -99,7 +99,7 @@ def make_adaptive_norm(
         return AdaptiveNorm(
             name,
             init=lambda params, stats: (fold_batch_norm(specs, params, stats), ()),
-            apply=lambda params, state, x: (forward(specs, params, x), state),
+            apply=lambda params, state, x: (forward(specs, params, x, per_pixel=True), state),
             fold=lambda params, state: params,
         )
     if name == "bn":

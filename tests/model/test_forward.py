@@ -78,12 +78,14 @@ def test_forward_with_small_resolutions_matches_xla_convolutions(first):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("stride,kernel,size", [(s, 3, n) for s in (1, 2) for n in (1, 2, 5, 8, 15, 16)]
-                         + [(3, 3, 8), (3, 3, 5), (1, 4, 5), (2, 4, 8)])
-def test_depthwise_and_its_handwritten_gradient_match_xla_grouped_conv(stride, kernel, size):
+@pytest.mark.parametrize("per_pixel", [False, True])
+@pytest.mark.parametrize("stride,kernel,size", [(s, 3, n) for s in (1, 2) for n in (1, 2, 3, 4, 5, 8, 15, 16)]
+                         + [(3, 3, 8), (3, 3, 5), (1, 4, 5), (2, 4, 8), (2, 4, 4), (1, 4, 2)])
+def test_depthwise_and_its_handwritten_gradient_match_xla_grouped_conv(stride, kernel, size, per_pixel):
     """`_depthwise` has a custom VJP (flipped-kernel correlation for an odd kernel at stride 1, phase by phase
     otherwise): check both gradients against autodiff of XLA's grouped convolution, on odd and even sizes down
-    to 1x1, strides 1-3 and an even kernel (asymmetric 'SAME' padding)."""
+    to 1x1, strides 1-3 and an even kernel (asymmetric 'SAME' padding), with small output grids computed from
+    the padded slices and pixel by pixel (`per_pixel`: 2x2, 3x3/2, 4x4/2, 2x2/2, 2x2/3 ...)."""
     out = -(-size // stride)
     spec = LayerSpec(1, "dw", "dw", kernel, stride, (size, size, 8), (out, out, 8), True, "relu")
     x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 8))
@@ -95,7 +97,7 @@ def test_depthwise_and_its_handwritten_gradient_match_xla_grouped_conv(stride, k
                                            feature_group_count=8, precision=jax.lax.Precision.HIGHEST)
 
     def clq(x, w):
-        return linear_op(spec, w, x)
+        return linear_op(spec, w, x, per_pixel)
 
     np.testing.assert_allclose(np.asarray(jax.jit(clq)(x, w)), np.asarray(ref(x, w)), rtol=1e-5, atol=1e-5)
     cot = jax.random.normal(jax.random.PRNGKey(3), (2, out, out, 8))
@@ -153,3 +155,45 @@ def test_pixel_matmul_and_its_written_out_gradient_match_autodiff_of_the_einsum(
     for a, b in zip(*grads):
         assert a.shape == b.shape
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_small_depthwise_grids_pixel_by_pixel_keep_the_learning_step_and_evaluation_bit_for_bit(monkeypatch):
+    """The learning step and the evaluation compute the default experiment's 2x2 depthwise layers pixel by pixel
+    (`per_pixel`, `clq.model.forward._depthwise_per_pixel`): the parameters after a learning event and the
+    evaluation's hit counts equal those of the padded slices exactly (the default experiment's numbers depend on
+    it: docs/performance.md). `PER_PIXEL_MAX_OUTPUTS = 0` turns the pixel-by-pixel form off."""
+    import importlib
+
+    from clq.model import fold_batch_norm, split_specs
+    from clq.quant import make_latent_codec
+    from clq.replay import make_replay_buffer
+    from clq.train import make_learning_event, make_optimizer, minibatch_composition
+    from clq.train.evaluate import jit_count_hits, make_hits, pad_eval_latents
+
+    fw = importlib.import_module("clq.model.forward")  # the module: clq.model re-exports a function `forward`
+    specs = mobilenet_v1_specs(0.5, 32, 10)  # the default experiment's model and latent layer
+    _, adaptive = split_specs(specs, 19)
+    shape = adaptive[0].in_shape
+    assert [s.in_shape[:2] for s in adaptive if s.kind == "dw"][:2] == [(2, 2), (2, 2)]
+    params, stats = init_params(specs, jax.random.PRNGKey(0))
+    folded = fold_batch_norm(specs, params, stats)[20:]
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.uniform(0, 6, (400, *shape)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, 400).astype(np.int32))
+    codes = rng.integers(0, 256, (2000, *shape), dtype=np.uint8)
+    test = jax.device_put(pad_eval_latents(codes, rng.integers(0, 10, 2000).astype(np.int32), None, 1000))
+
+    def run(max_outputs):
+        monkeypatch.setattr(fw, "PER_PIXEL_MAX_OUTPUTS", max_outputs)
+        opt = make_optimizer(1e-2, 0.9, 5e-4)
+        buf = make_replay_buffer(300, shape, make_latent_codec(8, 6.0), "ar1", 10)
+        state = jax.jit(buf.add)(buf.init(), x[100:], y[100:], jnp.ones(300, bool), jax.random.PRNGKey(0))
+        event = make_learning_event(adaptive, opt, buf, minibatch_composition(100, 300, 128), epochs=1)
+        p = jax.tree.map(jnp.array, folded)
+        p, _, m, _ = event(p, opt.init(p), x[:100], y[:100], jnp.int32(100), state, jax.random.PRNGKey(1))
+        hits = jit_count_hits(make_hits(adaptive, 10, 1), 1000)(p, jnp.float32(0.03), test)
+        return jax.tree.leaves((p, m.loss, hits))
+
+    on = fw.PER_PIXEL_MAX_OUTPUTS
+    for a, b in zip(run(0), run(on)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
