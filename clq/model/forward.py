@@ -134,7 +134,7 @@ def _depthwise_taps(x: jax.Array, w: jax.Array, stride: int, per_pixel: bool = F
     are the same: the multiply-adds are elementwise.
 
     per_pixel: compute an output grid of at most `PER_PIXEL_MAX_OUTPUTS` pixels pixel by pixel
-      (`_depthwise_per_pixel`), which is faster there and gives the same values in the folded network's programs.
+      (`_depthwise_per_pixel`): faster there, with the same values where its callers use it.
     """
     k = w.shape[0]
     ho, wo = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
@@ -156,12 +156,14 @@ def _depthwise_per_pixel(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     the K*K multiply-adds of [B, C] rows, in the order of the taps, with a zero row where a tap reads padding.
 
     These are the padded slices' IEEE operations in their order, zeros times the weight included, without the
-    4-D pad, slices and reshapes that XLA's CPU backend runs slowly at 2x2 pixels: alone 2.3x faster at 2x2
-    (B = 1000, C = 256) and 2.8x at 4x4/2 (at 1x1, 8 of the 9 taps read padding and the slices stay faster).
-    Whether XLA rounds the result as it rounds the slices depends on what it fuses the conv with (fused
-    multiply-adds): in the folded network's programs (the learning step, evaluation, the frozen stage) the values
-    are the same bit for bit (`tests/model/test_forward.py`); next to batch norm in training mode they are not,
-    so `forward_bn` and `forward_norm` keep the slices and event 0 its numbers.
+    4-D pad, slices and reshapes that XLA's CPU backend runs slowly at 2x2 pixels: the conv with its bias and
+    ReLU alone, B = 1000 and C = 256, 2.3-3.2x faster at 2x2 and 2.8-4x at 4x4/2 (at 1x1, where 8 of the 9
+    taps read padding, the slices stay). Whether XLA rounds the result as it rounds the slices depends on what
+    it fuses the conv with (where it contracts products into fused multiply-adds): in the learning step and the
+    evaluation the values are the same bit for bit (`tests/model/test_forward.py`; the default experiment and
+    the ImageNet preset end with the same numbers), and the integer frozen stage is exact in any order; in event
+    0's programs (batch norm in training mode) and in calibration's FP32 pass they are not, so those keep the
+    slices and their numbers.
     """
     k = w.shape[0]
     b, h, wd, c = x.shape
@@ -327,8 +329,8 @@ def linear_op(spec: LayerSpec, w: jax.Array | None, x: jax.Array, per_pixel: boo
       spec: the layer.
       w: weights of shape `spec.weight_shape` (ignored for pooling).
       x: input, float32 [B, H, W, C_in] (the classifier also accepts [B, C_in]).
-      per_pixel: a depthwise layer with a small output grid is computed pixel by pixel (`_depthwise_taps`):
-        faster, and the same values in the folded network's programs (`forward`) and in integer arithmetic.
+      per_pixel: a depthwise layer with a small output grid is computed pixel by pixel (`_depthwise_per_pixel`):
+        faster; the same values in the learning step and the evaluation (`forward`) and in integer arithmetic.
     Returns:
       float32 [B, H', W', C_out] (classifier: [B, num_classes]).
     """
