@@ -13,6 +13,11 @@ the achieved rate of the event is
 with MACs from the layer specs (`LayerSpec.macs`; the first adaptive layer needs no input gradient). The same
 adaptive stage and SGD step in PyTorch 2.13 (oneDNN, eager) is timed beside it when torch is installed.
 Every timing is the best (and median) of --repeats after warm-up: the machine is shared.
+
+For the default experiment's adaptive stage, the learning event and one evaluation (10,000 UINT-8 test latents,
+chunks of 1,000) are also timed with its 2x2 depthwise layers computed pixel by pixel (what clq runs,
+`clq.model.forward._depthwise_per_pixel`) and as the padded slices before (``PER_PIXEL_MAX_OUTPUTS = 0``),
+alternating in the same process, with a check that both give the same parameters and counts.
 """
 
 from __future__ import annotations
@@ -68,8 +73,9 @@ def reduction_layouts(repeats: int = 5, n: int = 2000) -> dict:
     return out
 
 
-def clq_event(specs, layer: int, repeats: int, n_new=300, buffer_size=1500, batch=128) -> dict:
-    """Seconds per SGD step of one compiled learning event (1 epoch) of the adaptive stage above `layer`."""
+def clq_event(specs, layer: int, repeats: int, n_new=300, buffer_size=1500, batch=128, keep_params=False) -> dict:
+    """Seconds per SGD step of one compiled learning event (1 epoch) of the adaptive stage above `layer`
+    (`keep_params`: also the parameters after the first event, under "params")."""
     _, adaptive = split_specs(specs, layer)
     shape = adaptive[0].in_shape
     params, stats = init_params(specs, jax.random.PRNGKey(0))
@@ -89,14 +95,73 @@ def clq_event(specs, layer: int, repeats: int, n_new=300, buffer_size=1500, batc
     params, opt_state, m, _ = event(params, opt_state, new_x, new_y, jnp.int32(n_new), state, jax.random.PRNGKey(1))
     jax.block_until_ready(m)
     first = time.perf_counter() - t0
+    after_first = jax.tree.map(np.asarray, params) if keep_params else None  # before the next call donates them
     times = []
     for r in range(repeats):
         t0 = time.perf_counter()
         params, opt_state, m, _ = event(params, opt_state, new_x, new_y, jnp.int32(n_new), state, jax.random.PRNGKey(r))
         jax.block_until_ready((params, m))
         times.append((time.perf_counter() - t0) / comp.iterations_per_epoch)
-    return {"step_s": best_and_median(times), "first_call_s": first, "steps_per_call": comp.iterations_per_epoch,
-            "composition": comp._asdict()}
+    out = {"step_s": best_and_median(times), "first_call_s": first, "steps_per_call": comp.iterations_per_epoch,
+           "composition": comp._asdict()}
+    return out if after_first is None else {**out, "params": after_first}
+
+
+def evaluation_call(specs, layer: int, repeats: int, test_size=10_000, chunk=1000) -> dict:
+    """Seconds of one evaluation (`clq.train.evaluate`: the adaptive stage above `layer` on `test_size` UINT-8
+    test latents in chunks of `chunk`, one compiled call), and its hit counts."""
+    from clq.train.evaluate import jit_count_hits, make_hits, pad_eval_latents
+
+    _, adaptive = split_specs(specs, layer)
+    params, stats = init_params(specs, jax.random.PRNGKey(0))
+    params = fold_batch_norm(specs, params, stats)[layer + 1 :]
+    rng = np.random.default_rng(0)
+    k = specs[-1].out_channels
+    test = jax.device_put(pad_eval_latents(rng.integers(0, 256, (test_size, *adaptive[0].in_shape), dtype=np.uint8),
+                                           rng.integers(0, k, test_size).astype(np.int32), None, chunk))
+    count = jit_count_hits(make_hits(adaptive, k, 1), chunk)
+    hits = jax.block_until_ready(count(params, jnp.float32(0.03), test))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(count(params, jnp.float32(0.03), test))
+        times.append(time.perf_counter() - t0)
+    return {"call_s": best_and_median(times), "hits": np.asarray(hits[0])}
+
+
+def small_grid_forms(specs, layer: int, repeats: int, rounds: int = 2, batch: int = 128) -> dict:
+    """The default experiment's learning event and evaluation with its 2x2 depthwise layers computed pixel by pixel
+    (`clq.model.forward._depthwise_per_pixel`, what clq runs) and as the padded slices before it
+    (``PER_PIXEL_MAX_OUTPUTS = 0``), alternating `rounds` times in this process; and whether the two give the same
+    parameters after an event and the same evaluation counts."""
+    import importlib
+
+    fw = importlib.import_module("clq.model.forward")  # the module (clq.model re-exports a function `forward`)
+    on = fw.PER_PIXEL_MAX_OUTPUTS
+    runs = {"pixel by pixel": [], "padded slices": []}
+    try:
+        for _ in range(rounds):
+            for name, max_outputs in (("pixel by pixel", on), ("padded slices", 0)):
+                fw.PER_PIXEL_MAX_OUTPUTS = max_outputs
+                runs[name].append((clq_event(specs, layer, repeats, batch=batch, keep_params=True),
+                                   evaluation_call(specs, layer, repeats)))
+    finally:
+        fw.PER_PIXEL_MAX_OUTPUTS = on
+    out = {}
+    for name, rs in runs.items():
+        out[name] = {"step_s_best": min(r[0]["step_s"]["best"] for r in rs),
+                     "evaluation_s_best": min(r[1]["call_s"]["best"] for r in rs)}
+    new, old = runs["pixel by pixel"][0], runs["padded slices"][0]
+    out["step_ratio_slices_over_pixel"] = out["padded slices"]["step_s_best"] / out["pixel by pixel"]["step_s_best"]
+    out["evaluation_ratio_slices_over_pixel"] = (out["padded slices"]["evaluation_s_best"]
+                                                 / out["pixel by pixel"]["evaluation_s_best"])
+    out["same_parameters_and_counts"] = bool(
+        all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new[0]["params"]), jax.tree.leaves(old[0]["params"])))
+        and np.array_equal(new[1]["hits"], old[1]["hits"]))
+    for r in runs.values():
+        for ev, _ in r:
+            ev.pop("params")
+    return out
 
 
 def torch_step(specs, layer: int, repeats: int, batch=128, steps=5):
@@ -164,6 +229,7 @@ def main(argv=None) -> dict:
     d_macs = training_macs(split_specs(d_specs, d_layer)[1])
     d_ev = clq_event(d_specs, d_layer, args.repeats, batch=exp.train.batch_size)
     print(f"default experiment l={d_layer}: clq {d_ev['step_s']['best'] * 1e3:.2f} ms/step", file=sys.stderr)
+    forms = small_grid_forms(d_specs, d_layer, args.repeats, batch=exp.train.batch_size)
     layouts = reduction_layouts()
     peak_after = matmul_peak((2048, 4096), 7)
     # The peak is measured before and after the layers; the higher one is the machine's (least disturbed) peak.
@@ -185,7 +251,8 @@ def main(argv=None) -> dict:
                                       f"{exp.model.num_classes} classes", "layer": d_layer, "macs_per_sample": d_macs,
                              "clq": d_ev}, exp.train.batch_size)
     result = {"benchmark": "adaptive-stage training throughput vs FP32 matmul peak",
-              "default_experiment": default_row, "reduction_layouts_us": layouts,
+              "default_experiment": default_row, "default_experiment_small_depthwise_grids": forms,
+              "reduction_layouts_us": layouts,
               "command": "python bench/bench_adaptive.py", "model": "MobileNet-V1 1.0 / 128 px, 50 classes",
               "batch": args.batch, "peak": {"before": peak_before, "after": peak_after, "gflops": peak},
               "layers": {str(k): v for k, v in rows.items()}, "machine": machine()}
@@ -199,6 +266,9 @@ def main(argv=None) -> dict:
     print(f"| default experiment, l={d_layer} ({default_row['model']}) | {d_ev['step_s']['best'] * 1e3:.2f} | "
           f"{default_row['samples_per_s']:.0f} | {default_row['achieved_gflops']:.1f} | "
           f"{100 * default_row['fraction_of_peak']:.1f} % | - |")
+    print(f"default experiment, 2x2 depthwise layers as padded slices instead of pixel by pixel: learning step "
+          f"{forms['step_ratio_slices_over_pixel']:.3f}x, evaluation {forms['evaluation_ratio_slices_over_pixel']:.3f}x "
+          f"as long; same parameters and counts: {forms['same_parameters_and_counts']}")
     for k, r in layouts.items():
         print(f"reduction over the batch, {k}: [B,1,1,C] {r['[B,1,1,C] axis 0']['best']:.1f} us, "
               f"[B,C] {r['[B,C] axis 0']['best']:.1f} us ({r['ratio']:.1f}x)")
