@@ -78,14 +78,17 @@ def test_forward_with_small_resolutions_matches_xla_convolutions(first):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("per_pixel", [False, True])
-@pytest.mark.parametrize("stride,kernel,size", [(s, 3, n) for s in (1, 2) for n in (1, 2, 3, 4, 5, 8, 15, 16)]
-                         + [(3, 3, 8), (3, 3, 5), (1, 4, 5), (2, 4, 8), (2, 4, 4), (1, 4, 2)])
+@pytest.mark.parametrize("stride,kernel,size,per_pixel",
+                         [(s, 3, n, False) for s in (1, 2) for n in (1, 2, 5, 8, 15, 16)]
+                         + [(3, 3, 8, False), (3, 3, 5, False), (1, 4, 5, False), (2, 4, 8, False)]
+                         # the grids the pixel-by-pixel form takes (at most 4 output pixels, more than 1 input pixel)
+                         + [(1, 3, 2, True), (2, 3, 2, True), (2, 3, 3, True), (2, 3, 4, True), (3, 3, 5, True),
+                            (2, 4, 4, True), (1, 4, 2, True)])
 def test_depthwise_and_its_handwritten_gradient_match_xla_grouped_conv(stride, kernel, size, per_pixel):
     """`_depthwise` has a custom VJP (flipped-kernel correlation for an odd kernel at stride 1, phase by phase
     otherwise): check both gradients against autodiff of XLA's grouped convolution, on odd and even sizes down
-    to 1x1, strides 1-3 and an even kernel (asymmetric 'SAME' padding), with small output grids computed from
-    the padded slices and pixel by pixel (`per_pixel`: 2x2, 3x3/2, 4x4/2, 2x2/2, 2x2/3 ...)."""
+    to 1x1, strides 1-3 and an even kernel (asymmetric 'SAME' padding), and with small output grids computed
+    pixel by pixel (`per_pixel`: 2x2, 2x2/2, 3x3/2, 4x4/2, 5x5/3, an even kernel)."""
     out = -(-size // stride)
     spec = LayerSpec(1, "dw", "dw", kernel, stride, (size, size, 8), (out, out, 8), True, "relu")
     x = jax.random.normal(jax.random.PRNGKey(1), (2, size, size, 8))
