@@ -16,6 +16,7 @@ Activations are NHWC float32. Padding is TF 'SAME' so that TF-slim ImageNet weig
 from __future__ import annotations
 
 import functools
+import operator
 from typing import Iterator, Sequence
 
 import jax
@@ -139,20 +140,23 @@ def _depthwise_taps(x: jax.Array, w: jax.Array, stride: int, per_pixel: bool = F
     k = w.shape[0]
     ho, wo = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
     if per_pixel and ho * wo <= PER_PIXEL_MAX_OUTPUTS and x.shape[1] * x.shape[2] > 1:
-        return _depthwise_per_pixel(x, w, stride)
-    out = None
-    for t, sl in enumerate(im2col_taps(x, k, stride)):
-        term = sl.reshape(-1, sl.shape[-1]) * w[t // k, t % k, 0]
-        out = term if out is None else out + term
+        return _depthwise_per_pixel(x, w, stride, ho, wo)
+    out = _sum_in_order(sl.reshape(-1, sl.shape[-1]) * w[t // k, t % k, 0]
+                        for t, sl in enumerate(im2col_taps(x, k, stride)))
     return out.reshape(x.shape[0], ho, wo, x.shape[3])
+
+
+def _sum_in_order(terms: Iterator[jax.Array]) -> jax.Array:
+    """``((t0 + t1) + t2) + ...``: the depthwise forms' one summation order (their values depend on it)."""
+    return functools.reduce(operator.add, terms)
 
 
 #: Largest output grid (pixels) that `_depthwise_taps` computes pixel by pixel when asked (`_depthwise_per_pixel`).
 PER_PIXEL_MAX_OUTPUTS = 4
 
 
-def _depthwise_per_pixel(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-    """`_depthwise_taps` of a small output grid (2x2 -> 2x2, 4x4/2 -> 2x2, 2x2/2 -> 1x1): every output pixel as
+def _depthwise_per_pixel(x: jax.Array, w: jax.Array, stride: int, ho: int, wo: int) -> jax.Array:
+    """`_depthwise_taps` of a small output grid `ho` x `wo` (2x2, 4x4/2 -> 2x2, 2x2/2 -> 1x1): every output pixel as
     the K*K multiply-adds of [B, C] rows, in the order of the taps, with a zero row where a tap reads padding.
 
     These are the padded slices' IEEE operations in their order, zeros times the weight included, without the
@@ -168,17 +172,14 @@ def _depthwise_per_pixel(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
     k = w.shape[0]
     b, h, wd, c = x.shape
     (pt, _), (pl, _) = same_padding(h, k, stride), same_padding(wd, k, stride)
-    ho, wo = -(-h // stride), -(-wd // stride)
     zero = jnp.zeros((b, c), x.dtype)
-    pixels = []
-    for i in range(ho):
-        for j in range(wo):
-            out = None
-            for t in range(k * k):
-                p, q = i * stride + t // k - pt, j * stride + t % k - pl
-                term = (x[:, p, q, :] if 0 <= p < h and 0 <= q < wd else zero) * w[t // k, t % k, 0]
-                out = term if out is None else out + term
-            pixels.append(out)
+
+    def row(p, q):  # input pixel (p, q) as [B, C] rows, zeros in the padding
+        return x[:, p, q, :] if 0 <= p < h and 0 <= q < wd else zero
+
+    pixels = [_sum_in_order(row(i * stride + t // k - pt, j * stride + t % k - pl) * w[t // k, t % k, 0]
+                            for t in range(k * k))
+              for i in range(ho) for j in range(wo)]
     return jnp.stack(pixels, axis=1).reshape(b, ho, wo, c)
 
 

@@ -76,6 +76,16 @@ class _Static(NamedTuple):
     data: memoryview | None
 
 
+class _StaticWritten(NamedTuple):
+    """What `CheckpointWriter` last wrote of `static`: its leaves (the array objects) and tree structure, the
+    folder, and the `_Static` file (``data`` None) that later records name while these stay the same."""
+
+    leaves: list
+    treedef: Any
+    folder: str
+    file: _Static
+
+
 def _static(trees: dict[str, Any]) -> _Static:
     data = _npz_bytes(_host_arrays(trees))
     sha = hashlib.sha256(data).hexdigest()
@@ -155,7 +165,7 @@ class CheckpointWriter:
     def __init__(self):
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="clq-checkpoint")
         self._pending: concurrent.futures.Future | None = None
-        self._static: tuple | None = None  # the `static` trees last written: (leaves, treedef, folder, _Static)
+        self._static: _StaticWritten | None = None  # the `static` trees last written, and where
 
     def save(self, folder: str, event: int, trees: dict[str, Any], meta: dict, keep: int = 1,
              static: dict[str, Any] | None = None) -> None:
@@ -173,14 +183,14 @@ class CheckpointWriter:
         shared = None
         if static:
             leaves, treedef = jax.tree_util.tree_flatten(static)
-            if self._static is not None:
-                last_leaves, last_treedef, last_folder, shared = self._static
-                same = (last_folder == folder and last_treedef == treedef and len(leaves) == len(last_leaves)
-                        and all(a is b for a, b in zip(leaves, last_leaves))
-                        and os.path.exists(os.path.join(folder, shared.npz)))  # not pruned by another writer
-            if self._static is None or not same:
+            last = self._static
+            if (last is not None and last.folder == folder and last.treedef == treedef
+                    and len(leaves) == len(last.leaves) and all(a is b for a, b in zip(leaves, last.leaves))
+                    and os.path.exists(os.path.join(folder, last.file.npz))):  # not pruned by another writer
+                shared = last.file
+            else:
                 shared = _static(static)  # serialized here, on the caller's thread: once per run
-                self._static = (leaves, treedef, folder, shared._replace(data=None))
+                self._static = _StaticWritten(leaves, treedef, folder, shared._replace(data=None))
         self._pending = self._pool.submit(_write, folder, event, arrays, meta, keep, shared)
 
     def wait(self) -> None:
