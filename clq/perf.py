@@ -23,18 +23,21 @@ from typing import Callable, Sequence
 __all__ = ["matmul_peak", "training_macs", "flop_account", "group_account", "account_or_warning"]
 
 
-# One n x n product must run well past dispatch overhead: 2048 (17 GFLOP, ~35 ms on 2 CPU cores) on a CPU; an
-# accelerator does that in well under a millisecond, so it gets 8192 (1.1 TFLOP).
-PEAK_SIZES = {"cpu": (2048,)}
+# One n x n product must run well past dispatch overhead: 1024 (2.1 GFLOP, ~10 ms on 2 CPU cores) on a CPU; an
+# accelerator does that in well under a millisecond, so it gets 8192 (1.1 TFLOP). On the 2-core machines clq is
+# measured on, 1024 is also the fastest size: its operands fit the caches better than 2048's (best of 10 against
+# best of 5, three alternated rounds on a Zen 4 EPYC: 208-211 against 184-192 GFLOP/s; 4096: 171), and it costs a
+# run ~0.15 s instead of ~0.7 s. The highest rate is the strictest reference for a phase's share of it.
+PEAK_SIZES = {"cpu": (1024,)}
 ACCELERATOR_PEAK_SIZES = (8192,)
 
 
-def matmul_peak(sizes: Sequence[int] | None = None, repeats: int = 5) -> dict:
+def matmul_peak(sizes: Sequence[int] | None = None, repeats: int = 10) -> dict:
     """FP32 GFLOP/s of one jitted n x n `jnp.dot` (2 n^3 FLOP) at JAX's default precision on the default device,
     best of `repeats`, for each n; `gflops` is the max, `backend` the device kind it ran on.
 
     `sizes=None` picks the size for the backend (`PEAK_SIZES`). On a GPU the default precision lets XLA use
-    TF32 tensor cores for FP32 products, as it does for the training that is measured against this. About 0.3 s
+    TF32 tensor cores for FP32 products, as it does for the training that is measured against this. About 0.15 s
     on 2 CPU cores (compilation included); every call measures (a launch of many members keeps one,
     `clq.launcher`).
     """

@@ -261,7 +261,7 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
         bar.close()
         from clq.perf import account_or_warning, flop_account, matmul_peak
 
-        # How close each phase came to this machine's FP32 matmul peak, measured now, in this process (~0.3 s).
+        # How close each phase came to this machine's FP32 matmul peak, measured now, in this process (~0.15 s).
         results["speed"], warning = account_or_warning(
             lambda: flop_account(specs, exp.latent_layer, stream, exp.train, results, matmul_peak()))
         if warning:

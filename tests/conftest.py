@@ -10,6 +10,34 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("CLQ_EVENT0_CACHE_DIR", "")
 os.environ.setdefault("CLQ_LATENT_CACHE_DIR", "")
 
+
+def _cache_large_programs() -> None:
+    """A persistent compilation cache for this test process, in a folder of its own that goes with it.
+
+    A run builds its large jitted programs per call (closures over its specs and settings: event 0's epoch, the
+    learning event, the population statistics), so every in-process run of a test compiled them again, ~5.6 s of a
+    ~7 s tiny run on 2 cores. From the cache the same executable is loaded, so no number changes (the determinism
+    and resume tests compare runs bit for bit either way). Only programs that took a second or more to compile
+    are written: the property tests compile hundreds of small programs once each, and writing those costs more
+    than it saves. No size bound, hence no LRU file lock; one folder per pytest-xdist worker, so no two
+    processes write the same entry. clq-run subprocesses keep their own cache (CLQ_COMPILE_CACHE_DIR).
+    """
+    import atexit
+    import shutil
+    import tempfile
+
+    import jax
+
+    folder = tempfile.mkdtemp(prefix=f"clq-tests-xla-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+    atexit.register(shutil.rmtree, folder, True)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_compilation_cache_max_size", -1)
+
+
+_cache_large_programs()
+
 # Tests that run whole experiments in subprocesses (20-40 s each) go first. Under `pytest -n 2` a long test that
 # starts last leaves the other worker idle at the end; first, the short ones fill in around it. The order within
 # each group stays the collection order.

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from clq.perf import PEAK_SIZES
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(ROOT, "bench", "bench_gpu.py")
 PROTOCOL = os.path.join(ROOT, "bench", "core50_protocol.py")
@@ -26,7 +28,7 @@ def test_refuses_a_cpu_only_jax_and_keeps_the_device_step(tmp_path):
     assert device["status"] == "ok" and device["backend"] == "cpu"
     # The device step measured the peak at both precisions, at the CPU's size, and ran nothing else.
     for key in ("peak_default_precision", "peak_highest_precision"):
-        assert list(device[key]["by_size"]) == ["2048"] and device[key]["gflops"] > 0
+        assert list(device[key]["by_size"]) == [str(n) for n in PEAK_SIZES["cpu"]] and device[key]["gflops"] > 0
     assert list(json.loads(out.read_text())["steps"]) == ["device"]
     assert (tmp_path / "gpu.log").read_text().count("===== device (ok") == 1
 
@@ -45,7 +47,7 @@ def test_core50_protocol_refuses_an_empty_run(tmp_path):
 
 
 def test_matmul_peak_names_its_device_and_sizes_for_the_backend():
-    from clq.perf import PEAK_SIZES, matmul_peak
+    from clq.perf import matmul_peak
 
     peak = matmul_peak((256,), 2)
     assert peak["backend"] == "cpu" and peak["device"] == "cpu"
