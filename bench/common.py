@@ -133,9 +133,11 @@ def machine() -> dict:
     import jax
     import numpy as np
 
+    from clq.perf import cpu_model
+
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {"python": platform.python_version(), "jax": jax.__version__, "numpy": np.__version__,
-            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
             "backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
             "load_average_at_start": load}
 

@@ -17,10 +17,11 @@ The frozen stage's integer work is counted as FP32-equivalent FLOP (it is simula
 
 from __future__ import annotations
 
+import platform
 import time
 from typing import Callable, Sequence
 
-__all__ = ["matmul_peak", "training_macs", "flop_account", "group_account", "account_or_warning"]
+__all__ = ["matmul_peak", "cpu_model", "training_macs", "flop_account", "group_account", "account_or_warning"]
 
 
 # One n x n product must run well past dispatch overhead: 1024 (2.1 GFLOP, ~10 ms on 2 CPU cores) on a CPU; an
@@ -61,6 +62,28 @@ def matmul_peak(sizes: Sequence[int] | None = None, repeats: int = 10) -> dict:
         out[str(n)] = {"gflops": 2 * n**3 / min(times) / 1e9, "gflops_median": 2 * n**3 / float(np.median(times)) / 1e9}
     return {"by_size": out, "gflops": max(v["gflops"] for v in out.values()), "backend": backend,
             "device": str(jax.devices()[0].device_kind)}
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name, CPU family and model (Linux ``/proc/cpuinfo``), e.g. ``AMD EPYC (family 25, model 17)``.
+
+    Cloud machines often report a bare "AMD EPYC": the family and model tell the generation (25 / 17 is Zen 4,
+    26 is Zen 5), whose matmul peaks differ by about 2x, so results from two kinds are never compared. Falls back
+    to `platform.processor()` where there is no such file."""
+    fields = {}
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def training_macs(specs) -> dict:
@@ -119,7 +142,7 @@ def flop_account(specs, latent_layer: int, stream, train, results: dict, peak: d
         "evaluation": _phase(evaluation, timing.get("eval_s"), g),
     }
     return {"peak_gflop_s": round(g, 2), "peak_source": "FP32 n x n jnp.dot, measured in this process (clq.perf)",
-            "device": peak.get("device"), "phases": phases}
+            "device": peak.get("device"), "host_cpu": cpu_model(), "phases": phases}
 
 
 def group_account(accounts: list[dict], seconds: float) -> dict:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from clq.model.specs import mobilenet_v1_specs
-from clq.perf import flop_account, training_macs
+from clq.perf import cpu_model, flop_account, training_macs
 from tiny import TINY, needs_fmnist
 
 SPECS = mobilenet_v1_specs(0.25, 32, 10)
@@ -39,6 +39,17 @@ def test_a_fresh_run_counts_every_event_and_image():
                                              + training_macs(SPECS)["forward"] * 100) / 1e9, 3)
     assert a["phases"]["learning_events"]["fraction_of_peak"] == pytest.approx(
         gflop(a, "learning_events") / 100.0, abs=1e-4)
+
+
+def test_the_account_names_the_host_cpu_with_its_family_and_model(tmp_path):
+    """A bare "AMD EPYC" hides the generation (Zen 4 and Zen 5 differ ~2x in peak): the family and model say it."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\n"
+                    "model name\t: Other\n")
+    assert cpu_model(str(info)) == "AMD EPYC (family 25, model 17)"  # the first processor's block
+    assert cpu_model(str(tmp_path / "absent"))  # no such file: the platform's processor name, never an error
+    assert flop_account(SPECS, L, STREAM, TRAIN, results(), PEAK)["host_cpu"] == cpu_model()
 
 
 def test_a_resumed_run_counts_only_the_events_after_its_checkpoint():
