@@ -33,19 +33,20 @@ def load_arrays(path: str):
         raise FileNotFoundError(f"{where}: file not found")
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{where}: not an .npz file; {NEEDS}")
+    # Only numpy's reading is inside the try: every ValueError it catches is numpy's own complaint about a member
+    # (a pickled object array, a corrupt .npy header), never one of the messages raised below.
     try:
         with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in REQUIRED_KEYS if k not in f.files]
-            if missing:
-                raise ValueError(f"{where}: missing arrays {missing} (it holds {sorted(f.files)}); {NEEDS}")
-            x_train, y_train, x_test, y_test = (np.asarray(f[k]) for k in REQUIRED_KEYS)
+            held = sorted(f.files)
+            arrays = None if set(REQUIRED_KEYS) - set(held) else tuple(np.asarray(f[k]) for k in REQUIRED_KEYS)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise ValueError(f"{where}: not a readable .npz file ({e}); {NEEDS}") from e
     except ValueError as e:
-        if str(e).startswith(where):
-            raise
-        # numpy's own complaint about a member (a pickled object array, a corrupt .npy header)
         raise ValueError(f"{where}: an array could not be read ({e}); {NEEDS}") from e
+    if arrays is None:
+        missing = [k for k in REQUIRED_KEYS if k not in held]
+        raise ValueError(f"{where}: missing arrays {missing} (it holds {held}); {NEEDS}")
+    x_train, y_train, x_test, y_test = arrays
     for name, x in (("x_train", x_train), ("x_test", x_test)):
         if x.dtype != np.uint8:
             raise ValueError(f"{where}: {name} must be uint8 images, got dtype {x.dtype}")
