@@ -5,8 +5,8 @@
 For the paper's MobileNet-V1 1.0 / 128 px cut at l = 19, 23 and 27 (adaptive stages 20..28, 24..28, 28), one
 clq learning event (`clq.train.make_learning_event`: 300 new latents + a buffer of 1500 UINT-8 replays,
 mini-batches of 21 + 107 = 128, one epoch of 15 SGD steps in one `lax.scan`) is timed after compilation.
-In the same process, the machine's peak is measured as a large FP32 `jnp.dot` (best of 1024², 2048², 4096², jitted), and
-the achieved rate of the event is
+In the same process, the machine's peak is measured as a large FP32 `jnp.dot` (best of 1024², 2048², 4096²,
+jitted), and the achieved rate of the event is
 
     useful FLOP/s = steps x batch x 2 x (forward MAC + weight-gradient MAC + input-gradient MAC) / time
 
