@@ -38,13 +38,13 @@ def load_arrays(path: str):
     try:
         with np.load(path, allow_pickle=False) as f:
             held = sorted(f.files)
-            arrays = None if set(REQUIRED_KEYS) - set(held) else tuple(np.asarray(f[k]) for k in REQUIRED_KEYS)
+            missing = [k for k in REQUIRED_KEYS if k not in held]
+            arrays = () if missing else tuple(np.asarray(f[k]) for k in REQUIRED_KEYS)
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise ValueError(f"{where}: not a readable .npz file ({e}); {NEEDS}") from e
     except ValueError as e:
         raise ValueError(f"{where}: an array could not be read ({e}); {NEEDS}") from e
-    if arrays is None:
-        missing = [k for k in REQUIRED_KEYS if k not in held]
+    if missing:
         raise ValueError(f"{where}: missing arrays {missing} (it holds {held}); {NEEDS}")
     x_train, y_train, x_test, y_test = arrays
     for name, x in (("x_train", x_train), ("x_test", x_test)):
