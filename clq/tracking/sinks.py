@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple
 
 from clq.atomic import atomic_file
+from clq.tracking import gc_pause
 
 __all__ = ["Tracker", "make_tracker", "write_json_atomic", "to_jsonable"]
 
@@ -67,6 +68,8 @@ def make_tracker(run_dir: str, backend: str, config: dict, project: str = "clq",
     The wandb run opens in a background thread (`_open_wandb`: importing wandb and the plotting code and
     ``wandb.init`` take ~2-3 s of a ~23 s rerun of the default experiment): the run computes meanwhile, mostly in
     XLA, which leaves the interpreter free. Every wandb call waits for it; an error opening it is raised there.
+    Cyclic garbage collection is paused meanwhile on the CPython versions where two threads parsing source can
+    crash each other (`clq.tracking.gc_pause`).
     """
     os.makedirs(run_dir, exist_ok=True)
     events_path = os.path.join(run_dir, "events.jsonl")
@@ -75,7 +78,8 @@ def make_tracker(run_dir: str, backend: str, config: dict, project: str = "clq",
     if backend == "wandb":
         os.environ.setdefault("WANDB_SILENT", "true")
         pool = ThreadPoolExecutor(1, thread_name_prefix="clq-wandb-open")
-        opening = pool.submit(_open_wandb, run_dir, config, project, mode, group, name)
+        paused = gc_pause.pause()  # here, on the main thread, which is not inside a parse now
+        opening = pool.submit(_open_wandb, run_dir, config, project, mode, group, name, paused)
         pool.shutdown(wait=False)
 
     def wandb_run():
@@ -113,8 +117,17 @@ def make_tracker(run_dir: str, backend: str, config: dict, project: str = "clq",
     return Tracker(log_event, log_summary, finish, log_results)
 
 
-def _open_wandb(run_dir: str, config: dict, project: str, mode: str, group: str | None, name: str | None):
-    """``wandb.init`` of a run with the experiment's config (and the paper's names), its event axis defined."""
+def _open_wandb(run_dir: str, config: dict, project: str, mode: str, group: str | None, name: str | None,
+                paused: bool = False):
+    """``wandb.init`` of a run with the experiment's config (and the paper's names), its event axis defined;
+    ends the caller's `gc_pause.pause` (`paused`) however it ends."""
+    try:
+        return _init_wandb(run_dir, config, project, mode, group, name)
+    finally:
+        gc_pause.resume(paused)
+
+
+def _init_wandb(run_dir: str, config: dict, project: str, mode: str, group: str | None, name: str | None):
     import wandb  # imported lazily: it costs ~2 s and is optional
 
     from clq.analysis.collect import paper_names  # the analysis tables' names too; lazily, as wandb
