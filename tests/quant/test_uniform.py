@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from clq.quant import fake_quant, make_latent_codec, quantize, dequantize
@@ -37,13 +37,15 @@ def test_fake_quant_idempotent(values, bits, scale, zero, signed):
 
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 16), st.floats(0.1, 100.0), st.integers(0, 2**31 - 1))
+@example(15, 49.25, 424604)  # the FP32 rounding of values near a_max once went past a bound without it
 def test_latent_codec_round_trip(bits, a_max, seed):
     codec = make_latent_codec(bits, a_max)
     x = np.random.default_rng(seed).uniform(0, a_max, (32,)).astype(np.float32)
     codes = jax.jit(codec.encode)(x)
     assert codes.dtype == (jnp.uint8 if bits <= 8 else jnp.uint16)
     err = np.abs(np.asarray(codec.decode(codes)) - x)
-    assert err.max() <= codec.scale / 2 * (1 + 1e-4) + 1e-6
+    # Half a step, plus FP32 rounding of values of a_max's size (encode divides, decode multiplies).
+    assert err.max() <= codec.scale / 2 + 2 * np.spacing(np.float32(a_max))
     # Values above the range saturate at the top code.
     assert int(codec.encode(np.float32([10 * a_max]))[0]) == 2**bits - 1
 
