@@ -17,10 +17,11 @@ def _cache_large_programs() -> None:
     A run builds its large jitted programs per call (closures over its specs and settings: event 0's epoch, the
     learning event, the population statistics), so every in-process run of a test compiled them again, ~5.6 s of a
     ~7 s tiny run on 2 cores. From the cache the same executable is loaded, so no number changes (the determinism
-    and resume tests compare runs bit for bit either way). Only programs that took a second or more to compile
-    are written: the property tests compile hundreds of small programs once each, and writing those costs more
-    than it saves. No size bound, hence no LRU file lock; one folder per pytest-xdist worker, so no two
-    processes write the same entry. clq-run subprocesses keep their own cache (CLQ_COMPILE_CACHE_DIR).
+    and resume tests compare runs bit for bit either way). Programs that took 0.1 s or more to compile are written:
+    the in-process runs' smaller programs too (with every program written, tests/test_reliability.py, tests/train,
+    tests/replay, test_equalize.py and test_forward.py took 330 s under `-n 2`; with 0.1 s 336 s; with only the
+    programs of 1 s or more, 369 s). No size bound, hence no LRU file lock; one folder per pytest-xdist worker, so
+    no two processes write the same entry. clq-run subprocesses keep their own cache (CLQ_COMPILE_CACHE_DIR).
     """
     import atexit
     import shutil
@@ -31,7 +32,7 @@ def _cache_large_programs() -> None:
     folder = tempfile.mkdtemp(prefix=f"clq-tests-xla-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
     atexit.register(shutil.rmtree, folder, True)
     jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     jax.config.update("jax_compilation_cache_max_size", -1)
 

@@ -57,7 +57,7 @@ def test_second_run_loads_its_programs_from_the_compile_cache(tmp_path):
     runs = []
     for i, seed in enumerate((0, 0, 1)):
         run_dir = tmp_path / f"run{i}"
-        p = _run([*TINY, "checkpoint_every=0", f"seed={seed}", f"compile_cache_dir={cache}",
+        p = _run([*TINY, "checkpoint_every=0", "tracking=none", f"seed={seed}", f"compile_cache_dir={cache}",
                   f"hydra.run.dir={run_dir}"], tmp_path)
         assert p.returncode == 0, p.stderr[-3000:]
         runs.append(json.loads((run_dir / "results.json").read_text()))
