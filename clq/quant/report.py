@@ -254,7 +254,7 @@ def top1_agreement(
     last = max(latent_layers)
     frozen_specs, frozen_layers = specs[: last + 1], tuple(layers[: last + 1])
 
-    def predict(params, quant, px):  # weights and quantization are arguments: as constants, ~1.3x the compile time
+    def predict(params, quant, px):  # weights and quantization are arguments: as constants, ~1.4x the compile time
         logits = forward(specs, params, px.astype(jnp.float32) * INPUT_SCALE)
         top_fp = jnp.argmax(logits, -1), jnp.max(jax.nn.softmax(logits), -1)
         codes = frozen_forward_codes(frozen_specs, quant, px, bits, return_all=True)

@@ -122,27 +122,23 @@ def _open_wandb(run_dir: str, config: dict, project: str, mode: str, group: str 
     """``wandb.init`` of a run with the experiment's config (and the paper's names), its event axis defined;
     ends the caller's `gc_pause.pause` (`paused`) however it ends."""
     try:
-        return _init_wandb(run_dir, config, project, mode, group, name)
+        import wandb  # imported lazily: it costs ~2 s and is optional
+
+        from clq.analysis.collect import paper_names  # the analysis tables' names too; lazily, as wandb
+
+        # The end of the run draws its heatmap with matplotlib (`_log_results`): imported here, off the main thread.
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot  # noqa: F401
+
+        run = wandb.init(project=project, mode=mode, dir=run_dir, group=group, name=name, reinit="create_new",
+                         config=to_jsonable({**config, **paper_names(config)}))  # runs may be open side by side
+        run.define_metric("event")  # the learning event is the x-axis of every curve
+        run.define_metric("*", step_metric="event")
+        return run
     finally:
         gc_pause.resume(paused)
-
-
-def _init_wandb(run_dir: str, config: dict, project: str, mode: str, group: str | None, name: str | None):
-    import wandb  # imported lazily: it costs ~2 s and is optional
-
-    from clq.analysis.collect import paper_names  # the analysis tables' names too; lazily, as wandb
-
-    # The end of the run draws its heatmap with matplotlib (`_log_results`): imported here, off the main thread.
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot  # noqa: F401
-
-    run = wandb.init(project=project, mode=mode, dir=run_dir, config=to_jsonable({**config, **paper_names(config)}),
-                     group=group, name=name, reinit="create_new")  # runs may be open side by side
-    run.define_metric("event")  # the learning event is the x-axis of every curve
-    run.define_metric("*", step_metric="event")
-    return run
 
 
 def _log_results(run, results: dict, run_dir: str) -> None:

@@ -79,6 +79,12 @@ def test_dead_channels_are_pruned_without_changing_outputs(network):
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-5 * float(jnp.abs(ref).max()))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _stage_codes(specs, layers, px):
+    """The integer stage's codes of every layer; one program per architecture, the quantization an argument."""
+    return frozen_forward_codes(specs, layers, px, return_all=True)
+
+
 def test_integer_reference_is_bit_exact_with_equalization_and_bias_correction(network):
     """Per-channel ReLU6 bounds reach the integer kernels as per-channel clamps; JAX == NumPy bit for bit."""
     specs, folded, px = network(0.5, 48, "relu6", n=20)
@@ -86,22 +92,16 @@ def test_integer_reference_is_bit_exact_with_equalization_and_bias_correction(ne
     cfg = QuantConfig(equalize=True, bias_correction=True)
     layers, _, _ = calibrate_and_quantize(specs[:L], folded[:L], cal, cfg)
     assert any(np.ndim(lq.act_max) == 1 for lq in layers)  # some clamp is per channel
-    jax_codes = jax.jit(lambda p: frozen_forward_codes(specs[:L], layers, p, return_all=True))(px[12:])
+    jax_codes = _stage_codes(tuple(specs[:L]), tuple(layers), jnp.asarray(px[12:]))
     ref_codes = integer_forward(specs[:L], layers, px[12:], return_all=True)
     for spec, a, b in zip(specs, jax_codes, ref_codes):
         np.testing.assert_array_equal(np.asarray(a).astype(np.uint8), b, err_msg=f"layer {spec.index}")
     assert ref_codes[-1].std() > 0
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _stage_codes(specs, layers, px):
-    return frozen_forward_codes(specs, layers, px, return_all=True)
-
-
 def _mean_shift(specs, reference, layers, px):
     """Per layer, max over channels of |mean quantized output - mean FP32 output| relative to its scale."""
     x = jnp.asarray(px.astype(np.float32) * INPUT_SCALE)
-    # One program (op by op: ~7 s) for every stage of these specs: the quantization is an argument, not a constant.
     codes = _stage_codes(tuple(specs), tuple(layers), jnp.asarray(px))
     out = []
     with jax.default_matmul_precision("highest"):
