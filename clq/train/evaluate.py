@@ -103,7 +103,8 @@ def count_hits(hits, params, scale, test: EvalLatents, chunk: int) -> tuple[jax.
 
 def jit_count_hits(hits, chunk: int):
     """`count_hits` of `hits` over chunks of `chunk` rows, compiled once: ``(params, scale, test) -> (class_hits,
-    session_hits)``. Made once per run (its program holds `hits`, so it goes when the run's closure goes)."""
+    session_hits)``. A run makes it once per setting and process (`clq.train.loop`: a later run of the same
+    setting reuses the compiled program)."""
     return jax.jit(lambda params, scale, test: count_hits(hits, params, scale, test, chunk))
 
 

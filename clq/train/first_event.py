@@ -10,6 +10,7 @@ the epoch's mini-batches).
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -40,19 +41,26 @@ def population_bn_stats(specs, params, bn_stats, images: np.ndarray, batch_size:
     i.e. the network exactly as trained; means and second moments are averaged over equal-size batches.
     Returns float32 {"mean": [C], "var": [C]} per layer with BN ({} for the others).
     """
-    # Parameters as arguments, not constants of the program: the compilation cache then serves every seed.
-    fn = jax.jit(lambda p, s, x: forward_bn(specs, p, s, _to_input(x), train=True)[1])
+    specs = tuple(specs)
     n = (len(images) // batch_size) * batch_size or len(images)
     # The moments are summed on the host in float32, one numpy operation per layer and batch: the same IEEE
     # operations, in the same order, as summing them with JAX arrays op by op, without the ~3,700 dispatches of
     # one-op programs that cost event 0 of the default experiment ~0.3 s (the per-batch program is unchanged).
-    batches = [fn(params, bn_stats, jnp.asarray(images[start : start + batch_size]))
+    batches = [_batch_stats(specs, params, bn_stats, jnp.asarray(images[start : start + batch_size]))
                for start in range(0, n, batch_size)]
     sums = None
     for st in jax.device_get(batches):
         moments = [(d["mean"], d["var"] + np.square(d["mean"])) if d else () for d in st]
         sums = moments if sums is None else [tuple(a + b for a, b in zip(s, m)) for s, m in zip(sums, moments)]
     return _moments_to_stats(sums, len(batches))
+
+
+# Parameters as arguments, not constants of the program: the compilation cache then serves every seed; at module
+# level with the specs static, so a process's later event 0 of the same network reuses it.
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_stats(specs, params, bn_stats, pixels):
+    """Per-layer batch statistics ({'mean', 'var'} [C] float32, {} without BN) of uint8 `pixels` [B, H, W, C]."""
+    return forward_bn(specs, params, bn_stats, _to_input(pixels), train=True)[1]
 
 
 def _moments_to_stats(sums, count: int):
@@ -96,6 +104,56 @@ def configure_head(params: Sequence[dict], bias: bool, init: str) -> tuple[dict,
     if not bias:
         head.pop("b", None)
     return tuple(params[:-1]) + (head,)
+
+
+@functools.lru_cache(maxsize=8)
+def _event0_programs(specs: tuple[LayerSpec, ...], n: int, bs: int, epochs: int, lr: float, momentum: float,
+                     weight_decay: float, schedule: str, norm: str, frozen: tuple[bool, ...]):
+    """(optimizer init, epoch program) of one event-0 setting, jitted: built once per process and setting.
+
+    Everything the programs depend on besides arrays is an argument here, so a second event 0 of the same shapes
+    and settings in this process (a run started again in a notebook, the tests, a sweep's members run one by one)
+    reuses the traced and compiled programs instead of tracing, lowering and loading them again (~1 s of a tiny
+    run on 2 cores). The programs are those the closures of one call built before, bit for bit.
+
+    Returns:
+      init_opt(params) -> optimizer state; epoch_fn(params, opt_state, stats, key, t0, x_all, y_all) ->
+      (params, opt_state, stats, mean loss, mean accuracy) of one epoch of ``n // bs`` steps.
+    """
+    steps = n // bs
+    # Cosine decay: from-scratch training needs a large step early, a small one late; AR1 keeps its rate.
+    sched = optax.cosine_decay_schedule(lr, max(1, epochs * steps)) if schedule == "cosine" else lr
+    optimizer = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(sched, momentum=momentum))
+    renorm = ar1_first_event_schedule(bs)
+
+    def loss_fn(p, stats, x, y, t):
+        if norm == "batch":  # batch statistics: `stats` (the initial ones, carried unchanged) are not read
+            logits, _ = forward_bn(specs, p, stats, _to_input(x), train=True)
+        else:
+            r_max, d_max = renorm.limits(t)
+            logits, stats = forward_norm(specs, p, stats, _to_input(x), frozen, renorm.momentum, r_max, d_max)
+        logits = logits.reshape(x.shape[0], -1)
+        return cross_entropy(logits, y), (jnp.mean(jnp.argmax(logits, -1) == y), stats)
+
+    # The experience's images and labels are arguments, not constants of the program: as constants they made
+    # every seed's first experience (and every dataset) a new program to compile (3-5 s on the default model).
+    @jax.jit
+    def epoch_fn(params, opt_state, stats, k, t0, x_all, y_all):
+        perm = jax.random.permutation(k, n)[: steps * bs].reshape(steps, bs)
+
+        def step(carry, xs):
+            p, s, st = carry
+            idx, t = xs
+            (loss, (acc, st)), g = jax.value_and_grad(loss_fn, has_aux=True)(p, st, x_all[idx], y_all[idx], t)
+            u, s = optimizer.update(g, s, p)
+            return (optax.apply_updates(p, u), s, st), (loss, acc)
+
+        (params, opt_state, stats), (loss, acc) = jax.lax.scan(
+            step, (params, opt_state, stats), (perm, t0 + jnp.arange(steps)))
+        return params, opt_state, stats, jnp.mean(loss), jnp.mean(acc)
+
+    # One program (~0.02 s from the compilation cache), not ~25 one-op programs to trace and load (~0.2 s).
+    return jax.jit(optimizer.init), epoch_fn
 
 
 def train_first_event(
@@ -144,42 +202,12 @@ def train_first_event(
     k_init, k_data = jax.random.split(key)
     params, bn_stats = init if init is not None else init_params(specs, k_init)
     params = configure_head(params, head_bias, head_init)
-    # Cosine decay: from-scratch training needs a large step early, a small one late; AR1 keeps its rate.
-    sched = optax.cosine_decay_schedule(lr, max(1, epochs * steps)) if schedule == "cosine" else lr
-    optimizer = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(sched, momentum=momentum))
-    # One program (~0.02 s from the compilation cache), not ~25 one-op programs to trace and load (~0.2 s).
-    opt_state = jax.jit(optimizer.init)(params)
+    frozen = tuple(norm == "ar1" and s.index <= latent_layer for s in specs)  # BN in inference mode (AR1: 0..l)
+    init_opt, epoch_fn = _event0_programs(tuple(specs), n, bs, epochs, float(lr), float(momentum),
+                                          float(weight_decay), schedule, norm, frozen)
+    opt_state = init_opt(params)
     x_all = jnp.asarray(images)
     y_all = jnp.asarray(labels, jnp.int32)
-    renorm = ar1_first_event_schedule(bs)
-    frozen = tuple(norm == "ar1" and s.index <= latent_layer for s in specs)  # BN in inference mode (AR1: 0..l)
-
-    def loss_fn(p, stats, x, y, t):
-        if norm == "batch":
-            logits, _ = forward_bn(specs, p, bn_stats, _to_input(x), train=True)
-        else:
-            r_max, d_max = renorm.limits(t)
-            logits, stats = forward_norm(specs, p, stats, _to_input(x), frozen, renorm.momentum, r_max, d_max)
-        logits = logits.reshape(x.shape[0], -1)
-        return cross_entropy(logits, y), (jnp.mean(jnp.argmax(logits, -1) == y), stats)
-
-    # The experience's images and labels are arguments, not constants of the program: as constants they made
-    # every seed's first experience (and every dataset) a new program to compile (3-5 s on the default model).
-    @jax.jit
-    def epoch_fn(params, opt_state, stats, k, t0, x_all, y_all):
-        perm = jax.random.permutation(k, n)[: steps * bs].reshape(steps, bs)
-
-        def step(carry, xs):
-            p, s, st = carry
-            idx, t = xs
-            (loss, (acc, st)), g = jax.value_and_grad(loss_fn, has_aux=True)(p, st, x_all[idx], y_all[idx], t)
-            u, s = optimizer.update(g, s, p)
-            return (optax.apply_updates(p, u), s, st), (loss, acc)
-
-        (params, opt_state, stats), (loss, acc) = jax.lax.scan(
-            step, (params, opt_state, stats), (perm, t0 + jnp.arange(steps)))
-        return params, opt_state, stats, jnp.mean(loss), jnp.mean(acc)
-
     history = []
     stats = tuple(bn_stats)
     for e in range(epochs):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -167,8 +168,7 @@ def run_continual(
     K, S = stream.num_classes, len(stream.session_names)
     exp0 = stream.experiences[0]
     latent_shape = tuple(frozen_specs[-1].out_shape)
-    optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
-    norm = make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum)
+    optimizer, norm, strategy = _learning_parts(tuple(adaptive_specs), train, K)
 
     # Shapes of everything a checkpoint holds, to restore onto without deserialising objects.
     folded_t = folded_shapes(specs, train)
@@ -177,7 +177,6 @@ def run_continual(
         *network_shapes(specs, train))
     shape_buffer = make_replay_buffer(replay.size, latent_shape, make_latent_codec(replay.bits, 1.0),
                                       replay.policy, K)
-    strategy = make_strategy(train.strategy, train.reset_momentum, optimizer.init, K)
     templates = {
         "folded": folded_t,
         "learner": LearnerState(adaptive_t, jax.eval_shape(optimizer.init, adaptive_t),
@@ -217,7 +216,6 @@ def run_continual(
     # On the device once: every evaluation reads the same test latents (`clq.train.evaluate.evaluate`).
     eval_chunk = min(train.eval_batch_size, len(test_codes))
     test = jax.device_put(pad_eval_latents(test_codes, stream.test_labels, stream.test_sessions, eval_chunk))
-    count = jit_count_hits(make_hits(adaptive_specs, K, S), eval_chunk)
     # Event 0's latents fill the buffer; first they show what quantizing the frozen stage cost event 0's network.
     with timer("frozen_pass_s"):
         codes0 = frozen.latents(stream.train_images[exp0])
@@ -232,8 +230,8 @@ def run_continual(
             return evaluate(count, folded_params, frozen.scale, test, stream.test_labels, stream.test_sessions)
 
     codec = make_latent_codec(replay.bits, frozen.a_max)
-    buffer = make_replay_buffer(replay.size, latent_shape, codec, replay.policy, K)
-    learner = make_learner(adaptive_specs, optimizer, buffer, norm, strategy, train.epochs)
+    learner, init_learner, count = _learner_programs(tuple(adaptive_specs), train, replay, latent_shape, codec, K, S,
+                                                     eval_chunk)
     # S_LR a traced value (`Hyper.lr_scale`): the compilation cache then serves every seed's learning step.
     hyper = Hyper(jnp.float32(train.lr), k_train, k_buf, jnp.float32(codec.scale))
     later = stream.experiences[1:]
@@ -268,7 +266,7 @@ def run_continual(
             with timer("buffer_s"):
                 event0 = Event(decode(codes0), jnp.asarray(stream.train_labels[exp0]), jnp.int32(len(exp0)),
                                jnp.int32(0))
-                state = jax.jit(learner.init)(adaptive_params, norm_state, event0, hyper)
+                state = init_learner(adaptive_params, norm_state, event0, hyper)
             hist.add(0, run_eval(state.params, state.norm), n_new=len(exp0), train_loss=history[-1][0],
                      train_accuracy=history[-1][1])
             checkpoint(0)
@@ -321,6 +319,33 @@ def run_continual(
                                                    run_eval, jax.random.fold_in(key, 7))
         results["timing_s"] = {k: round(v, 3) for k, v in timer.totals.items()}
         return results
+
+
+@functools.lru_cache(maxsize=8)
+def _learning_parts(adaptive_specs: tuple[LayerSpec, ...], train: TrainConfig, num_classes: int):
+    """(optimizer, adaptive normalization, strategy) of a run's learning events, built once per process and
+    setting (`_learner_programs` says why)."""
+    optimizer = make_optimizer(train.lr, train.momentum, train.weight_decay)
+    norm = make_adaptive_norm(train.adaptive_norm, adaptive_specs, train.norm_momentum)
+    return optimizer, norm, make_strategy(train.strategy, train.reset_momentum, optimizer.init, num_classes)
+
+
+@functools.lru_cache(maxsize=8)
+def _learner_programs(adaptive_specs: tuple[LayerSpec, ...], train: TrainConfig, replay: ReplayConfig,
+                      latent_shape: tuple[int, ...], codec, num_classes: int, num_sessions: int, eval_chunk: int):
+    """(learner, its jitted ``init``, the jitted evaluation `jit_count_hits`) of one run's settings and shapes.
+
+    Built once per process and key: every program of a learner (its step per composition, its init) and the
+    evaluation are closures of these objects, so a second run of the same settings in this process (the tests, a
+    notebook that runs a configuration again, a sweep's members run one by one) reuses them, traced and compiled,
+    instead of tracing, lowering and loading them again (~0.5 s of a tiny run on 2 cores). Pure functions of
+    their arguments: sharing them changes no number. The codec (its bits and scale) is part of the key.
+    """
+    optimizer, norm, strategy = _learning_parts(adaptive_specs, train, num_classes)
+    buffer = make_replay_buffer(replay.size, latent_shape, codec, replay.policy, num_classes)
+    learner = make_learner(adaptive_specs, optimizer, buffer, norm, strategy, train.epochs)
+    return learner, jax.jit(learner.init), jit_count_hits(make_hits(adaptive_specs, num_classes, num_sessions),
+                                                          eval_chunk)
 
 
 def _with_detail(on_event):
