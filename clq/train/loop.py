@@ -230,8 +230,7 @@ def run_continual(
             return evaluate(count, folded_params, frozen.scale, test, stream.test_labels, stream.test_sessions)
 
     codec = make_latent_codec(replay.bits, frozen.a_max)
-    learner, init_learner, count = _learner_programs(tuple(adaptive_specs), train, replay, latent_shape, codec, K, S,
-                                                     eval_chunk)
+    learner, init_learner, count = _learner_programs(tuple(adaptive_specs), train, replay, latent_shape, K, S, eval_chunk)
     # S_LR a traced value (`Hyper.lr_scale`): the compilation cache then serves every seed's learning step.
     hyper = Hyper(jnp.float32(train.lr), k_train, k_buf, jnp.float32(codec.scale))
     later = stream.experiences[1:]
@@ -332,17 +331,20 @@ def _learning_parts(adaptive_specs: tuple[LayerSpec, ...], train: TrainConfig, n
 
 @functools.lru_cache(maxsize=8)
 def _learner_programs(adaptive_specs: tuple[LayerSpec, ...], train: TrainConfig, replay: ReplayConfig,
-                      latent_shape: tuple[int, ...], codec, num_classes: int, num_sessions: int, eval_chunk: int):
+                      latent_shape: tuple[int, ...], num_classes: int, num_sessions: int, eval_chunk: int):
     """(learner, its jitted ``init``, the jitted evaluation `jit_count_hits`) of one run's settings and shapes.
 
     Built once per process and key: every program of a learner (its step per composition, its init) and the
     evaluation are closures of these objects, so a second run of the same settings in this process (the tests, a
     notebook that runs a configuration again, a sweep's members run one by one) reuses them, traced and compiled,
     instead of tracing, lowering and loading them again (~0.5 s of a tiny run on 2 cores). Pure functions of
-    their arguments: sharing them changes no number. The codec (its bits and scale) is part of the key.
+    their arguments: sharing them changes no number. The latents' scale S_LR is no part of the key: every program
+    takes it as `Hyper.lr_scale` (the buffer's codec is rebuilt with it, `ReplayBuffer.with_scale`), so runs at
+    other seeds share the programs too; the codec here only fixes the bits and dtype.
     """
     optimizer, norm, strategy = _learning_parts(adaptive_specs, train, num_classes)
-    buffer = make_replay_buffer(replay.size, latent_shape, codec, replay.policy, num_classes)
+    buffer = make_replay_buffer(replay.size, latent_shape, make_latent_codec(replay.bits, 1.0), replay.policy,
+                                num_classes)
     learner = make_learner(adaptive_specs, optimizer, buffer, norm, strategy, train.epochs)
     return learner, jax.jit(learner.init), jit_count_hits(make_hits(adaptive_specs, num_classes, num_sessions),
                                                           eval_chunk)
