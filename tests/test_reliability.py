@@ -45,9 +45,8 @@ def _run(tiny, **kw):
     return run_continual(stream, specs, 23, kw.pop("train", train), ReplayConfig(40, 8, "ar1"), QuantConfig(), 0, **kw)
 
 
-def test_same_seed_same_numbers(tiny, ref):
-    """Same numbers, and a second run of the same settings in one process lowers no program: event 0's epoch, the
-    population statistics, the frozen stage, the learner and the evaluation are all reused as they are."""
+def _lowered(fn):
+    """(fn(), names of the programs lowered while it ran)."""
     import jax
 
     lowered = []
@@ -58,12 +57,28 @@ def test_same_seed_same_numbers(tiny, ref):
 
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
-        b = _run(tiny)
+        return fn(), lowered
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def test_same_seed_same_numbers(tiny, ref):
+    """Same numbers, and a second run of the same settings in one process lowers no program: event 0's epoch, the
+    population statistics, the frozen stage, the learner and the evaluation are all reused as they are."""
+    b, lowered = _lowered(lambda: _run(tiny))
     for k in NUMBERS:
         assert ref[k] == b[k], k
     assert lowered == []
+
+
+def test_another_seed_in_the_same_process_reuses_the_learning_programs(tiny, ref):
+    """A run at another seed (a sweep's next member, run in this process by Hydra's basic launcher) traces event 0's
+    epoch and the learner's programs no more: the seed's values, S_LR included, are their arguments."""
+    stream, specs, train = tiny
+    other, lowered = _lowered(lambda: run_continual(stream, specs, 23, train, ReplayConfig(40, 8, "ar1"),
+                                                    QuantConfig(), 1))
+    assert other["accuracy_per_event"] != ref["accuracy_per_event"]
+    assert not {"jit(epoch_fn)", "jit(learning_event)", "jit(init)", "jit(init_fn)"} & set(lowered), lowered
 
 
 def test_crash_and_resume_is_bit_identical(tiny, ref, tmp_path):
