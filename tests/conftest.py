@@ -14,10 +14,11 @@ os.environ.setdefault("CLQ_LATENT_CACHE_DIR", "")
 def _cache_large_programs() -> None:
     """A persistent compilation cache for this test process, in a folder of its own that goes with it.
 
-    A run builds its large jitted programs per call (closures over its specs and settings: event 0's epoch, the
-    learning event, the population statistics), so every in-process run of a test compiled them again, ~5.6 s of a
-    ~7 s tiny run on 2 cores. From the cache the same executable is loaded, so no number changes (the determinism
-    and resume tests compare runs bit for bit either way). Programs that took 0.1 s or more to compile are written:
+    A process keeps a run's programs for later runs of the same settings (`clq.train.loop`), but the tests build
+    many others: other settings, shapes and networks, and programs of their own that are traced again, whose
+    executables then come from here instead of being compiled again (a tiny run compiled for ~5.6 s of its ~7 s on
+    2 cores). The same executable is loaded, so no number changes (the determinism and resume tests compare runs bit
+    for bit either way). Programs that took 0.1 s or more to compile are written:
     the in-process runs' smaller programs too (with every program written, tests/test_reliability.py, tests/train,
     tests/replay, test_equalize.py and test_forward.py took 330 s under `-n 2`; with 0.1 s 336 s; with only the
     programs of 1 s or more, 369 s). No size bound, hence no LRU file lock; one folder per pytest-xdist worker, so

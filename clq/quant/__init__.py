@@ -14,6 +14,7 @@ from clq.quant.frozen import (
     LayerQuant,
     QuantConfig,
     calibrate_activation_max,
+    frozen_codes,
     frozen_forward_codes,
     frozen_forward_fp32,
     quantize_frozen_stage,
@@ -26,7 +27,7 @@ from clq.quant.requant import quantize_multiplier, requantize, requantize_jax
 from clq.quant.uniform import check_bits, code_range, dequantize, fake_quant, quantize, storage_dtype
 
 __all__ = [
-    "INPUT_SCALE", "LayerQuant", "QuantConfig", "calibrate_activation_max", "frozen_forward_codes",
+    "INPUT_SCALE", "LayerQuant", "QuantConfig", "calibrate_activation_max", "frozen_codes", "frozen_forward_codes",
     "frozen_forward_fp32", "quantize_frozen_stage", "calibrate_and_quantize", "integer_forward",
     "ExportedStage", "export_frozen_stage", "load_frozen_stage", "frozen_stage_tensors", "tensors_sha256",
     "c_header_source", "quantize_multiplier", "requantize", "requantize_jax", "LatentCodec", "make_latent_codec",

@@ -41,7 +41,7 @@ import numpy as np
 
 from clq.model.forward import activation, linear_op
 from clq.model.specs import LayerSpec
-from clq.quant.frozen import INPUT_SCALE, dequantized_weights, frozen_forward_codes
+from clq.quant.frozen import INPUT_SCALE, dequantized_weights, frozen_codes
 
 __all__ = ["equalize", "equalization_pairs", "bias_correction"]
 
@@ -169,18 +169,6 @@ def _layer_means(spec, w, b, clip, wq, bq, x, q, q_scale):
             activation(spec, y, clip))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _layer_codes(spec, lq, q):
-    """One frozen layer's integer forward pass: uint8 input codes [B, H, W, C] -> its output codes.
-
-    Compiled once per layer, with the layer's quantization an argument, so that every calibration of the same
-    network reuses the program (clq-quant-report calibrates one stage per latent layer when it equalizes); op by
-    op, the pass took ~0.35 s per layer, most of a 20-layer correction's time. Integer arithmetic: the codes
-    equal those of a program with the quantization as constants.
-    """
-    return frozen_forward_codes((spec,), (lq,), q)
-
-
 def bias_correction(
     specs: Sequence[LayerSpec],
     params: Sequence[dict],
@@ -235,7 +223,9 @@ def bias_correction(
             x = x.mean(axis=(1, 2), keepdims=True)  # the pool: FP32 mean
         lq = quantize(i, corrected[i])
         layers.append(lq)
-        q = np.concatenate([np.asarray(_layer_codes(spec, lq, jnp.asarray(q[s : s + batch_size])))
+        # One program per layer shared by every calibration of the network (clq-quant-report calibrates one
+        # stage per latent layer when it equalizes).
+        q = np.concatenate([np.asarray(frozen_codes((spec,), (lq,), jnp.asarray(q[s : s + batch_size])))
                             for s in batches]).astype(np.uint8)
         q_scale = np.float32(lq.out_scale)
     return tuple(corrected), tuple(layers)

@@ -56,6 +56,7 @@ __all__ = [
     "input_scales",
     "dequantized_weights",
     "frozen_forward_codes",
+    "frozen_codes",
     "frozen_forward_fp32",
     "exact_chunks",
     "LayerPlan",
@@ -583,3 +584,11 @@ def frozen_forward_codes(
         q = codes.astype(jnp.float32)
         outs.append(q)
     return outs if return_all else q
+
+
+#: `frozen_forward_codes` compiled once per architecture (`specs`, a tuple), `bits`, `return_all` and `plan`, with the
+#: layers' integers an argument: the frozen stage of every seed, each layer of a bias correction and every
+#: calibration of the same network share a program, instead of compiling their integers as constants (then a new
+#: program each time: ~1.2 s for the default model's frozen stage, ~0.35 s per layer op by op). Integer arithmetic:
+#: the codes are those of the program with the integers as constants.
+frozen_codes = jax.jit(frozen_forward_codes, static_argnames=("specs", "bits", "return_all", "plan"))

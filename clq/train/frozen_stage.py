@@ -17,7 +17,7 @@ from clq.quant.frozen import (
     INPUT_SCALE,
     QuantConfig,
     calibrate_activation_max,
-    frozen_forward_codes,
+    frozen_codes,
     frozen_stage_plan,
 )
 from clq.quant.ptq import calibrate_and_quantize
@@ -79,7 +79,8 @@ def make_frozen_stage(
         # The layers' integers are arguments and what they decide is a static plan: as constants they made every
         # seed's frozen stage a new program to compile (~1.2 s on the default model).
         plan = frozen_stage_plan(frozen_specs, layers, config.bits)
-        fn = functools.partial(_codes, tuple(frozen_specs), config.bits, plan, jax.device_put(tuple(layers)))
+        fn = functools.partial(frozen_codes, tuple(frozen_specs), jax.device_put(tuple(layers)), bits=config.bits,
+                               plan=plan)
         scale, out_dtype = np.float32(layers[-1].out_scale), np.uint8
         # The LR codec must see the range the codes really span, so that lr_bits == frozen bits keeps the
         # frozen stage's codes unchanged (the pool layer inherits its input's scale).
@@ -134,14 +135,6 @@ def latents_ahead(latents: Callable[[np.ndarray], np.ndarray], images, experienc
             yield codes[s : s + len(e)]
             s += len(e)
         i = j
-
-
-# At module level with the specs, bits and plan static: a later frozen stage of the same network and plan in this
-# process (another seed, a run started again) reuses the traced program.
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _codes(specs, bits, plan, layers, pixels):
-    """The quantized frozen stage's latent codes of uint8 `pixels` [B, H, W, C] (`frozen_forward_codes`)."""
-    return frozen_forward_codes(specs, layers, pixels, bits, plan=plan)
 
 
 def _batched(fn, pixels: np.ndarray, out_shape, out_dtype, batch_size: int) -> np.ndarray:

@@ -168,19 +168,20 @@ def run_continual(
     K, S = stream.num_classes, len(stream.session_names)
     exp0 = stream.experiences[0]
     latent_shape = tuple(frozen_specs[-1].out_shape)
-    optimizer, norm, strategy = _learning_parts(tuple(adaptive_specs), train, K)
+    optimizer, norm, _ = _learning_parts(tuple(adaptive_specs), train, K)
+    eval_chunk = min(train.eval_batch_size, len(stream.test_labels))
+    learner, init_learner, count = _learner_programs(tuple(adaptive_specs), train, replay, latent_shape, K, S, eval_chunk)
 
     # Shapes of everything a checkpoint holds, to restore onto without deserialising objects.
     folded_t = folded_shapes(specs, train)
     adaptive_t, norm_t = jax.eval_shape(  # the adaptive stage's (params, norm_state) as event 0 leaves them
         lambda params, stats: norm.init(params[latent_layer + 1 :], stats[latent_layer + 1 :]),
         *network_shapes(specs, train))
-    shape_buffer = make_replay_buffer(replay.size, latent_shape, make_latent_codec(replay.bits, 1.0),
-                                      replay.policy, K)
     templates = {
         "folded": folded_t,
         "learner": LearnerState(adaptive_t, jax.eval_shape(optimizer.init, adaptive_t),
-                                jax.eval_shape(shape_buffer.init), norm_t, jax.eval_shape(strategy.init, adaptive_t)),
+                                jax.eval_shape(learner.buffer.init), norm_t,
+                                jax.eval_shape(learner.strategy.init, adaptive_t)),
     }
     restored = load_checkpoint(checkpoint_dir, templates) if (checkpoint_dir and resume) else None
     if restored is not None and restored[2].get("fingerprint") != fingerprint:
@@ -214,7 +215,6 @@ def run_continual(
     with timer("frozen_pass_s"):
         test_codes = frozen.latents(stream.test_images)
     # On the device once: every evaluation reads the same test latents (`clq.train.evaluate.evaluate`).
-    eval_chunk = min(train.eval_batch_size, len(test_codes))
     test = jax.device_put(pad_eval_latents(test_codes, stream.test_labels, stream.test_sessions, eval_chunk))
     # Event 0's latents fill the buffer; first they show what quantizing the frozen stage cost event 0's network.
     with timer("frozen_pass_s"):
@@ -230,7 +230,6 @@ def run_continual(
             return evaluate(count, folded_params, frozen.scale, test, stream.test_labels, stream.test_sessions)
 
     codec = make_latent_codec(replay.bits, frozen.a_max)
-    learner, init_learner, count = _learner_programs(tuple(adaptive_specs), train, replay, latent_shape, K, S, eval_chunk)
     # S_LR a traced value (`Hyper.lr_scale`): the compilation cache then serves every seed's learning step.
     hyper = Hyper(jnp.float32(train.lr), k_train, k_buf, jnp.float32(codec.scale))
     later = stream.experiences[1:]

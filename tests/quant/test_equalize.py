@@ -1,8 +1,6 @@
 """Cross-layer equalization and bias correction: same FP32 function, balanced ranges, bit-exact integer stage,
 and per-layer 8-bit that holds on the real ImageNet MobileNet-V1 weights."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +8,7 @@ import pytest
 
 from clq.model.forward import fold_batch_norm, forward
 from clq.model.imagenet import default_weights_path
-from clq.quant import INPUT_SCALE, QuantConfig, frozen_forward_codes, integer_forward
+from clq.quant import INPUT_SCALE, QuantConfig, frozen_codes, integer_forward
 from clq.quant.equalize import equalization_pairs, equalize
 from clq.quant.ptq import calibrate_and_quantize
 from clq.quant.report import center_crop_resize, photo_set, top1_agreement
@@ -79,12 +77,6 @@ def test_dead_channels_are_pruned_without_changing_outputs(network):
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-5 * float(jnp.abs(ref).max()))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _stage_codes(specs, layers, px):
-    """The integer stage's codes of every layer; one program per architecture, the quantization an argument."""
-    return frozen_forward_codes(specs, layers, px, return_all=True)
-
-
 def test_integer_reference_is_bit_exact_with_equalization_and_bias_correction(network):
     """Per-channel ReLU6 bounds reach the integer kernels as per-channel clamps; JAX == NumPy bit for bit."""
     specs, folded, px = network(0.5, 48, "relu6", n=20)
@@ -92,7 +84,7 @@ def test_integer_reference_is_bit_exact_with_equalization_and_bias_correction(ne
     cfg = QuantConfig(equalize=True, bias_correction=True)
     layers, _, _ = calibrate_and_quantize(specs[:L], folded[:L], cal, cfg)
     assert any(np.ndim(lq.act_max) == 1 for lq in layers)  # some clamp is per channel
-    jax_codes = _stage_codes(tuple(specs[:L]), tuple(layers), jnp.asarray(px[12:]))
+    jax_codes = frozen_codes(tuple(specs[:L]), tuple(layers), jnp.asarray(px[12:]), return_all=True)
     ref_codes = integer_forward(specs[:L], layers, px[12:], return_all=True)
     for spec, a, b in zip(specs, jax_codes, ref_codes):
         np.testing.assert_array_equal(np.asarray(a).astype(np.uint8), b, err_msg=f"layer {spec.index}")
@@ -102,7 +94,7 @@ def test_integer_reference_is_bit_exact_with_equalization_and_bias_correction(ne
 def _mean_shift(specs, reference, layers, px):
     """Per layer, max over channels of |mean quantized output - mean FP32 output| relative to its scale."""
     x = jnp.asarray(px.astype(np.float32) * INPUT_SCALE)
-    codes = _stage_codes(tuple(specs), tuple(layers), jnp.asarray(px))
+    codes = frozen_codes(tuple(specs), tuple(layers), jnp.asarray(px), return_all=True)
     out = []
     with jax.default_matmul_precision("highest"):
         for i, spec in enumerate(specs):
