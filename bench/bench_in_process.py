@@ -100,7 +100,8 @@ def main(argv=None) -> dict:
               f"{' / '.join(str(r['wall_s']) for r in runs)} s, accuracies "
               f"{' / '.join(str(r['final_accuracy']) for r in runs)}; later runs' programs "
               f"{sum(r['programs_s'] for r in later) / len(later) / max(first['programs_s'], 1e-9):.2f}x the first's")
-    out = {"command": command_line("bench_in_process.py", argv), "machine": machine(), "seeds": list(SEEDS), "runs": result}
+    out = {"command": command_line("bench_in_process.py", argv), "machine": machine(), "seeds": list(SEEDS),
+           "runs": result}
     if args.against:
         a, b = result[args.against][1:], result["this commit"][1:]
         out["later_runs_speedup"] = round(sum(r["wall_s"] for r in a) / sum(r["wall_s"] for r in b), 3)
