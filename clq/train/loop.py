@@ -170,7 +170,8 @@ def run_continual(
     latent_shape = tuple(frozen_specs[-1].out_shape)
     optimizer, norm, _ = _learning_parts(tuple(adaptive_specs), train, K)
     eval_chunk = min(train.eval_batch_size, len(stream.test_labels))
-    learner, init_learner, count = _learner_programs(tuple(adaptive_specs), train, replay, latent_shape, K, S, eval_chunk)
+    learner, init_learner, count = _learner_programs(tuple(adaptive_specs), train, replay, latent_shape, K, S,
+                                                     eval_chunk)
 
     # Shapes of everything a checkpoint holds, to restore onto without deserialising objects.
     folded_t = folded_shapes(specs, train)
