@@ -9,6 +9,10 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # computation. The tests of the defaults themselves set these variables per test.
 os.environ.setdefault("CLQ_EVENT0_CACHE_DIR", "")
 os.environ.setdefault("CLQ_LATENT_CACHE_DIR", "")
+# Programs kept traced on disk (`clq.programs`) are off: the suite's programs are mostly distinct and each would be
+# exported once for nothing (~40 s of the suite). tests/test_programs.py turns them on, and checks that a run gives
+# the same numbers with them.
+os.environ.setdefault("CLQ_PROGRAMS", "0")
 
 
 def _cache_large_programs() -> None:

@@ -33,14 +33,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["depthwise_weight_grad_native", "native_available", "native_fingerprint", "use_native", "build", "PARTS"]
+__all__ = ["depthwise_weight_grad_native", "CUSTOM_CALL_TARGET", "native_available", "native_fingerprint",
+           "use_native", "build", "cpu_signature", "PARTS"]
 
 #: The batch of one weight gradient is summed in this many fixed parts (run on the XLA CPU thread pool), then the
 #: parts are added in order: the numbers do not depend on how many threads there are.
 PARTS = 8
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "csrc", "depthwise.cc")
-_TARGET = "clq_depthwise_weight_grad"
+#: The kernel's name in XLA's FFI registry (`clq.programs` exports the programs that call it with it allowed).
+CUSTOM_CALL_TARGET = "clq_depthwise_weight_grad"
 _SYMBOL = "ClqDepthwiseWeightGrad"
 _FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC", "-w")
 _lock = threading.Lock()
@@ -48,7 +50,7 @@ _state: dict = {}
 _enabled = [True]
 
 
-def _cpu_signature() -> str:
+def cpu_signature() -> str:
     """This CPU's model and instruction-set flags (the binary is built with ``-march=native``)."""
     try:
         with open("/proc/cpuinfo") as f:
@@ -72,7 +74,7 @@ def _build_key(cxx: str) -> str:
     with open(_SOURCE, "rb") as f:
         source = f.read()
     h = hashlib.sha256(source)
-    for part in (*_FLAGS, version, jaxlib.__version__, _cpu_signature(), sys.platform):
+    for part in (*_FLAGS, version, jaxlib.__version__, cpu_signature(), sys.platform):
         h.update(b"\0" + part.encode())
     return h.hexdigest()[:24]
 
@@ -120,7 +122,7 @@ def _load() -> bool:
         try:
             path = build()
             lib = ctypes.cdll.LoadLibrary(path)
-            jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(getattr(lib, _SYMBOL)), platform="cpu")
+            jax.ffi.register_ffi_target(CUSTOM_CALL_TARGET, jax.ffi.pycapsule(getattr(lib, _SYMBOL)), platform="cpu")
             _state["ok"], _state["binary"] = True, os.path.basename(path)
         except (RuntimeError, OSError, AttributeError) as e:
             _state["ok"], _state["why"] = False, str(e)
@@ -166,7 +168,8 @@ def depthwise_weight_grad_native(x: jax.Array, g: jax.Array, k: int, stride: int
     Returns:
       float32 [..., K, K, 1, C].
     """
-    call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct((*x.shape[:-4], k, k, 1, x.shape[-1]), jnp.float32),
+    call = jax.ffi.ffi_call(CUSTOM_CALL_TARGET,
+                            jax.ShapeDtypeStruct((*x.shape[:-4], k, k, 1, x.shape[-1]), jnp.float32),
                             vmap_method="broadcast_all")
     return call(x, g, stride=np.int64(stride), pad_top=np.int64(pad_top), pad_left=np.int64(pad_left),
                 parts=np.int64(PARTS))

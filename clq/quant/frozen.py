@@ -40,6 +40,7 @@ import numpy as np
 from clq.checks import check_choice, check_flag, check_int, check_number
 from clq.model.forward import forward, im2col, linear_op
 from clq.model.specs import LayerSpec
+from clq.programs import persistent_jit
 from clq.quant.requant import quantize_multiplier, requantize_jax
 from clq.quant.uniform import check_bits, code_range
 
@@ -170,7 +171,7 @@ def frozen_forward_fp32(specs: Sequence[LayerSpec], params: Sequence[dict], x: j
 
 # Module-level jitted helpers with the specs static and the parameters as arguments: one compilation per
 # architecture and batch shape, shared by every calibration of that architecture.
-@functools.partial(jax.jit, static_argnums=0)
+@persistent_jit("frozen.layer_max", static_argnums=1)
 def _layer_max(specs, params, x):
     return jnp.stack([jnp.max(o) for o in frozen_forward_fp32(specs, params, x)])
 

@@ -20,6 +20,7 @@ import optax
 
 from clq.model.forward import forward_bn, forward_norm, init_params
 from clq.model.specs import LayerSpec
+from clq.programs import persistent, persistent_jit
 from clq.train.event import cross_entropy
 from clq.train.norm import FIRST_EVENT_NORMS, ar1_first_event_schedule
 
@@ -56,8 +57,9 @@ def population_bn_stats(specs, params, bn_stats, images: np.ndarray, batch_size:
 
 
 # Parameters as arguments, not constants of the program: the compilation cache then serves every seed; at module
-# level with the specs static, so a process's later event 0 of the same network reuses it.
-@functools.partial(jax.jit, static_argnums=0)
+# level with the specs static, so a process's later event 0 of the same network reuses it (and a later process
+# loads it traced, `clq.programs`).
+@persistent_jit("event0.batch_stats", static_argnums=1)
 def _batch_stats(specs, params, bn_stats, pixels):
     """Per-layer batch statistics ({'mean', 'var'} [C] float32, {} without BN) of uint8 `pixels` [B, H, W, C]."""
     return forward_bn(specs, params, bn_stats, _to_input(pixels), train=True)[1]
@@ -152,8 +154,11 @@ def _event0_programs(specs: tuple[LayerSpec, ...], n: int, bs: int, epochs: int,
             step, (params, opt_state, stats), (perm, t0 + jnp.arange(steps)))
         return params, opt_state, stats, jnp.mean(loss), jnp.mean(acc)
 
-    # One program (~0.02 s from the compilation cache), not ~25 one-op programs to trace and load (~0.2 s).
-    return jax.jit(optimizer.init), epoch_fn
+    # One program (~0.02 s from the compilation cache), not ~25 one-op programs to trace and load (~0.2 s). The
+    # epoch, the largest program of a run, is kept whole on disk (`clq.programs`): a new process loads it without
+    # tracing and lowering it (~0.7 s).
+    settings = (specs, n, bs, epochs, lr, momentum, weight_decay, schedule, norm, frozen)
+    return jax.jit(optimizer.init), persistent(epoch_fn, "event0.epoch", settings)
 
 
 def train_first_event(

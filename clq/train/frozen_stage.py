@@ -13,6 +13,7 @@ import numpy as np
 from clq.batching import padded_batches
 from clq.model.forward import forward
 from clq.model.specs import LayerSpec
+from clq.programs import persistent, persistent_jit
 from clq.quant.frozen import (
     INPUT_SCALE,
     QuantConfig,
@@ -79,8 +80,7 @@ def make_frozen_stage(
         # The layers' integers are arguments and what they decide is a static plan: as constants they made every
         # seed's frozen stage a new program to compile (~1.2 s on the default model).
         plan = frozen_stage_plan(frozen_specs, layers, config.bits)
-        fn = functools.partial(frozen_codes, tuple(frozen_specs), jax.device_put(tuple(layers)), bits=config.bits,
-                               plan=plan)
+        fn = functools.partial(_codes_program(tuple(frozen_specs), config.bits, plan), jax.device_put(tuple(layers)))
         scale, out_dtype = np.float32(layers[-1].out_scale), np.uint8
         # The LR codec must see the range the codes really span, so that lr_bits == frozen bits keeps the
         # frozen stage's codes unchanged (the pool layer inherits its input's scale).
@@ -90,6 +90,14 @@ def make_frozen_stage(
         return _batched(fn, pixels, frozen_specs[-1].out_shape, out_dtype, batch_size)
 
     return FrozenStage(latents, scale, a_max, tuple(layers), config)
+
+
+@functools.lru_cache(maxsize=8)
+def _codes_program(specs: tuple[LayerSpec, ...], bits: int, plan) -> Callable:
+    """``fn(layers, pixels) -> codes``: the quantized frozen stage `frozen_codes` of one architecture, bit-width and
+    plan, kept on disk traced (`clq.programs`)."""
+    return persistent(jax.jit(functools.partial(frozen_codes, specs, bits=bits, plan=plan)), "frozen.codes",
+                      (specs, bits, plan))
 
 
 #: Bytes of pixels and codes that `latents_ahead` holds for one call of the frozen stage: the default
@@ -145,7 +153,7 @@ def _batched(fn, pixels: np.ndarray, out_shape, out_dtype, batch_size: int) -> n
     return out
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@persistent_jit("frozen.top1", static_argnums=1)
 def _top1(specs, params, x, scale):
     """Predicted class [B] of the folded layers `specs` (FP32) on inputs ``x * scale`` (uint8 pixels or codes)."""
     return jnp.argmax(forward(specs, params, x.astype(jnp.float32) * scale).reshape(x.shape[0], -1), axis=-1)

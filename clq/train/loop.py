@@ -26,6 +26,7 @@ import numpy as np
 from clq.data.stream import Stream
 from clq.model.forward import fold_batch_norm
 from clq.model.specs import LayerSpec, split_specs
+from clq.programs import persistent
 from clq.quant.frozen import QuantConfig
 from clq.quant.latent import make_latent_codec
 from clq.learn import Event, Hyper, LearnerState, make_learner, make_strategy
@@ -170,8 +171,8 @@ def run_continual(
     latent_shape = tuple(frozen_specs[-1].out_shape)
     optimizer, norm, _ = _learning_parts(tuple(adaptive_specs), train, K)
     eval_chunk = min(train.eval_batch_size, len(stream.test_labels))
-    learner, init_learner, count = _learner_programs(tuple(adaptive_specs), train, replay, latent_shape, K, S,
-                                                     eval_chunk)
+    learner, init_learner, count, step_program = _learner_programs(tuple(adaptive_specs), train, replay,
+                                                                   latent_shape, K, S, eval_chunk)
 
     # Shapes of everything a checkpoint holds, to restore onto without deserialising objects.
     folded_t = folded_shapes(specs, train)
@@ -291,7 +292,7 @@ def run_continual(
             comp = minibatch_composition(n_new, replay.size, train.batch_size)
             compositions.add(comp)
             with timer("train_s"):
-                state, m = learner.jit_step(comp)(state, event, hyper)
+                state, m = step_program(comp)(state, event, hyper)
                 loss = np.asarray(m.loss)
             if not bool(_ALL_FINITE((m.loss, state.params, state.norm))):
                 bad = ~np.isfinite(loss)
@@ -332,7 +333,8 @@ def _learning_parts(adaptive_specs: tuple[LayerSpec, ...], train: TrainConfig, n
 @functools.lru_cache(maxsize=8)
 def _learner_programs(adaptive_specs: tuple[LayerSpec, ...], train: TrainConfig, replay: ReplayConfig,
                       latent_shape: tuple[int, ...], num_classes: int, num_sessions: int, eval_chunk: int):
-    """(learner, its jitted ``init``, the jitted evaluation `jit_count_hits`) of one run's settings and shapes.
+    """(learner, its jitted ``init``, the jitted evaluation `jit_count_hits`, ``step_program(composition)``: the
+    learner's jitted step kept on disk whole, `clq.programs`) of one run's settings and shapes.
 
     Built once per process and key: every program of a learner (its step per composition, its init) and the
     evaluation are closures of these objects, so a second run of the same settings in this process (the tests, a
@@ -346,8 +348,18 @@ def _learner_programs(adaptive_specs: tuple[LayerSpec, ...], train: TrainConfig,
     buffer = make_replay_buffer(replay.size, latent_shape, make_latent_codec(replay.bits, 1.0), replay.policy,
                                 num_classes)
     learner = make_learner(adaptive_specs, optimizer, buffer, norm, strategy, train.epochs)
-    return learner, jax.jit(learner.init), jit_count_hits(make_hits(adaptive_specs, num_classes, num_sessions),
-                                                          eval_chunk)
+    settings = (adaptive_specs, train, replay, latent_shape, num_classes)
+
+    # The learning event is the run's second largest program: loaded traced, a new process does not trace and
+    # lower it (~0.5 s on 2 cores); its init and the evaluation likewise (`clq.programs`).
+    @functools.lru_cache(maxsize=None)
+    def step_program(composition):
+        return persistent(learner.jit_step(composition), "learner.step", (settings, composition), donate_argnums=(0,))
+
+    init = persistent(jax.jit(learner.init), "learner.init", settings)
+    count = persistent(jit_count_hits(make_hits(adaptive_specs, num_classes, num_sessions), eval_chunk),
+                       "learner.count_hits", (settings, num_sessions, eval_chunk))
+    return learner, init, count, step_program
 
 
 def _with_detail(on_event):
