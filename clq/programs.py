@@ -16,7 +16,8 @@ one machine gives the same numbers whichever way it was had; it computes what th
   that is not an argument must be among them);
 * the arguments' tree structure, shapes, dtypes and weak types;
 * the SHA-256 of every ``.py`` file of the installed clq package: any change to clq's code is another key;
-* jax's and jaxlib's versions, ``XLA_FLAGS``, the jax settings that change a traced program, the backend's
+* jax's and jaxlib's versions and those of the libraries whose code is traced into the programs (optax, flax,
+  chex, numpy, ml_dtypes), ``XLA_FLAGS``, the jax settings that change a traced program, the backend's
   platform and version, the devices, this CPU's model and instruction-set flags, and what the depthwise weight
   gradient is computed with (`clq.model.native.native_fingerprint`).
 
@@ -51,6 +52,8 @@ _FOLDER = "clq-programs"
 _TRACE_SETTINGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_numpy_rank_promotion",
                    "jax_numpy_dtype_promotion", "jax_default_prng_impl", "jax_threefry_partitionable",
                    "jax_enable_custom_prng", "jax_disable_jit", "jax_debug_nans", "jax_debug_infs")
+#: Installed packages whose code runs while a program is traced: another version can trace another program.
+_TRACED_PACKAGES = ("optax", "flax", "chex", "numpy", "ml_dtypes")
 
 
 def programs_dir() -> str | None:
@@ -88,10 +91,24 @@ def _environment() -> str:
     backend = jax.devices()[0].client
     settings = {name: getattr(jax.config, name, None) for name in _TRACE_SETTINGS}
     return "\n".join(map(str, (
-        _source_digest(), jax.__version__, jaxlib.__version__, os.environ.get("XLA_FLAGS", ""),
+        _source_digest(), jax.__version__, jaxlib.__version__, _package_versions(), os.environ.get("XLA_FLAGS", ""),
         sorted(settings.items()),
         backend.platform, backend.platform_version, [d.device_kind for d in jax.devices()], cpu_signature(),
         platform.machine())))
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> tuple:
+    """(name, version or None) of each of `_TRACED_PACKAGES`."""
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return tuple((name, version(name)) for name in _TRACED_PACKAGES)
 
 
 def _avals(leaves: list) -> tuple:
