@@ -63,8 +63,14 @@ def _canvas(x: np.ndarray, image_size: int, scale: float) -> np.ndarray:
     canvas = np.zeros((n, image_size, image_size, c), np.float32)
     top = (image_size - x.shape[1]) // 2
     left = (image_size - x.shape[2]) // 2
-    canvas[:, top : top + x.shape[1], left : left + x.shape[2]] = np.clip(x, 0, 255)
+    canvas[:, top : top + x.shape[1], left : left + x.shape[2]] = _clip_255(x)
     return canvas
+
+
+def _clip_255(a: np.ndarray) -> np.ndarray:
+    """`a` (float32, ours to overwrite) clipped to [0, 255] in place: ``np.clip``'s values without its allocations
+    and its slower loop (~0.2 s of building the default stream)."""
+    return np.minimum(np.maximum(a, 0, out=a), 255, out=a)
 
 
 def _texture(image_size: int) -> np.ndarray:
@@ -105,5 +111,5 @@ def render_session(x: np.ndarray, session: str, image_size: int) -> np.ndarray:
         canvas = canvas * np.array([1.0, 0.6, 0.25], np.float32)
     elif session == "flip":
         canvas = canvas[:, :, ::-1]
-    out = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+    out = _clip_255(np.round(canvas, out=canvas)).astype(np.uint8)  # `canvas` is this call's own array (or a view)
     return np.repeat(out, 3, axis=-1) if out.shape[-1] == 1 else out
