@@ -25,7 +25,12 @@ are meaningful):
   (`clq.model.forward._pixel_matmul`): autodiff of their 4-D einsums (`autodiff_linear_op`, kept below). Same
   values as ``previous``;
 * ``fusion_emitters_off``: the current program compiled with ``xla_cpu_use_fusion_emitters=false``;
-* any compiler switch given with ``--compile-options``.
+* any compiler switch given with ``--compile-options``;
+* with ``--bounds``, two steps that compute another function, as bounds on what faster kernels could give:
+  ``bound_bn_affine`` (batch norm in training mode replaced by its affine map ``y * gamma + beta``: no batch
+  statistics, no normalization, forward or backward) and ``bound_depthwise_one_tap`` (every KxK depthwise conv
+  replaced by one strided tap ``x[:, ::s, ::s] * w[K // 2, K // 2]``, forward and backward). A native kernel of
+  either could at best bring the step to that bound's time.
 
 ``max_param_diff_vs_current`` is how far each variant's parameters are from the current step's after one epoch
 program on these random images and labels. It is not a test of the kernel (tests/model/test_native.py compares
@@ -87,12 +92,23 @@ def forward(specs, params, x, variant: str):
     """`forward_bn(train=True)`'s output ('current' and 'previous', which differ only in how the depthwise weight
     gradient is computed: `epoch_program`), and the same network with the pointwise and im2col convs' backward
     passes left to autodiff ('older')."""
-    if variant != "older":
+    if variant in ("current", "previous"):
         return fw.forward_bn(specs, params, tuple({} for _ in specs), x, train=True)[0]
     for spec, p in zip(specs, params):
         x = fw._maybe_flat(x)
-        y = fw._maybe_flat(autodiff_linear_op(spec, p.get("w"), x))
-        y = fw.batch_norm_train(y, p["gamma"], p["beta"])[0] if spec.batch_norm else y + p["b"] if "b" in p else y
+        if variant == "older":
+            y = autodiff_linear_op(spec, p.get("w"), x)
+        elif variant == "bound_depthwise_one_tap" and spec.kind == "dw":
+            k = p["w"].shape[0]
+            y = x[:, :: spec.stride, :: spec.stride] * p["w"][k // 2, k // 2, 0]
+        else:
+            y = fw.linear_op(spec, p.get("w"), x)
+        y = fw._maybe_flat(y)
+        if spec.batch_norm:
+            y = y * p["gamma"] + p["beta"] if variant == "bound_bn_affine" else fw.batch_norm_train(
+                y, p["gamma"], p["beta"])[0]
+        elif "b" in p:
+            y = y + p["b"]
         x = fw.activation(spec, y)
     return fw._restore(specs, x)
 
@@ -105,7 +121,7 @@ def epoch_program(specs, x_all, y_all, steps: int, batch: int, variant: str):
         return cross_entropy(logits, y)
 
     @jax.jit
-    @native.use_native(variant == "current")  # at trace time: the native kernel or XLA's K*K products
+    @native.use_native(variant != "previous" and variant != "older")  # at trace time: native or XLA's K*K products
     def epoch(params, opt_state):
         def step(carry, idx):
             p, s = carry
@@ -181,6 +197,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5, help="alternating timed rounds per variant")
     ap.add_argument("--compile-options", type=json.loads, action="append", default=[],
                     help='more compiler switches to time, e.g. \'{"xla_cpu_use_onednn": true}\' (repeatable)')
+    ap.add_argument("--bounds", action="store_true",
+                    help="also time the two bounds (batch norm as an affine map, depthwise convs as one tap)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -194,10 +212,13 @@ def main(argv=None):
     peak = matmul_peak()["gflops"]
 
     programs, trained = {}, {}
-    for variant in ("current", "previous", "older"):
+    bounds = ("bound_bn_affine", "bound_depthwise_one_tap") if args.bounds else ()
+    for variant in ("current", "previous", "older", *bounds):
         epoch, optimizer = epoch_program(specs, x_all, y_all, args.steps, args.batch, variant)
         state = (params, optimizer.init(params))
-        trained[variant] = jax.block_until_ready(epoch(*state))[0]
+        out = jax.block_until_ready(epoch(*state))[0]
+        if variant not in bounds:  # the bounds compute another function: no parameter comparison
+            trained[variant] = out
         programs[variant] = (epoch, state)
     # How far each variant's parameters after one epoch program are from the current step's (0: the same values).
     reference = jax.tree.leaves(trained["current"])
