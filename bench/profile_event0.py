@@ -98,7 +98,7 @@ def forward(specs, params, x, variant: str):
         x = fw._maybe_flat(x)
         if variant == "older":
             y = autodiff_linear_op(spec, p.get("w"), x)
-        elif variant == "bound_depthwise_one_tap" and spec.kind == "dw":
+        elif variant == "bound_depthwise_one_tap" and spec.kind == "dw" and x.ndim == 4:  # flat rows: 1x1 maps
             k = p["w"].shape[0]
             y = x[:, :: spec.stride, :: spec.stride] * p["w"][k // 2, k // 2, 0]
         else:
