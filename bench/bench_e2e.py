@@ -22,6 +22,9 @@ Variants, interleaved over --repeats rounds so that machine noise hits all alike
   of a configuration pays, and a sweep member whose event 0 (or frozen stage) another run has computed;
 * ``REV, warm cache`` (with ``--against REV``): that commit's own default run and bench worker, checked out in a
   temporary git worktree, with its own warm compilation cache: the speed before, measured in the same rounds;
+* ``warm cache, programs off`` (with ``--programs-off``): a warm first run with ``CLQ_PROGRAMS=0``, whose
+  largest programs are traced and lowered in the run instead of loaded traced (`clq.programs`): what that cache
+  saves, side by side in the same code;
 * ``new seed`` and ``REV, new seed`` (with ``--new-seeds``): a first run at a seed no earlier run used (seed
   1000 + round, the same for both commits), warm compilation cache, caches of results empty: what each member of
   a sweep over seeds pays. The ``warm cache`` variant repeats the seed that filled the compilation cache, so a
@@ -48,6 +51,8 @@ sys.path.insert(0, ROOT)
 
 from bench.common import best_and_median, command_line, machine, run_json_worker, write_result  # noqa: E402
 
+#: The variant of ``--programs-off``.
+PROGRAMS_OFF = "warm cache, programs off"
 #: Seeds of the ``new seed`` variants: NEW_SEED + round, far from the seeds anyone runs by hand.
 NEW_SEED = 1000
 
@@ -85,8 +90,9 @@ def worker(args) -> None:
 
 
 def run_worker(name: str, cache_dir: str | None, overrides, result_caches: str | None = None,
-               root: str = ROOT) -> dict:
-    """One worker process of the variant `name`; `root` is the checkout whose bench worker (and clq) runs."""
+               root: str = ROOT, env: dict | None = None) -> dict:
+    """One worker process of the variant `name`; `root` is the checkout whose bench worker (and clq) runs, `env`
+    more environment variables."""
     cmd = [sys.executable, os.path.join(root, "bench", "bench_e2e.py"), "--worker"]
     if cache_dir:
         cmd += ["--cache-dir", cache_dir]
@@ -95,7 +101,8 @@ def run_worker(name: str, cache_dir: str | None, overrides, result_caches: str |
     if overrides:
         cmd += ["--overrides", *overrides]
     # An earlier commit's worker reads its own conf/ (and keeps no caches of results: this environment).
-    return run_json_worker(cmd, name, env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}, cwd=root)
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    return run_json_worker(cmd, name, env=env, cwd=root)
 
 
 def worktree(rev: str, parent: str) -> str:
@@ -119,6 +126,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of the default experiment")
     ap.add_argument("--new-seeds", action="store_true",
                     help="also first runs at seeds no earlier run used (a sweep member over seeds), for both commits")
+    ap.add_argument("--programs-off", action="store_true",
+                    help="also warm first runs with CLQ_PROGRAMS=0 (programs traced in the run, not loaded traced)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--result-caches", default=None, help=argparse.SUPPRESS)
@@ -132,11 +141,12 @@ def main(argv=None) -> dict:
         jax_cache, results_cache = os.path.join(work, "xla"), os.path.join(work, "results")
         fresh = (os.path.join(work, f"empty-{i}") for i in itertools.count())
 
-        def first_run(name: str, compile_cache: str | None, overrides=None) -> dict:
+        def first_run(name: str, compile_cache: str | None, overrides=None, env: dict | None = None) -> dict:
             """A run whose caches of results start empty and are written, as a first run's are."""
             folder = next(fresh)
             try:
-                return run_worker(name, compile_cache, args.overrides if overrides is None else overrides, folder)
+                return run_worker(name, compile_cache, args.overrides if overrides is None else overrides, folder,
+                                  env=env)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -161,6 +171,10 @@ def main(argv=None) -> dict:
             variants = {"no cache": lambda r: first_run("no cache", None),
                         "warm cache": lambda r: first_run("warm cache", jax_cache),
                         "rerun": lambda r: run_worker("rerun", jax_cache, args.overrides, results_cache)}
+            if args.programs_off:
+                off = {"CLQ_PROGRAMS": "0"}
+                first_run("cache-filling run, programs off", jax_cache, env=off)  # the jitted programs compiled
+                variants[PROGRAMS_OFF] = lambda r: first_run(PROGRAMS_OFF, jax_cache, env=off)
             if args.new_seeds:
                 variants["new seed"] = lambda r: first_run("new seed", jax_cache, new_seed(r))
             if rev:
@@ -196,6 +210,9 @@ def main(argv=None) -> dict:
         "runs": runs,
         "machine": info,
     }
+    if args.programs_off:
+        result["programs"] = {f"off_over_on{suffix}": round(walls[PROGRAMS_OFF][stat] / walls["warm cache"][stat], 3)
+                              for stat, suffix in (("best", ""), ("median", "_median"))}
     if rev:
         # Each variant against the other commit's run of the same kind: its warm run, or its run at the new seed.
         pairs = {"warm cache": against_name, "rerun": against_name}
@@ -212,6 +229,9 @@ def main(argv=None) -> dict:
     for k in result["split_s"]["no cache"]:
         print(f"| {k} | " + " | ".join(f"{result['split_s'][v].get(k, 0.0):.1f}" for v in names) + " |")
     print(f"warm/no cache: {result['warm_cache_over_no_cache']:.2f}; rerun/warm: {result['rerun_over_warm_cache']:.2f}")
+    if args.programs_off:
+        print(f"programs loaded traced: a warm first run {result['programs']['off_over_on']:.3f}x faster than with "
+              f"CLQ_PROGRAMS=0 (best), {result['programs']['off_over_on_median']:.3f}x (median)")
     if rev:
         a = result["against"]
         print(f"against {a['revision']}: first run of a configuration {a['warm cache_speedup']:.2f}x, "
