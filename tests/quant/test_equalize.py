@@ -128,7 +128,11 @@ def test_quant_config_rejects_non_boolean_flags():
 def test_per_layer_with_equalization_holds_on_imagenet_weights():
     """The paper's per-layer 8-bit + equalization + bias correction, 128 px, calibrated on 16 photo views:
     both sample photos keep their class (chelsea a tabby / Egyptian cat, coffee an espresso) at l = 19 and 27,
-    and top-1 agreement with FP32 on held-out views is at least per-channel's minus 5 points."""
+    and top-1 agreement with FP32 on 128 held-out views is at least per-channel's minus 5 points.
+
+    On 32 views one view is 3 points, and the margin held or failed with the CPU's rounding (on one Intel Xeon:
+    75.0 % against per-channel's 81.2 % at l = 27); on 128 views equalization leads by 8-12 points at both layers
+    on two draws of views there."""
     from clq.model.imagenet import load_imagenet_mobilenet_v1
     from skimage import data
 
@@ -137,7 +141,7 @@ def test_per_layer_with_equalization_holds_on_imagenet_weights():
     folded = fold_batch_norm(specs, params, stats)
     cal = [photo_set(16, size, seed=1).astype(np.float32) * INPUT_SCALE]
     photos = np.stack([center_crop_resize(data.chelsea(), size), center_crop_resize(data.coffee(), size)])
-    views = np.concatenate([photos, photo_set(30, size, seed=2)])
+    views = np.concatenate([photos, photo_set(126, size, seed=2)])
     agreement = {}
     for l in (19, 27):  # equalization rescales the stage's own last layers: one calibration per latent layer
         layers, _, _ = calibrate_and_quantize(specs[: l + 1], folded[: l + 1], cal,
