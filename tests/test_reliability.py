@@ -17,7 +17,7 @@ from clq.train import ReplayConfig, TrainConfig, run_continual
 from clq.train.loop import NonFiniteError
 
 from tiny import TINY as TINY_OVERRIDES
-from tiny import needs_fmnist
+from tiny import lowered_while, needs_fmnist
 
 pytestmark = needs_fmnist
 
@@ -45,27 +45,10 @@ def _run(tiny, **kw):
     return run_continual(stream, specs, 23, kw.pop("train", train), ReplayConfig(40, 8, "ar1"), QuantConfig(), 0, **kw)
 
 
-def _lowered(fn):
-    """(fn(), names of the programs lowered while it ran)."""
-    import jax
-
-    lowered = []
-
-    def listen(event, duration, **kw):
-        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
-            lowered.append(kw.get("fun_name", event))
-
-    jax.monitoring.register_event_duration_secs_listener(listen)
-    try:
-        return fn(), lowered
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listen)
-
-
 def test_same_seed_same_numbers(tiny, ref):
     """Same numbers, and a second run of the same settings in one process lowers no program: event 0's epoch, the
     population statistics, the frozen stage, the learner and the evaluation are all reused as they are."""
-    b, lowered = _lowered(lambda: _run(tiny))
+    b, lowered = lowered_while(lambda: _run(tiny))
     for k in NUMBERS:
         assert ref[k] == b[k], k
     assert lowered == []
@@ -75,7 +58,7 @@ def test_another_seed_in_the_same_process_reuses_the_learning_programs(tiny, ref
     """A run at another seed (a sweep's next member, run in this process by Hydra's basic launcher) traces event 0's
     epoch and the learner's programs no more: the seed's values, S_LR included, are their arguments."""
     stream, specs, train = tiny
-    other, lowered = _lowered(lambda: run_continual(stream, specs, 23, train, ReplayConfig(40, 8, "ar1"),
+    other, lowered = lowered_while(lambda: run_continual(stream, specs, 23, train, ReplayConfig(40, 8, "ar1"),
                                                     QuantConfig(), 1))
     assert other["accuracy_per_event"] != ref["accuracy_per_event"]
     assert not {"jit(epoch_fn)", "jit(learning_event)", "jit(init)", "jit(init_fn)"} & set(lowered), lowered

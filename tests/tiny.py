@@ -1,4 +1,5 @@
-"""What the end-to-end tests share: whether Fashion-MNIST is installed, and the tiny experiment they run.
+"""What the end-to-end tests share: whether Fashion-MNIST is installed, the tiny experiment they run, and which
+programs a call lowered.
 
 Importable from the test modules at the top of tests/ (pytest puts their folder on sys.path).
 """
@@ -30,3 +31,20 @@ def run_module(module: str, args, cwd, timeout: int = 600) -> subprocess.Complet
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def lowered_while(fn):
+    """(fn(), names of the programs JAX lowered while it ran, in order; an exported program's call is "jit(call)")."""
+    import jax
+
+    lowered = []
+
+    def listen(event, duration, **kw):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(kw.get("fun_name", event))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        return fn(), lowered
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
