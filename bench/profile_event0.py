@@ -90,8 +90,9 @@ def autodiff_linear_op(spec, w, x):
 
 def forward(specs, params, x, variant: str):
     """`forward_bn(train=True)`'s output ('current' and 'previous', which differ only in how the depthwise weight
-    gradient is computed: `epoch_program`), and the same network with the pointwise and im2col convs' backward
-    passes left to autodiff ('older')."""
+    gradient is computed: `epoch_program`), the same network with the pointwise and im2col convs' backward
+    passes left to autodiff ('older'), or with batch norm as its affine map or depthwise convs as one tap (the
+    two bounds)."""
     if variant in ("current", "previous"):
         return fw.forward_bn(specs, params, tuple({} for _ in specs), x, train=True)[0]
     for spec, p in zip(specs, params):
@@ -121,7 +122,7 @@ def epoch_program(specs, x_all, y_all, steps: int, batch: int, variant: str):
         return cross_entropy(logits, y)
 
     @jax.jit
-    @native.use_native(variant != "previous" and variant != "older")  # at trace time: native or XLA's K*K products
+    @native.use_native(variant not in ("previous", "older"))  # at trace time: native or XLA's K*K products
     def epoch(params, opt_state):
         def step(carry, idx):
             p, s = carry
