@@ -217,6 +217,10 @@ def run_experiment(exp: ExperimentConfig, resolved: dict, run_dir: str) -> dict:
     as soon as it is built (`clq.quant.export.write_export`), and results.json records its paths and SHA-256s
     under ``export``.
     """
+    if exp.tracking.backend == "wandb":  # first: the wandb host imports wandb while this process imports JAX
+        from clq.tracking.wandb_host import prestart
+
+        prestart()
     from tqdm.auto import tqdm
 
     from clq.train.loop import run_continual
