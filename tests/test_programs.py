@@ -128,22 +128,46 @@ def test_donated_arguments_are_donated_and_results_equal(tmp_path, load):
 
 
 @needs_fmnist
-def test_a_run_gives_the_same_numbers_with_its_programs_exported_loaded_or_off(tmp_path):
-    """A tiny `clq-run`: exported (the first run), loaded (the second: nothing exported again) and with the
-    programs off (CLQ_PROGRAMS=0, the jitted functions themselves) give the same results, event by event."""
+def test_later_runs_compile_nothing_and_give_the_same_numbers_with_programs_exported_loaded_or_off(tmp_path):
+    """Four tiny `clq-run`s sharing one compilation cache:
+
+    1. programs on, seed 0: exports the programs and fills the persistent compilation cache with every program
+       of the run, however quickly it compiled;
+    2. the same again: loads the programs (nothing exported again) and compiles nothing (no new cache entry);
+    3. programs off (CLQ_PROGRAMS=0, the jitted functions themselves), seed 0;
+    4. programs on, seed 1: compiles nothing either (event 0, S_LR and the quantized frozen stage are arguments of
+       the programs, not constants) and gives other numbers.
+
+    Runs 1-3 give the same results, event by event.
+    """
     cache = tmp_path / "xla"
+
+    def entries():
+        return {p.name for p in cache.iterdir() if p.name.endswith("-cache")}
+
+    def programs():
+        return sorted(os.listdir(cache / "clq-programs"))
+
     results = []
-    for i, env in enumerate(("1", "1", "0")):
+    for i, (env, seed) in enumerate((("1", 0), ("1", 0), ("0", 0), ("1", 1))):
         os.environ["CLQ_PROGRAMS"] = env
         run_dir = tmp_path / f"run{i}"
-        p = run_module("clq", [*TINY, "checkpoint_every=0", "tracking=none", f"compile_cache_dir={cache}",
-                               f"hydra.run.dir={run_dir}"], tmp_path)
+        p = run_module("clq", [*TINY, "checkpoint_every=0", "tracking=none", f"seed={seed}",
+                               f"compile_cache_dir={cache}", f"hydra.run.dir={run_dir}"], tmp_path)
         assert p.returncode == 0, p.stderr[-3000:]
         results.append(json.loads((run_dir / "results.json").read_text()))
         if i == 0:
-            kept = sorted(os.listdir(cache / "clq-programs"))
+            kept, compiled = programs(), entries()
             assert len(kept) >= 5  # event 0's epoch and statistics, the frozen stage, the learner's programs
+            assert len(compiled) > 10
         else:
-            assert sorted(os.listdir(cache / "clq-programs")) == kept  # loaded, not exported again
+            assert programs() == kept  # loaded (or off), not exported again
+        if i == 1:
+            assert entries() == compiled, sorted(entries() - compiled)
+        if i == 2:
+            compiled = entries()  # the jitted functions may lower to programs of their own
+        if i == 3:
+            assert entries() == compiled, sorted(entries() - compiled)
     for key in ("accuracy_per_event", "accuracy_matrix", "events", "first_event_history", "buffer", "latent"):
         assert results[1][key] == results[0][key] == results[2][key], key
+    assert results[3]["accuracy_per_event"] != results[0]["accuracy_per_event"]

@@ -44,32 +44,6 @@ def test_tiny_run_through_hydra_app(tmp_path):
     assert f"{ram['total']:,} B" in line and f"{ram['latents']:,} B packed uint32 words" in line
 
 
-@needs_fmnist
-def test_second_run_loads_its_programs_from_the_compile_cache(tmp_path):
-    """The persistent compilation cache: the first run fills it, a second run adds nothing and gets the same numbers,
-    and so does a run of another seed (whose event 0, S_LR and quantized frozen stage are arguments of the
-    programs, not constants)."""
-    cache = tmp_path / "xla"
-
-    def entries():
-        return {p.name for p in cache.iterdir() if p.name.endswith("-cache")}
-
-    runs = []
-    for i, seed in enumerate((0, 0, 1)):
-        run_dir = tmp_path / f"run{i}"
-        p = _run([*TINY, "checkpoint_every=0", "tracking=none", f"seed={seed}", f"compile_cache_dir={cache}",
-                  f"hydra.run.dir={run_dir}"], tmp_path)
-        assert p.returncode == 0, p.stderr[-3000:]
-        runs.append(json.loads((run_dir / "results.json").read_text()))
-        if i == 0:
-            first = entries()
-            assert len(first) > 10  # every program of the run, however quickly it compiled
-        if i >= 1:  # nothing new compiled: every program came from the cache
-            assert entries() == first, sorted(entries() - first)
-    assert runs[0]["accuracy_per_event"] == runs[1]["accuracy_per_event"]
-    assert runs[2]["accuracy_per_event"] != runs[0]["accuracy_per_event"]
-
-
 @pytest.mark.parametrize("override,needle", [
     ("compile_cache_dir=5", "compile_cache_dir must be a directory path or null"),
     ("compile_cache_dir=/proc/clq-xla", "compile_cache_dir='/proc/clq-xla' is not usable"),

@@ -183,12 +183,11 @@ def _open(msg: dict):
     import wandb
 
     from clq.analysis.collect import paper_names
-    from clq.tracking.sinks import to_jsonable
 
-    config = msg["config"]
+    config = msg["config"]  # plain JSON values already (`Host.send`)
     run = wandb.init(project=msg["project"], mode=msg["mode"], dir=msg["run_dir"], group=msg["group"],
                      name=msg["name"], reinit="create_new",  # runs may be open side by side
-                     config=to_jsonable({**config, **paper_names(config)}))
+                     config={**config, **paper_names(config)})
     run.define_metric("event")  # the learning event is the x-axis of every curve
     run.define_metric("*", step_metric="event")
     return run
