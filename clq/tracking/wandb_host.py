@@ -48,9 +48,12 @@ class Host:
     def __init__(self):
         env = {**os.environ}
         env.setdefault("WANDB_SILENT", "true")
-        # The child imports the clq this process runs, wherever that is (a checkout, an installed package).
+        # The child imports the clq this process runs: a checkout on the parent's path (a bench of another
+        # commit, say) goes first on the child's. An installed clq is found as installed: its folder
+        # (site-packages) first on the path could shadow the standard library.
         here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
+        if os.path.basename(here) not in ("site-packages", "dist-packages"):
+            env["PYTHONPATH"] = os.pathsep.join([here, *filter(None, [env.get("PYTHONPATH")])])
         self._proc = subprocess.Popen([sys.executable, "-m", "clq.tracking.wandb_host"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, env=env, text=True, bufsize=1)
         self._lock = threading.Lock()  # one writer at a time (a vectorized sweep's members log from one thread)
