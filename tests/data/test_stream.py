@@ -41,6 +41,31 @@ def test_stream_structure_and_determinism():
     assert [int(c[0]) for c in s.experience_classes[1:]] != [int(c[0]) for c in s3.experience_classes[1:]]
 
 
+def test_images_rendered_on_threads_are_those_of_one_thread_and_of_one_render_each(monkeypatch):
+    """`build_nic_stream` renders its sessions on `_cores()` threads (NPROC when set: one for a clq_joblib member).
+    The stream is the same on 1 and on 3 threads, and every image is `render_session` of one raw image, in its
+    session."""
+    from clq.data.stream import _cores
+
+    x, y, xt, yt = _toy()
+    kw = dict(num_classes=4, sessions=SESSIONS, initial_classes=2, initial_images_per_class=6, images_per_event=4,
+              test_size=24, image_size=16, seed=5)
+    streams = []
+    for nproc in ("1", "3"):
+        monkeypatch.setenv("NPROC", nproc)
+        assert _cores() == int(nproc)
+        streams.append(build_nic_stream(x, y, xt, yt, **kw))
+    one, three = streams
+    np.testing.assert_array_equal(one.train_images, three.train_images)
+    np.testing.assert_array_equal(one.test_images, three.test_images)
+    for sess, name in enumerate(SESSIONS):
+        for raw, images, sessions in ((x, three.train_images, three.train_sessions),
+                                      (xt, three.test_images, three.test_sessions)):
+            rendered = render_session(raw, name, 16)
+            for img in images[sessions == sess]:
+                assert (rendered == img).all(axis=(1, 2, 3)).any(), name
+
+
 def test_stream_errors_name_the_field():
     x, y, xt, yt = _toy()
     with pytest.raises(ValueError, match="data.images_per_event"):
