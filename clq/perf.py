@@ -17,11 +17,13 @@ The frozen stage's integer work is counted as FP32-equivalent FLOP (it is simula
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from typing import Callable, Sequence
 
-__all__ = ["matmul_peak", "cpu_model", "training_macs", "flop_account", "group_account", "account_or_warning"]
+__all__ = ["matmul_peak", "cpu_model", "usable_cores", "training_macs", "flop_account", "group_account",
+           "account_or_warning"]
 
 
 # One n x n product must run well past dispatch overhead: 1024 (2.1 GFLOP, ~10 ms on 2 CPU cores) on a CPU; an
@@ -84,6 +86,18 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     if "cpu family" in fields and "model" in fields:
         return f"{name} (family {fields['cpu family']}, model {fields['model']})"
     return name
+
+
+def usable_cores() -> int:
+    """The cores this process should use for its own threads: ``NPROC`` when it is set (the `clq_joblib` launcher
+    gives each sweep member one, as it does XLA's thread pool), else the cores it may run on."""
+    n = os.environ.get("NPROC", "")
+    if n.isdigit() and int(n) > 0:
+        return int(n)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def training_macs(specs) -> dict:

@@ -18,13 +18,13 @@ Everything is a deterministic function of `seed`.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from clq.data.sessions import SESSIONS, render_session
+from clq.perf import usable_cores
 
 __all__ = ["Stream", "build_nic_stream"]
 
@@ -185,7 +185,7 @@ def build_nic_stream(
 
 def _render_into(jobs, image_size: int) -> None:
     """Render every job ``(out, mask, x, raw_index, session)`` as ``out[mask] = render_session(x[raw_index[mask]],
-    session, image_size)``, on a thread per core (`_cores`).
+    session, image_size)``, on a thread per core (`clq.perf.usable_cores`).
 
     Rendering is numpy and scipy.ndimage work that releases the interpreter lock: on 2 cores the default stream
     (25,500 training and 10,000 test images in 8 sessions) renders in ~0.6 of the time of one thread, and the
@@ -199,17 +199,6 @@ def _render_into(jobs, image_size: int) -> None:
 
     # Largest jobs first: the last one to start is short.
     jobs.sort(key=lambda j: -int(j[1].sum()))
-    with ThreadPoolExecutor(max(1, min(len(jobs), _cores()))) as pool:
+    with ThreadPoolExecutor(max(1, min(len(jobs), usable_cores()))) as pool:
         list(pool.map(render, jobs))  # list(): a job's exception is raised here
 
-
-def _cores() -> int:
-    """The cores this process should use: ``NPROC`` when it is set (the `clq_joblib` launcher gives each sweep member
-    one, as it does XLA's thread pool), else the cores it may run on."""
-    n = os.environ.get("NPROC", "")
-    if n.isdigit() and int(n) > 0:
-        return int(n)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1

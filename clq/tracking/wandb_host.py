@@ -3,9 +3,9 @@ computes.
 
 Importing wandb and matplotlib and ``wandb.init`` cost ~1-1.5 s of CPU. In a thread of the computing process
 they held its interpreter lock while event 0 ran, and made event 0 1.2-1.8 s longer on 2 cores even at the
-lowest thread priority (docs/performance.md, "What is left", the bullet on opening wandb). In a process of their own, started
-before the run imports JAX and builds its stream (one core busy), at the lowest CPU priority, they take what the
-run leaves idle; nothing in the run waits for them before the run ends.
+lowest thread priority (docs/performance.md, "What is left", the bullet on opening wandb). In a process of their
+own, started before the run imports JAX and builds its stream, at the lowest CPU priority, they take what the run
+leaves idle; nothing in the run waits for them before the run ends.
 
 The parent (`Host`, one per process, shared by every tracker of the process: a vectorized sweep tracks all its
 members in one host) writes one JSON message per line to the child's stdin; the child answers on its stdout:

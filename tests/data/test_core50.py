@@ -112,6 +112,15 @@ def test_lazy_images_decode_on_demand(tree):
     assert small.train_images[[0, 1]].shape == (2, 32, 32, 3) and small.test_images.shape[1:] == (32, 32, 3)
 
 
+@pytest.mark.parametrize("nproc", ["1", "3"])
+def test_lazy_images_decode_on_the_cores_the_process_should_use(tree, monkeypatch, nproc):
+    """Decoding threads default to min(4, `clq.perf.usable_cores()`): one in a clq_joblib member (NPROC=1)."""
+    monkeypatch.setenv("NPROC", nproc)
+    imgs = _load(tree[0]).train_images
+    assert imgs.num_workers == int(nproc)
+    np.testing.assert_array_equal(imgs[np.arange(20)][13], imgs[13])
+
+
 def test_category_labels(tree):
     root, _ = tree
     s = _load(root, labels="category")

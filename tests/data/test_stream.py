@@ -42,10 +42,11 @@ def test_stream_structure_and_determinism():
 
 
 def test_images_rendered_on_threads_are_those_of_one_thread_and_of_one_render_each(monkeypatch):
-    """`build_nic_stream` renders its sessions on `_cores()` threads (NPROC when set: one for a clq_joblib member).
+    """`build_nic_stream` renders its sessions on `usable_cores()` threads (NPROC when set: one for a clq_joblib
+    member).
     The stream is the same on 1 and on 3 threads, and every image is `render_session` of one raw image, in its
     session."""
-    from clq.data.stream import _cores
+    from clq.perf import usable_cores
 
     x, y, xt, yt = _toy()
     kw = dict(num_classes=4, sessions=SESSIONS, initial_classes=2, initial_images_per_class=6, images_per_event=4,
@@ -53,7 +54,7 @@ def test_images_rendered_on_threads_are_those_of_one_thread_and_of_one_render_ea
     streams = []
     for nproc in ("1", "3"):
         monkeypatch.setenv("NPROC", nproc)
-        assert _cores() == int(nproc)
+        assert usable_cores() == int(nproc)
         streams.append(build_nic_stream(x, y, xt, yt, **kw))
     one, three = streams
     np.testing.assert_array_equal(one.train_images, three.train_images)

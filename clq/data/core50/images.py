@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from clq.data.core50.checksums import OFFICIAL_FILES, verify_md5
+from clq.perf import usable_cores
 
 __all__ = ["ImageStore", "FolderStore", "ZipStore", "LazyImages", "decode_png", "resize_image"]
 
@@ -192,12 +193,12 @@ class LazyImages:
           store: where the images come from.
           paths: N relative paths, row i is paths[i].
           image_size: S; images of another size are resized (bilinear).
-          num_workers: decoding threads (default: min(4, CPU count)).
+          num_workers: decoding threads (default: min(4, `clq.perf.usable_cores()`)).
         """
         self.store = store
         self.paths = tuple(paths)
         self.image_size = int(image_size)
-        self.num_workers = num_workers or min(4, os.cpu_count() or 1)
+        self.num_workers = num_workers or min(4, usable_cores())
         self._pool: ThreadPoolExecutor | None = None
 
     def __getstate__(self):
